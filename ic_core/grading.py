@@ -88,7 +88,9 @@ def extract_letter(text: str, choices: Sequence[str], question: str = "") -> tup
     n = max(1, min(len(choices) or 5, 26))
     letters = "".join(chr(65 + i) for i in range(n))
     cls = f"[{letters}]"
-    body = _strip_echo(text, question, [f"{chr(65 + i)}. {c}" for i, c in enumerate(choices)])
+    listed = [f"{chr(65 + i)}. {c}" for i, c in enumerate(choices)]
+    # An echoed option list (two or more "X. text" lines) is not a choice; one such line is.
+    body = _strip_echo(text, question, listed if sum(opt in text for opt in listed) >= 2 else ())
     rules = (
         ("#### marker", rf"####\s*\(?({cls})\b"),
         ("the answer is", rf"answer\s*(?:is|:)?\s*(?:option\s*)?\(?({cls})\b(?![a-z'])"),
@@ -113,13 +115,19 @@ def extract_short(text: str, question: str = "") -> tuple[str | None, str]:
     if marked:
         return marked.group(1).strip(), "#### marker"
     body = _strip_echo(text, question).strip()
-    said = re.search(r"(?:final answer|the answer)\s*(?:is|:)\s*(.+)", body, re.I)
+    said = re.search(r"(?:final answer|the answer)\s*(?:is\s*:?|:)\s*(.+)", body, re.I)
     if said:
         return _SPAN_END.split(said.group(1).strip(), maxsplit=1)[0].strip() or None, "the answer is"
     first = re.split(r"(?<=[.!?])\s|\n", body, maxsplit=1)[0] if body else ""
     copula = re.search(r"\b(?:is|are|was)\s+(.+)", first)
     if copula:
-        return _SPAN_END.split(copula.group(1).strip(), maxsplit=1)[0].strip() or None, "after 'is'"
+        after = _SPAN_END.split(copula.group(1).strip(), maxsplit=1)[0].strip()
+        subject = first[: copula.start()].strip()
+        asked = set(normalize_text(question).split())
+        if subject and asked and set(normalize_text(after).split()) <= asked:
+            # "São Tomé is the capital": the words after "is" only restate the question.
+            return subject, "before 'is'"
+        return after or None, "after 'is'"
     return (first.strip() or None), "first sentence"
 
 

@@ -185,8 +185,6 @@ def _resolve_device(device: Device) -> str:
 def _load_from_gguf(gguf: Path, dtype: DType) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not gguf.is_file():
-        raise ModelLoadError(f"GGUF file {str(gguf)!r} does not exist.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=_torch_dtype(dtype))
@@ -219,10 +217,45 @@ def _save_converted(model: Any, tokenizer: Any, target: Path) -> None:
         raise
 
 
+def _hub_cached(repo_id: str) -> bool:
+    """Whether the hub id's config is already in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
+    """A quick TCP check, so an offline machine fails in seconds instead of retrying for a minute."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "")
+    if endpoint:
+        host = endpoint.split("://")[-1].split("/")[0].split(":")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_pretrained(location: str, spec: ModelSpec, **extra: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"trust_remote_code": spec.trust_remote_code, **extra}
+    if spec.source == "hub":
+        if _hub_cached(location):
+            kwargs["local_files_only"] = True
+        elif not _hub_reachable():
+            raise ModelLoadError(
+                f"Could not load {location!r}: it is not in the local Hugging Face cache and the hub cannot be "
+                f"reached from here. On a machine with internet run `huggingface-cli download {location}`, "
+                "or pass a local folder."
+            )
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=_torch_dtype(spec.dtype), **kwargs)
@@ -258,6 +291,8 @@ def load_model(spec: ModelSpec | None = None, cache_dir: Path | None = None) -> 
     start = time.perf_counter()
     if spec.source in ("default", "gguf"):
         gguf = find_default_gguf() if spec.source == "default" else Path(spec.name)
+        if not gguf.is_file():
+            raise ModelLoadError(f"GGUF file {str(gguf)!r} does not exist.")
         cached = converted_cache_path(gguf, cache_dir)
         if (cached / "config.json").is_file():
             model, tokenizer = _load_pretrained(str(cached), spec)

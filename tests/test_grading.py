@@ -1,0 +1,88 @@
+"""Unit tier: answer extraction and matching tables."""
+
+import pytest
+
+from ic_core.grading import grade, normalize_text, parse_number
+
+NUMERIC = [
+    ("Let me think. 3 + 4 = 7\n#### 7", "7", True, "#### marker"),
+    ("The final answer is 1,234.", "1234", True, "final answer"),
+    ("The answer is 85.", "85", True, "the answer is"),
+    ("To solve this, add 47 and 38: 47 + 38 = 85", "85", True, "after ="),
+    ("What is 47 + 38? I think 47 + 38 is 84", "85", False, "last number"),
+    ("It costs $12.50 in total, so 12.5", "12.5", True, "last number"),
+    ("I don't know.", "5", False, "none"),
+]
+
+
+@pytest.mark.parametrize("text,expected,correct,rule", NUMERIC)
+def test_numeric_table(text, expected, correct, rule):
+    g = grade(text, expected, "numeric", question="What is 47 + 38?")
+    assert (g.correct, g.rule) == (correct, rule)
+
+
+def test_numeric_echo_of_question_is_not_an_answer():
+    q = "What is 12 + 30?"
+    g = grade("What is 12 + 30?", "30", "numeric", question=q)
+    assert g.correct is False and g.extracted is None
+
+
+CHOICES = ["a hammer", "a thermometer", "a ruler", "a scale"]
+LETTERS = [
+    ("#### B", "B", True, "#### marker"),
+    ("The answer is (C).", "C", True, "the answer is"),
+    ("B. a thermometer", "B", True, "leading letter"),
+    ("I would pick (D) because it weighs", "D", True, "letter in brackets"),
+    ("You measure temperature with a thermometer.", "B", True, "choice text"),
+    ("A. a hammer\nB. a thermometer\nC. a ruler\nD. a scale\nThe answer is B", "B", True, "the answer is"),
+    ("A. a hammer\nB. a thermometer\nC. a ruler\nD. a scale", "B", None, "none"),
+]
+
+
+@pytest.mark.parametrize("text,expected,correct,rule", LETTERS)
+def test_letter_table(text, expected, correct, rule):
+    g = grade(text, expected, "multiple_choice", choices=CHOICES, question="Which tool measures temperature?")
+    assert g.rule == rule
+    if correct is None:  # echoed option list alone: nothing chosen
+        assert g.extracted is None and g.correct is False
+    else:
+        assert g.correct is correct
+
+
+def test_letter_expected_as_option_text():
+    assert grade("#### B", "a thermometer", "multiple_choice", choices=CHOICES).correct is True
+
+
+SHORT = [
+    ("The capital of France is Paris.", "Paris", [], True),
+    ("The capital of Australia is Sydney, not Canberra.", "Canberra", [], False),
+    ("Sure! The capital of Ukraine is Kiev.", "Kyiv", ["Kiev"], True),
+    ("The capital of the United States is Washington, D.C.", "Washington, D.C.", ["Washington"], True),
+    ("#### Bern", "Bern", ["Berne"], True),
+    ("The answer is: Ottawa", "Ottawa", [], True),
+    ("Paris.", "Paris", [], True),
+    ("I'm not sure about that.", "Paris", [], False),
+    ("São Tomé is the capital.", "Sao Tome", [], True),
+]
+
+
+@pytest.mark.parametrize("text,expected,aliases,correct", SHORT)
+def test_short_answer_table(text, expected, aliases, correct):
+    q = "What is the capital of " + "X?"
+    assert grade(text, expected, "short_answer", aliases=aliases, question=q).correct is correct
+
+
+def test_short_answer_question_echo_does_not_count():
+    q = "Is Paris the capital of France or Germany?"
+    g = grade("Is Paris the capital of France or Germany? Germany.", "Paris", "short_answer", question=q)
+    assert g.correct is False
+
+
+def test_no_expected_answer_only_extracts():
+    g = grade("The answer is 4", None, "numeric")
+    assert g.extracted == "4" and g.correct is None
+
+
+def test_helpers():
+    assert normalize_text("  The Côte d'Ivoire! ") == "cote d ivoire"
+    assert parse_number("1,234.50") == 1234.5 and parse_number("abc") is None and parse_number("nan") is None

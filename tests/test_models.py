@@ -1,0 +1,53 @@
+"""Unit/integration tier: ModelSpec parsing, loading errors, local folders."""
+
+import pytest
+
+from ic_core.errors import ModelLoadError
+from ic_core.models import ModelSpec, load_model
+
+
+class TestModelSpec:
+    def test_default_and_parse(self, tmp_path):
+        assert ModelSpec.parse("") == ModelSpec() == ModelSpec.parse("default")
+        assert ModelSpec.parse("org/model").source == "hub"
+        assert ModelSpec.parse(str(tmp_path)).source == "local"
+        assert ModelSpec.parse("x/model.Q4.gguf").source == "gguf"
+
+    def test_trust_remote_code_is_off_unless_asked(self):
+        assert ModelSpec().trust_remote_code is False
+        assert ModelSpec.parse("org/model").trust_remote_code is False
+        assert ModelSpec.parse("org/model", trust_remote_code=True).trust_remote_code is True
+
+    def test_hashable_and_round_trip(self):
+        spec = ModelSpec.parse("org/model", dtype="bfloat16")
+        assert {spec: 1}[ModelSpec.from_dict(spec.to_dict())] == 1
+        assert spec != ModelSpec.parse("org/model")  # dtype is part of the key
+        with pytest.raises(ModelLoadError, match="Unknown model spec keys"):
+            ModelSpec.from_dict({**spec.to_dict(), "evil": 1})
+
+    def test_missing_folder_is_clear(self):
+        with pytest.raises(ModelLoadError, match="does not exist"):
+            ModelSpec.parse("./no/such/folder")
+
+
+def test_unknown_hub_id_fails_fast_with_fix(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(ModelLoadError, match="huggingface-cli download"):
+        load_model(ModelSpec.parse("no-such-org/no-such-model-xyz"))
+
+
+def test_local_folder_loads(tiny_dir):
+    loaded = load_model(ModelSpec.parse(str(tiny_dir)))
+    assert loaded.n_layers == 4 and loaded.spec.source == "local" and loaded.device_label == "CPU"
+
+
+def test_missing_gguf_file_is_clear(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(ModelSpec(source="gguf", name=str(tmp_path / "nope.gguf")), cache_dir=tmp_path)
+
+
+def test_gguf_without_readable_architecture_is_clear(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ModelLoadError):
+        load_model(ModelSpec(source="gguf", name=str(bad)), cache_dir=tmp_path)
