@@ -246,6 +246,8 @@ def _hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool
 def _load_pretrained(location: str, spec: ModelSpec, **extra: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers import AutoConfig
+
     kwargs = {"trust_remote_code": spec.trust_remote_code, **extra}
     if spec.source == "hub":
         if _hub_cached(location):
@@ -257,6 +259,7 @@ def _load_pretrained(location: str, spec: ModelSpec, **extra: Any) -> tuple[Any,
                 "or pass a local folder."
             )
     try:
+        check_fits_in_memory(AutoConfig.from_pretrained(location, **kwargs), spec)
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=_torch_dtype(spec.dtype), **kwargs)
     except OSError as exc:
@@ -271,6 +274,59 @@ def _load_pretrained(location: str, spec: ModelSpec, **extra: Any) -> tuple[Any,
         hint = "" if spec.trust_remote_code else " If it needs custom code, enable trust_remote_code explicitly."
         raise ModelLoadError(f"Could not load {location!r}: {exc}.{hint}") from exc
     return model, tokenizer
+
+
+MEMORY_FRACTION = 0.8
+"""Refuse models whose weights would take more than this share of the available memory."""
+
+
+def available_memory_bytes() -> int | None:
+    """``MemAvailable`` from /proc/meminfo (None where unknown), or ``IC_MEMORY_LIMIT_GB`` if set."""
+    override = os.environ.get("IC_MEMORY_LIMIT_GB")
+    if override:
+        return int(float(override) * 2**30)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def estimate_weight_bytes(config: Any, dtype: DType) -> int:
+    """Bytes of the model's weights in ``dtype``, counted on the meta device (nothing allocated)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    return n_params * torch.empty((), dtype=_torch_dtype(dtype)).element_size()
+
+
+def check_fits_in_memory(config: Any, spec: ModelSpec) -> None:
+    """Raise before loading when the weights alone would not fit (CPU loads only).
+
+    Raises:
+        ModelLoadError: with the sizes and how to override the guard.
+    """
+    if _resolve_device(spec.device) != "cpu":
+        return
+    available = available_memory_bytes()
+    if available is None:
+        return
+    try:
+        need = estimate_weight_bytes(config, spec.dtype)
+    except (ValueError, KeyError, TypeError, NotImplementedError):
+        return  # unusual architectures: let the real load decide
+    if need > MEMORY_FRACTION * available:
+        raise ModelLoadError(
+            f"{spec.label} needs about {need / 2**30:.1f} GiB for its weights in {spec.dtype}, but only "
+            f"{available / 2**30:.1f} GiB of memory is available. Pick a smaller model or dtype (bfloat16 halves "
+            "it), or set IC_MEMORY_LIMIT_GB to the memory you want to allow."
+        )
 
 
 def load_model(spec: ModelSpec | None = None, cache_dir: Path | None = None) -> LoadedModel:

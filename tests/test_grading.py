@@ -86,3 +86,21 @@ def test_no_expected_answer_only_extracts():
 def test_helpers():
     assert normalize_text("  The Côte d'Ivoire! ") == "cote d ivoire"
     assert parse_number("1,234.50") == 1234.5 and parse_number("abc") is None and parse_number("nan") is None
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    output=st.text(max_size=400),
+    expected=st.one_of(st.none(), st.text(max_size=20)),
+    kind=st.sampled_from(["numeric", "multiple_choice", "short_answer", "free_text"]),
+    choices=st.lists(st.text(max_size=15), max_size=6),
+    question=st.text(max_size=80),
+)
+def test_grading_never_crashes(output, expected, kind, choices, question):
+    """Any model output and any reference answer grade to a Grade, never an exception."""
+    g = grade(output, expected, kind, aliases=[expected or ""], choices=choices, question=question)
+    assert g.correct in (True, False, None) and isinstance(g.rule, str)

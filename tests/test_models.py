@@ -51,3 +51,15 @@ def test_gguf_without_readable_architecture_is_clear(tmp_path):
     bad.write_bytes(b"GGUF" + b"\x00" * 64)
     with pytest.raises(ModelLoadError):
         load_model(ModelSpec(source="gguf", name=str(bad)), cache_dir=tmp_path)
+
+
+def test_memory_guard_refuses_a_model_too_big(tiny_dir, monkeypatch):
+    from ic_core.models import estimate_weight_bytes
+
+    loaded = load_model(ModelSpec.parse(str(tiny_dir)))
+    n_params = sum(p.numel() for p in loaded.model.parameters())
+    assert estimate_weight_bytes(loaded.model.config, "float32") == 4 * n_params
+    assert estimate_weight_bytes(loaded.model.config, "bfloat16") == 2 * n_params
+    monkeypatch.setenv("IC_MEMORY_LIMIT_GB", str(n_params * 4 / 2**30 / 10))  # a tenth of what it needs
+    with pytest.raises(ModelLoadError, match="IC_MEMORY_LIMIT_GB"):
+        load_model(ModelSpec.parse(str(tiny_dir)))
