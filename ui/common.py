@@ -82,3 +82,130 @@ def json_download(label: str, data: Any, file_name: str, key: str | None = None)
     import json
 
     st.download_button(label, json.dumps(data, indent=2, ensure_ascii=False), file_name, "application/json", key=key)
+
+
+UPLOAD_LIMIT_BYTES = 100_000
+"""Largest prompt file accepted by the Explore page's upload (100 kB)."""
+
+KEEP_PREFIX = "keep:"
+"""Widget keys starting with this survive page switches (see :func:`keep_widget_values`)."""
+
+
+def read_text_upload(name: str, data: bytes, limit_bytes: int = UPLOAD_LIMIT_BYTES) -> str:
+    """Decode an uploaded prompt file, refusing what is not a modest UTF-8 text file.
+
+    Args:
+        name: File name (for the message).
+        data: The file's bytes.
+        limit_bytes: Largest accepted size.
+
+    Returns:
+        The prompt text, validated by :func:`ic_core.prompts.clean_prompt`.
+
+    Raises:
+        PromptError: too large, binary, not UTF-8, or empty.
+
+    """
+    from ic_core.errors import PromptError
+    from ic_core.prompts import clean_prompt
+
+    if len(data) > limit_bytes:
+        raise PromptError(
+            f"{name} is {len(data) / 1000:,.0f} kB; the limit is {limit_bytes / 1000:,.0f} kB. "
+            "Upload a shorter text file or paste the part you need."
+        )
+    if b"\x00" in data:
+        raise PromptError(f"{name} looks like a binary file (it contains NUL bytes). Upload a plain .txt file.")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PromptError(
+            f"{name} is not UTF-8 text (undecodable byte at position {exc.start}). Save it as UTF-8 and try again."
+        ) from exc
+    try:
+        return clean_prompt(text)
+    except PromptError as exc:
+        raise PromptError(f"{name}: {exc}") from exc
+
+
+def keep_widget_values() -> None:
+    """Keep page widgets' values when the user visits another page and comes back.
+
+    Streamlit forgets a widget's value once a run does not draw it. Re-assigning every
+    ``keep:``-prefixed key at the top of each run (app.py does it) turns it into plain
+    session state that survives. Only value widgets may use the prefix, never buttons,
+    download buttons or file uploaders (their state cannot be assigned).
+    """
+    for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(KEEP_PREFIX)]:
+        st.session_state[key] = st.session_state[key]
+
+
+EXPLORE_KEYS = {
+    "question": KEEP_PREFIX + "explore.prompt",
+    "regime": KEEP_PREFIX + "explore.regime",
+    "kind": KEEP_PREFIX + "explore.kind",
+    "template": KEEP_PREFIX + "explore.template",
+    "answer_prefix": KEEP_PREFIX + "explore.prefix",
+    "expected": KEEP_PREFIX + "explore.expected",
+    "aliases": KEEP_PREFIX + "explore.aliases",
+    "choices": KEEP_PREFIX + "explore.choices",
+}
+"""Session-state keys of the Explore page's input widgets (other pages may fill them)."""
+EXPLORE_RESULT_KEY = "explore.result"
+EXPLORE_NOTE_KEY = "explore.note"
+
+
+def fill_explore(item: dict[str, Any], regime: str = "direct") -> None:
+    """Put a prompt-set item into the Explore page's inputs and clear its old result.
+
+    Call it before ``st.switch_page("pages/1_Explore.py")`` (not while Explore's widgets are drawn).
+
+    Args:
+        item: A prompt-set item (keys question, kind, answer_prefix, answer, aliases, choices, note).
+        regime: The regime to select.
+
+    """
+    s = st.session_state
+    s[EXPLORE_KEYS["question"]] = item["question"]
+    s[EXPLORE_KEYS["regime"]] = regime
+    s[EXPLORE_KEYS["kind"]] = item.get("kind") or "free_text"
+    s[EXPLORE_KEYS["answer_prefix"]] = item.get("answer_prefix") or ""
+    s[EXPLORE_KEYS["expected"]] = str(item.get("answer") or "")
+    s[EXPLORE_KEYS["aliases"]] = ", ".join(item.get("aliases") or ())
+    s[EXPLORE_KEYS["choices"]] = "\n".join(item.get("choices") or ())
+    s[EXPLORE_NOTE_KEY] = {"question": item["question"], "note": item.get("note") or ""}
+    s.pop(EXPLORE_RESULT_KEY, None)
+
+
+def page_title(file_name: str) -> str:
+    """Navigation title of a page file: ``1_Explore.py`` → ``Explore``, ``2_Compare_regimes.py`` → ``Compare regimes``."""
+    import re
+    from pathlib import Path
+
+    stem = Path(file_name).stem
+    return re.sub(r"^\d+[_\- ]*", "", stem).replace("_", " ").strip() or stem
+
+
+ROUTER_KEY = "_router_active"
+"""True while app.py's st.navigation is running the current page."""
+WANTED_PAGE_KEY = "_wanted_page"
+
+
+def require_router(page_file: str) -> None:
+    """Make sure a page runs under app.py's router (sidebar, settings), even when opened by URL.
+
+    On a freshly started server, Streamlit treats an app with a ``pages/`` folder as an
+    old-style multipage app until app.py has run once, so the first visit to a page's own
+    URL would run that page alone (no sidebar). The page then hands over to app.py, which
+    registers the navigation and switches back to the page. Call it first on every page.
+
+    Args:
+        page_file: The page's ``__file__``.
+
+    """
+    if st.session_state.get(ROUTER_KEY):
+        return
+    from pathlib import Path
+
+    st.session_state[WANTED_PAGE_KEY] = f"pages/{Path(page_file).name}"
+    st.switch_page("app.py")

@@ -1,0 +1,325 @@
+"""Explore one prompt: read the model's state before it writes anything, then generate."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import streamlit as st
+
+from ic_core.analysis import Analysis, analyze
+from ic_core.errors import ICError, PromptError
+from ic_core.generate import Generation, generate
+from ic_core.grading import Grade, grade
+from ic_core.models import LoadedModel
+from ic_core.plots.explore import (
+    entropy_legend_html,
+    lens_figure,
+    prompt_tokens_html,
+    token_entropy_figure,
+    token_spans_html,
+    top_tokens_figure,
+    visible_token,
+)
+from ic_core.prompts import REGIMES, TASK_KINDS, custom_template
+from ui.common import (
+    EXPLORE_KEYS,
+    EXPLORE_NOTE_KEY,
+    EXPLORE_RESULT_KEY,
+    UPLOAD_LIMIT_BYTES,
+    footer,
+    gen_config,
+    get_loaded,
+    json_download,
+    read_text_upload,
+    require_router,
+    show_error,
+)
+
+K = EXPLORE_KEYS
+UPLOAD_KEY = "explore_upload"
+GATE_POLICY_KEY = "gate_policy"
+GATE_PROBE_KEY = "probe"
+"""Where the Governance page puts the active policy and, for probe policies, its probe."""
+UPLOAD_MSG_KEY = "explore.upload_message"
+REGIME_LABELS = {
+    "direct": "direct — answer only",
+    "cot": "cot — think step by step",
+    "babble": "babble — talk about it, don't solve (control)",
+    "custom": "custom template",
+}
+PREFIX_HELP = (
+    "Optional forced start of the answer, e.g. 'The capital of France is'. The model still has not written "
+    "a content token, but the state is then read after this prefix — that entropy is H_slot. On the small "
+    "default model, raw H_int at the last prompt token mostly measures the boilerplate first word "
+    "('The', 'To'…) and predicts nothing; H_slot sits where the answer is decided and does carry the signal."
+)
+
+
+def _init_state() -> None:
+    defaults = {"question": "", "regime": "direct", "kind": "short_answer",
+                "template": "{question}\nAnswer in one word.", "answer_prefix": "", "expected": "",
+                "aliases": "", "choices": ""}
+    for name, value in defaults.items():
+        st.session_state.setdefault(K[name], value)
+
+
+def _on_upload() -> None:
+    uploaded = st.session_state.get(UPLOAD_KEY)
+    if uploaded is None:
+        st.session_state.pop(UPLOAD_MSG_KEY, None)
+        return
+    try:
+        st.session_state[K["question"]] = read_text_upload(uploaded.name, uploaded.getvalue())
+        st.session_state[UPLOAD_MSG_KEY] = ("ok", f"Loaded **{uploaded.name}** into the prompt box.")
+    except ICError as exc:
+        st.session_state[UPLOAD_MSG_KEY] = ("error", str(exc))
+
+
+def _split(text: str, sep: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(sep) if part.strip())
+
+
+def current_inputs() -> dict[str, Any]:
+    """What the input widgets hold now (plain, comparable values)."""
+    s = st.session_state
+    return {
+        "question": s[K["question"]], "regime": s[K["regime"]], "kind": s[K["kind"]],
+        "template": s[K["template"]] if s[K["regime"]] == "custom" else None,
+        "answer_prefix": s[K["answer_prefix"]].strip() or None, "expected": s[K["expected"]].strip() or None,
+        "aliases": _split(s[K["aliases"]], ","), "choices": _split(s[K["choices"]], "\n"),
+    }
+
+
+def read_state(loaded: LoadedModel, inputs: dict[str, Any]) -> Analysis:
+    """The page's one engine call for the risk card (no generation)."""
+    if inputs["kind"] == "multiple_choice" and len(inputs["choices"]) < 2:
+        raise PromptError("A multiple-choice question needs at least two options: type them one per line.")
+    template = custom_template(inputs["template"]) if inputs["regime"] == "custom" else None
+    return analyze(
+        loaded, inputs["question"], regime="direct" if template else inputs["regime"], kind=inputs["kind"],
+        template=template, answer_prefix=inputs["answer_prefix"], choices=inputs["choices"],
+        expected=inputs["expected"], aliases=inputs["aliases"], do_generate=False,
+    )
+
+
+def input_panel() -> None:
+    """Prompt, upload, regime, task kind, template, prefix and the expected answer."""
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        st.text_area("Prompt", key=K["question"], height=130, placeholder="e.g. What is the capital of France?",
+                     help="The question as the user would ask it. The regime below wraps it in its instructions.")
+        st.file_uploader(f"…or upload a .txt file (UTF-8, up to {UPLOAD_LIMIT_BYTES // 1000} kB)", type=["txt"],
+                         key=UPLOAD_KEY, on_change=_on_upload, max_upload_size=1)
+        message = st.session_state.get(UPLOAD_MSG_KEY)
+        if message and message[0] == "error":
+            st.error(f"**Upload refused.** {message[1]}")
+        elif message:
+            st.caption(message[1])
+        note = st.session_state.get(EXPLORE_NOTE_KEY)
+        if note and note["note"] and note["question"] == st.session_state[K["question"]]:
+            st.info(f"**About this example.** {note['note']}")
+    with right:
+        st.radio("Regime", (*REGIMES, "custom"), key=K["regime"], format_func=REGIME_LABELS.get,
+                 help="How the question is asked. The paper compares direct answers, chain of thought, "
+                      "and a babble control.")
+        if st.session_state[K["regime"]] == "custom":
+            st.text_area("Custom template", key=K["template"], height=80,
+                         help="Your own wording. It must contain {question}; {choices} is optional.")
+        st.selectbox("Task kind", TASK_KINDS, key=K["kind"],
+                     help="Picks the template wording and how the answer is graded.")
+        st.text_input("Forced answer prefix (optional → H_slot)", key=K["answer_prefix"], help=PREFIX_HELP,
+                      placeholder="e.g. The capital of France is")
+        with st.expander("Expected answer (optional, to grade the output)",
+                         expanded=bool(st.session_state[K["expected"]])):
+            st.text_input("Expected answer", key=K["expected"], placeholder="e.g. Paris")
+            st.text_input("Other accepted answers (comma-separated)", key=K["aliases"])
+            st.text_area("Choices (one per line, for multiple choice)", key=K["choices"], height=90)
+
+
+def gate_verdict(loaded: LoadedModel, analysis: Analysis) -> None:
+    """The pre-generation gate's decision, when the Governance page has made a policy active."""
+    policy = st.session_state.get(GATE_POLICY_KEY)
+    if policy is None:
+        st.info("No gate policy loaded — fit one on the Governance page.")
+        return
+    try:
+        from ic_core.gate import decide_for_analysis
+        from ic_core.policy import check_model
+    except ImportError:
+        st.warning("A gate policy is loaded but the gate module (ic_core.gate) is missing in this installation.")
+        return
+    uses_probe = bool(getattr(policy, "uses_probe", False))
+    try:
+        check_model(policy, loaded)
+        probe = st.session_state.get(GATE_PROBE_KEY) if uses_probe else None
+        if uses_probe and probe is None:
+            from ic_core.probes import SavedProbe
+
+            probe = SavedProbe.load(policy.probe["path"])
+        decision = decide_for_analysis(policy, analysis, probe=probe)
+    except ICError as exc:
+        st.warning(f"**Gate: no verdict for this read-out.** {exc}")
+        return
+    p_correct = decision.signals.get("probe_p_correct")
+    extra = f" Probe P(correct) = {p_correct:.2f}." if p_correct is not None else ""
+    if decision.decision == "approve":
+        st.success(f"**Gate: approve.** {decision.reason}{extra}")
+    else:
+        st.warning(f"**Gate: escalate to a human.** {decision.reason}{extra}")
+
+
+def risk_card(loaded: LoadedModel, analysis: Analysis) -> None:
+    """What the model's state says before any token is written."""
+    state, rendered = analysis.state, analysis.rendered
+    signal = analysis.signal_name
+    st.subheader("Risk card (before generation)")
+    where = "after the forced answer prefix" if rendered.answer_prefix else "at the last prompt token"
+    c1, c2, c3 = st.columns(3)
+    c1.metric(f"{signal} (bits)", f"{state.h_int_bits:.2f}",
+              help=f"Entropy of the full next-token distribution {where}, in bits. 0 = certain; "
+                   f"log2(vocabulary) = uniform. Top-100 variant (the paper code's): "
+                   f"{state.h_int_top100_bits:.2f} bits.")
+    c2.metric("Top-1 probability", f"{state.top1_prob:.1%}", help="Probability of the single most likely next token.")
+    c3.metric("Prompt tokens", f"{rendered.n_tokens}", help=f"Read in one forward pass ({analysis.check_s:.2f} s).")
+    top_token = visible_token(analysis.top_tokens[0][0]) if analysis.top_tokens else "?"
+    equivalent = 2 ** state.h_int_bits
+    among = f"{equivalent:.1f}" if equivalent < 10 else f"{equivalent:,.0f}"
+    st.caption(f"{state.h_int_bits:.2f} bits ≈ as unsure as a fair pick among {among} tokens. "
+               f"Most likely next token: `{top_token}`. This describes the *next token only*: see the Learn page "
+               "for when it does and does not predict a correct answer.")
+    with st.expander("Other read-outs of the same state"):
+        st.markdown(
+            f"- **{signal}, top-100 variant**: {state.h_int_top100_bits:.3f} bits (softmax renormalised over "
+            f"the 100 largest logits, as in the paper's code)\n"
+            f"- **{signal}, full vocabulary**: {state.h_int_bits:.3f} bits\n"
+            f"- **check time**: {analysis.check_s:.2f} s"
+        )
+    gate_verdict(loaded, analysis)
+    tabs = st.tabs(["Next tokens", "Entropy by layer", "Prompt tokens"])
+    with tabs[0]:
+        st.plotly_chart(top_tokens_figure(analysis.top_tokens), key="explore_top_fig")
+    with tabs[1]:
+        lens = state.lens
+        st.plotly_chart(lens_figure(lens.layers, lens.entropy_bits[0], lens.kl_to_final_bits[0],
+                                    analysis.lens_top_tokens), key="explore_lens_fig")
+        st.caption("Logit lens: each layer's state pushed through the final norm and unembedding. "
+                   "KL to final (dotted, right axis) shows how far a layer still is from the model's own output.")
+    with tabs[2]:
+        readout_view(analysis)
+
+
+def readout_view(analysis: Analysis) -> None:
+    """The prompt token by token, with the read-out token marked."""
+    rendered = analysis.rendered
+    read_tok = analysis.skipped_tokens[-1] if analysis.skipped_tokens else rendered.readout_token
+    st.caption(f"Read-out token: `{visible_token(read_tok)}` (highlighted). "
+               + ("Chat template applied." if rendered.chat_template_used else "No chat template."))
+    if analysis.skipped_tokens:
+        st.caption(f"After the prefix the model writes {len(analysis.skipped_tokens)} whitespace token(s) "
+                   f"({', '.join(repr(t) for t in analysis.skipped_tokens)}); the state is read after them "
+                   "(dashed), so it measures the answer, not the spacing.")
+    elif rendered.readout_is_formatting:
+        st.caption("Note: the read-out is a **formatting token** (whitespace, punctuation or a special token): its "
+                   "entropy mostly reflects how the answer *starts*, not the answer. Add a forced answer "
+                   "prefix to read H_slot instead.")
+    st.markdown(prompt_tokens_html(rendered.tokens, rendered.readout_index, analysis.skipped_tokens,
+                                   rendered.readout_is_formatting), unsafe_allow_html=True)
+
+
+def grade_view(result_grade: Grade | None, expected: str | None) -> None:
+    """Correct / wrong, with the extracted answer and the rule that found it."""
+    if result_grade is None:
+        st.caption("No expected answer given, so the output is not graded.")
+        return
+    found = f"“{result_grade.extracted}”" if result_grade.extracted is not None else "nothing answer-like"
+    if result_grade.correct is True:
+        st.success(f"**Correct.** Extracted {found}; expected “{expected}” (rule: {result_grade.rule}).")
+    elif result_grade.correct is False:
+        st.warning(f"**Wrong.** Extracted {found}; expected “{expected}” (rule: {result_grade.rule}).")
+    else:
+        st.info(f"Extracted {found} (rule: {result_grade.rule}); no expected answer to compare with.")
+
+
+def generation_panel(loaded: LoadedModel, result: dict[str, Any]) -> None:
+    """The Generate button and, once pressed, the coloured output."""
+    analysis: Analysis = result["analysis"]
+    st.subheader("Generation")
+    if analysis.model_label != loaded.spec.label:
+        st.warning("The model changed since this read-out. Press **Read the state** again first.")
+        return
+    cfg_note = "sampling" if st.session_state.get("do_sample") else "greedy"
+    if st.button("Generate", key="explore_generate_btn", type="primary",
+                 help=f"Write the answer ({cfg_note}, up to {st.session_state.get('max_new_tokens', 64)} tokens; "
+                      "change it in the sidebar)."):
+        try:
+            with st.spinner("Generating…"):
+                generation = generate(loaded, analysis.rendered, gen_config())
+            inputs = result["inputs"]
+            result_grade = None
+            if inputs["expected"] is not None or inputs["kind"] != "free_text":
+                result_grade = grade(generation.answer_text, inputs["expected"], inputs["kind"], inputs["aliases"],
+                                     inputs["choices"], inputs["question"])
+            result["generation"], result["grade"] = generation, result_grade
+        except Exception as exc:  # the UI boundary (see show_error)
+            show_error(exc)
+    generation: Generation | None = result.get("generation")
+    if generation is None:
+        st.caption("Nothing generated yet: the risk card was computed from the prompt alone. "
+                   "Press **Generate** to see what the model writes.")
+        return
+    st.markdown(token_spans_html(generation.tokens, generation.entropy_bits, generation.chosen_probs,
+                                 generation.answer_prefix), unsafe_allow_html=True)
+    st.markdown(entropy_legend_html(), unsafe_allow_html=True)
+    mean = generation.mean_entropy_bits
+    st.caption(f"{len(generation.tokens)} tokens in {generation.elapsed_s:.1f} s · stop: {generation.stop_reason}"
+               + (f" · mean token entropy {mean:.2f} bits" if mean is not None else "")
+               + " · hover a token for its entropy and probability")
+    grade_view(result.get("grade"), result["inputs"]["expected"])
+    if generation.tokens:
+        st.plotly_chart(token_entropy_figure(generation.tokens, generation.entropy_bits), key="explore_tok_fig")
+    with st.expander("Output as plain text"):
+        st.text(generation.answer_text)
+
+
+def downloads(result: dict[str, Any]) -> None:
+    """JSON of the risk card, with the generation and grade once they exist."""
+    full = dataclasses.replace(result["analysis"], generation=result.get("generation"), grade=result.get("grade"),
+                               expected=result["inputs"]["expected"])
+    name = "risk_card_and_generation.json" if result.get("generation") else "risk_card.json"
+    json_download("Download JSON", full.to_json(), name, key="explore_download")
+
+
+require_router(__file__)
+st.title("Explore a prompt")
+st.caption("Read the model's internal state **before** it writes anything (the risk card), then let it answer "
+           "and compare. New here? The **Learn** page explains what the numbers mean.")
+_init_state()
+loaded = get_loaded()
+input_panel()
+if st.button("Read the state", type="primary", key="explore_read_btn", disabled=loaded is None):
+    st.session_state.pop(EXPLORE_RESULT_KEY, None)
+    inputs = current_inputs()
+    try:
+        with st.spinner("Reading the state (one forward pass)…"):
+            analysis = read_state(loaded, inputs)
+        st.session_state[EXPLORE_RESULT_KEY] = {"analysis": analysis, "inputs": inputs, "generation": None,
+                                                "grade": None}
+    except Exception as exc:  # the UI boundary: an engine error becomes one message, never a traceback
+        show_error(exc)
+
+result = st.session_state.get(EXPLORE_RESULT_KEY)
+if result is None:
+    st.info("Type a question (or pick an example on the **Learn** page) and press **Read the state**.")
+elif loaded is not None:
+    if result["inputs"] != current_inputs():
+        st.info("The inputs changed since this read-out (shown below for the previous inputs). "
+                "Press **Read the state** to update.")
+    card_col, gen_col = st.columns(2, gap="large")
+    with card_col:
+        risk_card(loaded, result["analysis"])
+    with gen_col:
+        generation_panel(loaded, result)
+    downloads(result)
+st.divider()
+footer(loaded)

@@ -1,0 +1,204 @@
+"""Compare regimes: the same question asked directly, with chain of thought, and as babble."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import streamlit as st
+
+from ic_core.analysis import Analysis, analyze
+from ic_core.errors import PromptError
+from ic_core.generate import MAX_NEW_TOKENS_LIMIT, generate
+from ic_core.grading import grade
+from ic_core.models import LoadedModel
+from ic_core.plots.explore import entropy_legend_html, lens_overlay_figure, token_spans_html
+from ic_core.prompts import REGIMES, TASK_KINDS, custom_template
+from ui.common import (
+    EXPLORE_KEYS,
+    KEEP_PREFIX,
+    footer,
+    gen_config,
+    get_loaded,
+    json_download,
+    require_router,
+    show_error,
+)
+
+P = KEEP_PREFIX + "compare."
+RESULT_KEY = "compare.result"
+COT_DEFAULT_TOKENS = 192
+REGIME_TITLES = {"direct": "Direct", "cot": "Chain of thought", "babble": "Babble (control)", "custom": "Custom"}
+
+
+def _init_state() -> None:
+    s = st.session_state
+    defaults = {
+        "question": s.get(EXPLORE_KEYS["question"], "") or "", "kind": "short_answer", "expected": "",
+        "aliases": "", "choices": "", "use_custom": False, "template": "{question}\nAnswer in one word.",
+        "cot_tokens": COT_DEFAULT_TOKENS,
+    }
+    for name, value in defaults.items():
+        s.setdefault(P + name, value)
+
+
+def _split(text: str, sep: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(sep) if part.strip())
+
+
+def current_inputs() -> dict[str, Any]:
+    """The input widgets' values as plain data."""
+    s = st.session_state
+    return {
+        "question": s[P + "question"], "kind": s[P + "kind"], "expected": s[P + "expected"].strip() or None,
+        "aliases": _split(s[P + "aliases"], ","), "choices": _split(s[P + "choices"], "\n"),
+        "template": s[P + "template"] if s[P + "use_custom"] else None,
+    }
+
+
+def read_all(loaded: LoadedModel, inputs: dict[str, Any]) -> dict[str, Analysis]:
+    """One read-out per regime (and the custom template when given), nothing generated."""
+    if inputs["kind"] == "multiple_choice" and len(inputs["choices"]) < 2:
+        raise PromptError("A multiple-choice question needs at least two options: type them one per line.")
+    custom = custom_template(inputs["template"]) if inputs["template"] is not None else None
+    common = dict(kind=inputs["kind"], choices=inputs["choices"], expected=inputs["expected"], aliases=inputs["aliases"])
+    out = {regime: analyze(loaded, inputs["question"], regime=regime, **common) for regime in REGIMES}
+    if custom is not None:
+        out["custom"] = analyze(loaded, inputs["question"], template=custom, **common)
+    return out
+
+
+def input_panel() -> None:
+    """Question, task kind, expected answer, optional custom template, CoT budget."""
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        st.text_area("Question", key=P + "question", height=110, placeholder="e.g. What is 48 + 67?")
+        st.checkbox("Add a custom template as a fourth regime", key=P + "use_custom")
+        if st.session_state[P + "use_custom"]:
+            st.text_area("Custom template (must contain {question})", key=P + "template", height=80)
+    with right:
+        st.selectbox("Task kind", TASK_KINDS, key=P + "kind", help="Picks each regime's wording and the grading rule.")
+        st.number_input("Max new tokens for CoT", min_value=16, max_value=MAX_NEW_TOKENS_LIMIT, step=16,
+                        key=P + "cot_tokens",
+                        help="Chain of thought writes its reasoning before the answer, so it needs more room. "
+                             "Direct and babble use the sidebar's setting.")
+        with st.expander("Expected answer (optional, to grade the outputs)",
+                         expanded=bool(st.session_state[P + "expected"])):
+            st.text_input("Expected answer", key=P + "expected")
+            st.text_input("Other accepted answers (comma-separated)", key=P + "aliases")
+            st.text_area("Choices (one per line, for multiple choice)", key=P + "choices", height=90)
+
+
+def h_int_row(analyses: dict[str, Analysis]) -> None:
+    """H_int of each regime side by side, with the difference from direct."""
+    base = analyses["direct"].state.h_int_bits
+    for col, (regime, a) in zip(st.columns(len(analyses)), analyses.items()):
+        h = a.state.h_int_bits
+        col.metric(f"{REGIME_TITLES[regime]}: H_int (bits)", f"{h:.2f}",
+                   delta=None if regime == "direct" else f"{h - base:+.2f} bits vs direct", delta_color="off",
+                   help=f"Top-1 probability {a.state.top1_prob:.1%}; top-100 variant "
+                        f"{a.state.h_int_top100_bits:.2f} bits; read-out token {a.rendered.readout_token!r}.")
+
+
+def generate_all(loaded: LoadedModel, result: dict[str, Any]) -> None:
+    """Generate every regime's answer (CoT with its own token budget) and grade it."""
+    base = gen_config()
+    cot = dataclasses.replace(base, max_new_tokens=int(st.session_state[P + "cot_tokens"]))
+    inputs = result["inputs"]
+    gens, grades = {}, {}
+    progress = st.progress(0.0, text="Generating…")
+    for i, (regime, a) in enumerate(result["analyses"].items()):
+        progress.progress(i / len(result["analyses"]), text=f"Generating: {REGIME_TITLES[regime]}…")
+        gens[regime] = generate(loaded, a.rendered, cot if regime == "cot" else base)
+        if inputs["expected"] is not None or inputs["kind"] != "free_text":
+            grades[regime] = grade(gens[regime].answer_text, inputs["expected"], inputs["kind"], inputs["aliases"],
+                                   inputs["choices"], inputs["question"])
+    progress.empty()
+    result["generations"], result["grades"] = gens, grades
+
+
+def outputs_row(result: dict[str, Any]) -> None:
+    """The outputs side by side, tokens coloured by entropy, graded when an answer is known."""
+    st.markdown(entropy_legend_html(), unsafe_allow_html=True)
+    expected = result["inputs"]["expected"]
+    for col, (regime, g) in zip(st.columns(len(result["generations"])), result["generations"].items()):
+        with col:
+            st.markdown(f"**{REGIME_TITLES[regime]}**")
+            st.markdown(token_spans_html(g.tokens, g.entropy_bits, g.chosen_probs, g.answer_prefix),
+                        unsafe_allow_html=True)
+            mean = g.mean_entropy_bits
+            st.caption(f"{len(g.tokens)} tokens · stop: {g.stop_reason}"
+                       + (f" · mean entropy {mean:.2f} bits" if mean is not None else ""))
+            verdict = result["grades"].get(regime)
+            if verdict is None:
+                continue
+            found = f"“{verdict.extracted}”" if verdict.extracted is not None else "nothing answer-like"
+            if verdict.correct is True:
+                st.success(f"**Correct:** {found} ({verdict.rule})")
+            elif verdict.correct is False:
+                st.warning(f"**Wrong:** {found}, expected “{expected}” ({verdict.rule})")
+            else:
+                st.info(f"Extracted {found} ({verdict.rule})")
+
+
+def export(result: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready summary of every regime (with outputs once generated)."""
+    out = {}
+    for regime, a in result["analyses"].items():
+        full = dataclasses.replace(a, generation=result.get("generations", {}).get(regime),
+                                   grade=result.get("grades", {}).get(regime), expected=result["inputs"]["expected"])
+        out[regime] = full.to_json()
+    return out
+
+
+require_router(__file__)
+st.title("Compare regimes")
+st.caption("The same question asked three ways: **direct** (answer only), **chain of thought** (reason step by "
+           "step, then `#### answer`), and **babble** (write about the topic without solving it — a control). "
+           "The paper reports lower H_int with CoT on a 7B model; check whether it holds here.")
+_init_state()
+loaded = get_loaded()
+input_panel()
+if st.button("Read all regimes", type="primary", key="compare_read_btn", disabled=loaded is None):
+    st.session_state.pop(RESULT_KEY, None)
+    inputs = current_inputs()
+    try:
+        with st.spinner("Reading the state of each regime…"):
+            analyses = read_all(loaded, inputs)
+        st.session_state[RESULT_KEY] = {"inputs": inputs, "analyses": analyses}
+    except Exception as exc:  # the UI boundary: an engine error becomes one message, never a traceback
+        show_error(exc)
+
+result = st.session_state.get(RESULT_KEY)
+if result is None:
+    st.info("Type a question and press **Read all regimes**. Nothing is generated until you ask.")
+elif loaded is not None:
+    if result["inputs"] != current_inputs():
+        st.info("The inputs changed since this read-out. Press **Read all regimes** to update.")
+    analyses = result["analyses"]
+    h_int_row(analyses)
+    curves = {r: (a.state.lens.layers, a.state.lens.entropy_bits[0]) for r, a in analyses.items()}
+    st.plotly_chart(lens_overlay_figure(curves), key="compare_lens_fig")
+    st.caption("H_int is read at the last prompt token, before any token is written. On the small default model "
+               "that token is the newline after the assistant header, so H_int mostly measures how the answer "
+               "starts; see the Learn page.")
+    st.subheader("Outputs")
+    budget = st.session_state[P + "cot_tokens"]
+    if st.button("Generate all", key="compare_generate_btn",
+                 help=f"Direct and babble: up to {st.session_state.get('max_new_tokens', 64)} tokens (sidebar); "
+                      f"CoT: up to {budget} tokens."):
+        if any(a.model_label != loaded.spec.label for a in analyses.values()):
+            st.warning("The model changed since this read-out. Press **Read all regimes** again first.")
+        else:
+            try:
+                generate_all(loaded, result)
+            except Exception as exc:  # the UI boundary (see show_error)
+                show_error(exc)
+    if result.get("generations"):
+        outputs_row(result)
+    else:
+        st.caption(f"CoT gets {budget} new tokens here (it reasons before answering); the others use the sidebar's "
+                   f"{st.session_state.get('max_new_tokens', 64)}. On a CPU expect roughly 10–20 s for all three.")
+    json_download("Download JSON", export(result), "compare_regimes.json", key="compare_download")
+st.divider()
+footer(loaded)
