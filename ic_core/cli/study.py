@@ -1,0 +1,82 @@
+"""``study``: run a prompt set × regimes headless into a run folder the app can open."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ic_core.cli.common import add_model_options, model_from_args, print_json
+from ic_core.datasets import bundled_sets, load_bundled, load_items
+from ic_core.errors import DataError
+from ic_core.generate import GenerationConfig
+from ic_core.prompts import REGIMES
+from ic_core.study import default_run_name, metrics_json, run_path, run_study
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``study`` command."""
+    p = sub.add_parser("study", help="run a prompt set in one or more regimes and save a run folder")
+    p.add_argument("--data", required=True, help="a bundled set name (e.g. capitals) or a .jsonl/.csv file")
+    p.add_argument("--regimes", default="direct", help=f"comma-separated, among {','.join(REGIMES)}")
+    p.add_argument("--limit", type=int, help="use only the first N items")
+    p.add_argument("--out", help="run folder (default: $IC_RUNS_DIR/<set>-<regimes>-n<N>-<time>); resumed if it exists")
+    p.add_argument("--no-item-prefix", action="store_true", help="do not read after the items' answer prefixes (direct)")
+    p.add_argument("--answer-prefix", help="forced answer prefix for direct-regime items without their own")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per answer (CoT gets at least 192)")
+    p.add_argument("--no-generate", action="store_true", help="only read states (and grade outputs the file carries)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    add_model_options(p)
+    p.set_defaults(func=run)
+
+
+def _load_data(text: str) -> tuple[str, object]:
+    names = {s.name for s in bundled_sets()}
+    if text in names:
+        return text, load_bundled(text)
+    path = Path(text)
+    if not path.is_file():
+        raise DataError(f"--data {text!r} is neither a bundled set ({', '.join(sorted(names))}) nor an existing file.")
+    fmt = "csv" if path.suffix.lower() == ".csv" else "jsonl"
+    return path.stem, load_items(path, fmt=fmt)
+
+
+def _progress_line(done: int, total: int, eta_s: float | None, message: str) -> None:
+    eta = "" if eta_s is None else f" · ETA {eta_s / 60:.1f} min" if eta_s >= 90 else f" · ETA {eta_s:.0f} s"
+    sys.stderr.write(f"\r[{done}/{total}]{eta} · {message[:60]:<60}")
+    sys.stderr.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``study``."""
+    name, result = _load_data(args.data)
+    for err in result.errors[:10]:
+        print(f"skipped line {err.line}: {err.message}", file=sys.stderr)
+    if len(result.errors) > 10:
+        print(f"… and {len(result.errors) - 10} more bad rows", file=sys.stderr)
+    regimes = [r.strip() for r in args.regimes.split(",") if r.strip()]
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature, seed=args.seed
+    )
+    n_items = min(len(result.items), args.limit or len(result.items))
+    out = Path(args.out) if args.out else run_path(default_run_name(name, regimes, n_items))
+    loaded = model_from_args(args)
+    start = time.perf_counter()
+    study = run_study(
+        loaded, result.items, regimes, out, limit=args.limit, gen_config=config,
+        use_item_prefix=not args.no_item_prefix, answer_prefix=args.answer_prefix, batch_size=args.batch_size,
+        progress=None if args.quiet else _progress_line, generate=not args.no_generate, seed=args.seed,
+        dataset_name=name, dataset_sha256=result.sha256,
+    )
+    if not args.quiet:
+        sys.stderr.write(f"\ndone in {time.perf_counter() - start:.1f} s → {out}\n")
+    summary = metrics_json(study)
+    summary["path"] = str(out)
+    summary["n_bad_rows"] = len(result.errors)
+    print_json(summary)
+    return 0

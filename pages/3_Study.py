@@ -1,0 +1,506 @@
+"""Study: run a prompt set in several regimes, save it, reopen it, and look at the states."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from ic_core.datasets import (
+    FIELDS,
+    REQUIRED_FIELDS,
+    LoadResult,
+    bundled_sets,
+    csv_headers,
+    load_bundled,
+    load_items,
+    suggest_column_map,
+)
+from ic_core.errors import DataError, ICError
+from ic_core.generate import MAX_NEW_TOKENS_LIMIT, GenerationConfig
+from ic_core.plots.study import (
+    accuracy_figure,
+    dim_eff_figure,
+    h_int_distribution_figure,
+    lens_curves_figure,
+    pca_figure,
+    token_entropy_bar_figure,
+)
+from ic_core.prompts import REGIMES
+from ic_core.report import build_report
+from ic_core.study import (
+    COT_MIN_NEW_TOKENS,
+    MAX_LIMIT,
+    RegimeComparison,
+    StudyPCA,
+    StudyRun,
+    default_pca_layer,
+    default_run_name,
+    dim_eff_by_regime,
+    items_csv,
+    list_runs,
+    load_run,
+    metrics_json,
+    pca_of_layer,
+    place_state,
+    regime_comparison,
+    resume_run,
+    run_in_progress,
+    run_path,
+    run_study,
+    runs_root,
+)
+from ui.common import EXPLORE_RESULT_KEY, KEEP_PREFIX, footer, gen_config, get_loaded, show_error
+
+K = {name: KEEP_PREFIX + "study." + name for name in
+     ("source", "bundled", "regimes", "limit", "max_new", "use_prefix", "generate", "run_name")}
+"""Session keys of the new-study inputs (kept across page switches)."""
+RUN_SELECT_KEY = "study_run_select"
+ITEM_PICK_KEY = "study_item_pick"
+NONE = "(none)"
+PREFIX_HELP = (
+    "Many bundled items carry a forced answer prefix (e.g. 'The capital of France is'). In the direct regime the "
+    "state is then read after that prefix — still before the model writes any content token — and its entropy "
+    "is H_slot. Without it the state is read at the last prompt token, which on small chat models mostly "
+    "measures boilerplate ('The', 'To'…). CoT and babble never use prefixes (CoT must reason first; babble must not answer)."
+)
+
+
+# ------------------------------------------------------------ cached wrappers (keyed by path + mtime)
+
+
+def _mtime(path: Path) -> float:
+    files = [path / "manifest.json", path / "items.jsonl"]
+    return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
+
+
+@st.cache_data(max_entries=3, show_spinner="Loading the run…")
+def cached_run(path: str, mtime: float) -> StudyRun:
+    return load_run(path)
+
+
+@st.cache_data(max_entries=3, show_spinner="Comparing regimes…")
+def cached_comparison(path: str, mtime: float) -> RegimeComparison:
+    return regime_comparison(cached_run(path, mtime), dim_effs=cached_dim_eff(path, mtime))
+
+
+@st.cache_data(max_entries=3, show_spinner="Effective dimensionality per layer…")
+def cached_dim_eff(path: str, mtime: float) -> dict[str, Any]:
+    return dim_eff_by_regime(cached_run(path, mtime))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def cached_pca(path: str, mtime: float, layer: int, regimes: tuple[str, ...]) -> StudyPCA:
+    run = cached_run(path, mtime)
+    rows = run.table.loc[run.table["regime"].isin(regimes), "row"].to_numpy()
+    return pca_of_layer(run, layer, rows)
+
+
+@st.cache_data(max_entries=2, show_spinner="Building the HTML report…")
+def cached_report(path: str, mtime: float) -> str:
+    return build_report(cached_run(path, mtime), comparison=cached_comparison(path, mtime),
+                        dim_effs=cached_dim_eff(path, mtime))
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def cached_upload(data: bytes, fmt: str, mapping: tuple[tuple[str, str], ...]) -> LoadResult:
+    return load_items(data, fmt=fmt, column_map=dict(mapping))
+
+
+# ------------------------------------------------------------ choosing the prompt set
+
+
+def choose_bundled() -> tuple[str, LoadResult] | None:
+    sets = bundled_sets()
+    names = [s.name for s in sets]
+    if st.session_state.get(K["bundled"]) not in names:
+        st.session_state[K["bundled"]] = "capitals" if "capitals" in names else names[0]
+    name = st.selectbox("Bundled set", names, key=K["bundled"],
+                        format_func=lambda n: f"{n} ({next(s.n_items for s in sets if s.name == n)} items)")
+    info = next(s for s in sets if s.name == name)
+    st.caption(f"Licence: {info.license} · kinds: {', '.join(info.kinds)}")
+    return name, load_bundled(name)
+
+
+def choose_upload() -> tuple[str, LoadResult] | None:
+    st.caption("JSONL: one object per line with at least `question` (optional: id, answer, aliases, choices, kind, "
+               "answer_prefix, tags, source, license, output). CSV: a header row; aliases/choices/tags separated "
+               "by `|`. An `output` column holds existing model outputs: they are graded instead of generating. "
+               "Files are only read as data (max 5 MB / 5,000 rows).")
+    upload = st.file_uploader("Prompt file", type=["jsonl", "csv", "json"], key="study_upload")
+    if upload is None:
+        return None
+    data = upload.getvalue()
+    fmt = "csv" if upload.name.lower().endswith(".csv") else "jsonl"
+    mapping: dict[str, str] = {}
+    if fmt == "csv":
+        try:
+            headers = csv_headers(data)
+        except DataError as exc:
+            show_error(exc)
+            return None
+        mapping = column_mapping(headers)
+    try:
+        result = cached_upload(data, fmt, tuple(sorted(mapping.items())))
+    except ICError as exc:
+        show_error(exc)
+        return None
+    return Path(upload.name).stem, result
+
+
+def column_mapping(headers: list[str]) -> dict[str, str]:
+    """Let the user say which CSV column holds each field (pre-filled with a guess)."""
+    guess = suggest_column_map(headers)
+    headers_key = hashlib.sha256("\x1f".join(headers).encode("utf-8")).hexdigest()[:10]
+    with st.expander("Column mapping", expanded=not set(REQUIRED_FIELDS) <= set(guess)):
+        st.caption("Which column holds each field? `question` is required.")
+        cols = st.columns(4)
+        mapping = {}
+        for i, name in enumerate(FIELDS):
+            options = [NONE, *headers]
+            default = options.index(guess[name]) if name in guess else 0
+            # the key includes the headers, so another file starts from its own guess
+            choice = cols[i % 4].selectbox(name + (" *" if name in REQUIRED_FIELDS else ""), options, index=default,
+                                           key=f"study_map_{name}_{headers_key}")
+            if choice != NONE:
+                mapping[name] = choice
+    return mapping
+
+
+def validation_report(result: LoadResult) -> None:
+    n_bad = len(result.errors)
+    msg = f"{len(result.items)} good item(s) of {result.n_rows} row(s)."
+    if n_bad:
+        st.warning(f"{msg} {n_bad} row(s) rejected — they are left out:")
+        st.dataframe(pd.DataFrame([{"line": e.line, "problem": e.message} for e in result.errors]),
+                     hide_index=True, height=min(300, 40 + 35 * n_bad))
+    else:
+        st.success(msg)
+    for w in result.warnings:
+        st.info(w)
+    if any(it.output is not None for it in result.items):
+        st.info("This file carries model outputs: they are graded as given (no generation) and the states are "
+                "read from the prompts. Use the regime those outputs were produced with.")
+
+
+# ------------------------------------------------------------ running
+
+
+def progress_callback(bar: Any):
+    def update(done: int, total: int, eta_s: float | None, message: str) -> None:
+        eta = "estimating…" if eta_s is None else (f"{eta_s / 60:.1f} min" if eta_s >= 90 else f"{eta_s:.0f} s")
+        bar.progress(done / max(1, total), text=f"{done}/{total} rows · ETA {eta} · {message}")
+    return update
+
+
+def start_study(loaded: Any, name: str, result: LoadResult, regimes: list[str], limit: int, use_prefix: bool,
+                max_new: int, generate: bool) -> None:
+    config = gen_config()
+    config = GenerationConfig(max_new_tokens=max_new, do_sample=config.do_sample, temperature=config.temperature,
+                              top_p=config.top_p, seed=config.seed)
+    folder = run_path(st.session_state.get(K["run_name"]) or default_run_name(name, regimes, limit))
+    bar = st.progress(0.0, text="starting…")
+    st.caption("The run is saved after every batch: stopping the page (or pressing Stop) loses at most one batch, "
+               "and the run can be resumed from the saved-runs list.")
+    st.button("Stop", key="study_stop")  # any click reruns the page, which interrupts the run between rows
+    try:
+        run = run_study(loaded, result.items, regimes, folder, limit=limit, gen_config=config,
+                        use_item_prefix=use_prefix, progress=progress_callback(bar), generate=generate,
+                        seed=config.seed, dataset_name=name, dataset_sha256=result.sha256)
+    except ICError as exc:
+        show_error(exc)
+        return
+    st.session_state[RUN_SELECT_KEY] = str(run.path)  # the selectbox below is not drawn yet: allowed
+    st.success(f"Saved **{run.name}** ({len(run.table)} rows) under {runs_root()}.")
+
+
+def new_study_form(loaded: Any) -> None:
+    source = st.radio("Prompt set", ["Bundled set", "Upload CSV / JSONL"], horizontal=True, key=K["source"])
+    chosen = choose_bundled() if source == "Bundled set" else choose_upload()
+    if chosen is None:
+        return
+    name, result = chosen
+    if source != "Bundled set":
+        validation_report(result)
+    if not result.items:
+        st.error("No usable items: fix the rows listed above.")
+        return
+    n_max = min(MAX_LIMIT, len(result.items))
+    st.session_state[K["limit"]] = max(1, min(int(st.session_state[K["limit"]]), n_max))
+    c1, c2, c3 = st.columns(3)
+    regimes = c1.multiselect("Regimes", REGIMES, key=K["regimes"],
+                             help="direct = answer only; cot = reason step by step, then '#### answer'; "
+                                  "babble = talk about the topic without solving it (a control).")
+    limit = c2.number_input("Items (limit)", 1, n_max, key=K["limit"],
+                            help=f"The first N items of the set (at most {MAX_LIMIT} here; the CLI has no cap).")
+    max_new = c3.number_input("Max new tokens", 1, MAX_NEW_TOKENS_LIMIT, key=K["max_new"],
+                              help=f"Per answer; CoT always gets at least {COT_MIN_NEW_TOKENS}.")
+    c4, c5 = st.columns(2)
+    use_prefix = c4.checkbox("Use item answer prefixes (direct regime)", key=K["use_prefix"], help=PREFIX_HELP)
+    generate = c5.checkbox("Generate answers", key=K["generate"],
+                           help="Off: only read the states (and grade outputs the file carries) — much faster.")
+    st.text_input("Run name (optional)", key=K["run_name"],
+                  placeholder=default_run_name(name, regimes or ["direct"], int(limit)),
+                  help="A folder name under the runs directory; unsafe characters are replaced. Re-using the "
+                       "name of an unfinished run with the same settings resumes it.")
+    typed = st.session_state.get(K["run_name"]) or ""
+    if typed:
+        try:
+            st.caption(f"Folder: `{run_path(typed)}`")
+        except DataError as exc:
+            show_error(exc)
+            return
+    n_rows = int(limit) * max(1, len(regimes))
+    st.caption(f"{n_rows} rows (items × regimes). On the small default model on a CPU, expect roughly 1–3 s per "
+               "row with generation (CoT rows longer), well under 0.2 s per row without.")
+    if st.button("Run study", type="primary", key="study_run_btn", disabled=not regimes):
+        start_study(loaded, name, result, list(regimes), int(limit), use_prefix, int(max_new), generate)
+
+
+# ------------------------------------------------------------ showing a run
+
+
+def analysis_from_explore() -> Any:
+    analysis = st.session_state.get("last_analysis")
+    if analysis is None:
+        result = st.session_state.get(EXPLORE_RESULT_KEY)
+        analysis = result.get("analysis") if isinstance(result, dict) else None
+    return analysis
+
+
+def show_header(run: StudyRun, loaded: Any) -> None:
+    m = run.manifest
+    st.subheader(f"Run: {run.name}")
+    live = run_in_progress(run.path)
+    status = run.status
+    if status == "running":
+        status = "in progress" if live else "interrupted"
+    c = st.columns(4)
+    c[0].metric("Rows", f"{len(run.table)} / {run.n_planned}")
+    c[1].metric("Status", status)
+    c[2].metric("Model", str(m.get("model_label", "?")).split("/")[-1][:28])
+    c[3].metric("Prompt set", f"{m.get('dataset', {}).get('name', '?')} (n={m.get('n_items')})")
+    st.caption(f"Regimes: {', '.join(run.regimes)} · item prefixes (direct): "
+               f"{'used' if m.get('use_item_prefix') else 'not used'} · new tokens per regime: "
+               f"{m.get('generation', {}).get('max_new_tokens_by_regime')} · compute {float(m.get('elapsed_s') or 0):.0f} s · "
+               f"created {m.get('created')}")
+    if live:
+        st.info("Another process is writing this run right now; reopen it later to see more rows.")
+    elif run.status != "complete" and loaded is not None:
+        if st.button("Resume this run", key="study_resume_btn",
+                     help="Finish the remaining rows with the run's own items and settings."):
+            bar = st.progress(len(run.table) / max(1, run.n_planned), text="resuming…")
+            try:
+                resume_run(loaded, run.path, progress=progress_callback(bar))
+                st.rerun()
+            except ICError as exc:
+                show_error(exc)
+
+
+def show_items(run: StudyRun) -> None:
+    t = run.table
+    view = t[["item_id", "regime", "question", "output_text", "extracted_answer", "correct", "h_int_bits", "signal"]].copy()
+    view["correct"] = view["correct"].map(lambda v: "—" if v is None else ("✔" if v else "✘"))
+    event = st.dataframe(view, hide_index=True, on_select="rerun", selection_mode="single-row", key="study_items_df",
+                         column_config={"h_int_bits": st.column_config.NumberColumn("H_int / H_slot (bits)", format="%.2f")})
+    labels = [f"{r.item_id} · {r.regime}" for r in t.itertuples()]
+    rows = getattr(getattr(event, "selection", None), "rows", None) or []
+    picked = int(rows[0]) if rows else None
+    if picked != st.session_state.get("study.last_df_pick"):  # a new click in the table drives the selectbox
+        st.session_state["study.last_df_pick"] = picked
+        if picked is not None:
+            st.session_state[ITEM_PICK_KEY] = picked
+    if not 0 <= int(st.session_state.get(ITEM_PICK_KEY, 0)) < len(labels):
+        st.session_state[ITEM_PICK_KEY] = 0
+    choice = st.selectbox("Show one row (or click a row in the table)", range(len(labels)),
+                          format_func=lambda i: labels[i], key=ITEM_PICK_KEY)
+    show_row(t.iloc[int(choice)])
+
+
+def show_row(r: pd.Series) -> None:
+    left, right = st.columns(2)
+    with left:
+        st.markdown(f"**Question** ({r['kind']}, expected: `{r['expected']}`)")
+        st.text(r["user_text"] or r["question"])
+        if r["answer_prefix"]:
+            st.caption(f"Read after the forced answer prefix “{r['answer_prefix']}” ({r['signal']}).")
+        st.markdown(f"**{r['signal']}** = {r['h_int_bits']:.2f} bits · top-1 probability {r['top1_prob']:.2f} · "
+                    f"read-out token `{html.escape(str(r['readout_token']))}`")
+        if isinstance(r["top_tokens"], list):
+            st.caption("Most likely next tokens: " + ", ".join(f"`{t}` {p:.2f}" for t, p in r["top_tokens"]))
+    with right:
+        st.markdown("**Output**" + (" (from the file)" if r["output_source"] == "dataset" else ""))
+        st.text(r["output_text"] if r["output_text"] is not None else "(not generated)")
+        verdict = "not graded" if r["correct"] is None else ("correct" if r["correct"] else "wrong")
+        st.markdown(f"Extracted: `{r['extracted_answer']}` ({r['grade_rule']}) → **{verdict}**")
+        if isinstance(r["generated_tokens"], list) and r["generated_tokens"]:
+            st.plotly_chart(token_entropy_bar_figure(r["generated_tokens"], r["token_entropies_bits"]),
+                            key="study_tok_fig")
+
+
+def show_distributions(run: StudyRun, comparison: RegimeComparison) -> None:
+    st.plotly_chart(accuracy_figure(comparison.per_regime), key="study_acc_fig")
+    signal = "H_slot" if (run.table["signal"] == "H_slot").all() else (
+        "H_int / H_slot" if (run.table["signal"] == "H_slot").any() else "H_int")
+    c1, c2 = st.columns(2)
+    kind = c1.radio("Shape", ["box", "violin"], horizontal=True, key="study_dist_kind")
+    split = c2.checkbox("Split by correctness", value=True, key="study_dist_split")
+    st.plotly_chart(h_int_distribution_figure(run.table["regime"].tolist(), run.table["h_int_bits"].to_numpy(),
+                                              run.table["correct"].tolist() if split else None, kind=kind, signal=signal),
+                    key="study_hint_fig")
+    st.plotly_chart(lens_curves_figure(run.lens_entropy_bits[run.table["row"].to_numpy()], run.table["regime"].tolist()),
+                    key="study_lens_fig")
+
+
+def show_dim_eff(run: StudyRun, dims: dict[str, Any]) -> None:
+    if not dims:
+        st.info("n too small: dim_eff needs at least 2 rows per regime.")
+        return
+    caps = ", ".join(f"{r}: {d.rank_cap}" for r, d in dims.items())
+    st.caption(f"With N items the states span at most N − 1 dimensions, so no estimate can exceed the rank cap "
+               f"({caps}); with few items dim_eff mostly reflects N. Layers where every item has the same state "
+               "(layer 0 under a chat template: the same last token) are marked grey, not plotted.")
+    st.plotly_chart(dim_eff_figure(dims), key="study_dim_fig")
+    rows = [{"regime": r, "weighted PR": d.weighted_participation_ratio, "rank cap": d.rank_cap} for r, d in dims.items()]
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+
+def show_pca(run: StudyRun, path: str, mtime: float) -> None:
+    c1, c2, c3 = st.columns(3)
+    layer = c1.slider("Layer", 0, run.n_layers, default_pca_layer(run.n_layers), key="study_pca_layer")
+    colour = c2.radio("Colour by", ["regime", "correctness", "H_int (bits)"], horizontal=True, key="study_pca_colour")
+    regimes = c3.multiselect("Regimes", run.regimes, default=list(run.regimes), key="study_pca_regimes")
+    if not regimes:
+        st.info("Choose at least one regime.")
+        return
+    try:
+        p = cached_pca(path, mtime, int(layer), tuple(regimes))
+    except DataError as exc:
+        st.info(str(exc))
+        return
+    sub = run.table.set_index("row").loc[p.rows]
+    if colour == "regime":
+        values: list[Any] = sub["regime"].tolist()
+    elif colour == "correctness":
+        values = ["not graded" if c is None else ("correct" if c else "wrong") for c in sub["correct"]]
+    else:
+        values = [float(v) for v in sub["h_int_bits"]]
+    hover = [f"{i} · {r}<br>{html.escape(str(q))[:80]}<br>H={h:.2f} bits" for i, r, q, h in
+             zip(sub["item_id"], sub["regime"], sub["question"], sub["h_int_bits"])]
+    point, placement = None, None
+    analysis = analysis_from_explore()
+    if analysis is not None:
+        try:
+            placement = place_state(run, analysis.state.hidden, int(layer), p.rows)
+            # place_state runs its own PCA on the same rows: align its axis signs with the plotted ones
+            signs = np.sign(np.sum(placement.scores * p.scores, axis=0))
+            point = placement.point * np.where(signs == 0, 1.0, signs)
+        except DataError as exc:
+            st.caption(f"The prompt from Explore cannot be placed: {exc}")
+    st.plotly_chart(pca_figure(p.scores, values, colour, p.explained_ratio, hover=hover, layer=int(layer), point=point,
+                               point_label="prompt from Explore"), key="study_pca_fig")
+    if placement is not None:
+        where = "outside" if placement.outside else "inside"
+        nearest = run.table.iloc[placement.nearest_row]
+        st.markdown(
+            f"**The prompt from Explore lies {where} what this study covered** at layer {layer}: its distance to "
+            f"the nearest study item ({nearest['item_id']} · {nearest['regime']}) exceeds the nearest-neighbour "
+            f"distance of {placement.nn_percentile:.0f} % of the study's own items (outside means more than 95 %; "
+            f"Mahalanobis-like distance {placement.mahalanobis:.1f} over {placement.n_components} PCA components). "
+            + ("Study results may not describe it." if placement.outside else ""))
+        st.caption(f"Explore's prompt: “{analysis.rendered.user_text[:100]}” ({analysis.rendered.regime}, "
+                   f"{analysis.signal_name}). Compare it with items read the same way (regime, answer prefix).")
+
+
+def show_exports(run: StudyRun, path: str, mtime: float, comparison: RegimeComparison) -> None:
+    import json
+
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("Per-item CSV", items_csv(run), f"{run.name}-items.csv", "text/csv", key="study_dl_csv")
+    c2.download_button("Metrics JSON", json.dumps(metrics_json(run, comparison), indent=2, ensure_ascii=False),
+                       f"{run.name}-metrics.json", "application/json", key="study_dl_json")
+    if c3.button("Prepare HTML report", key="study_report_btn") or st.session_state.get("study.report_for") == path:
+        st.session_state["study.report_for"] = path
+        c3.download_button("Download HTML report", cached_report(path, mtime), f"{run.name}-report.html", "text/html",
+                           key="study_dl_html")
+
+
+def show_run(path: str, loaded: Any) -> None:
+    folder = Path(path)
+    mtime = _mtime(folder)
+    try:
+        run = cached_run(path, mtime)
+    except ICError as exc:
+        show_error(exc)
+        return
+    show_header(run, loaded)
+    if len(run.table) == 0:
+        st.info("No rows finished yet.")
+        return
+    comparison = cached_comparison(path, mtime)
+    st.dataframe(comparison.paper_table(), key="study_paper_table")
+    if len(comparison.pairs):
+        st.caption("Paired Wilcoxon signed-rank test of H_int between regimes (items present in both):")
+        st.dataframe(comparison.pairs, hide_index=True, key="study_pairs_table")
+    tabs = st.tabs(["Items", "Accuracy & entropy", "dim_eff", "PCA of I", "Export"])
+    with tabs[0]:
+        show_items(run)
+    with tabs[1]:
+        show_distributions(run, comparison)
+    with tabs[2]:
+        show_dim_eff(run, cached_dim_eff(path, mtime))
+    with tabs[3]:
+        show_pca(run, path, mtime)
+    with tabs[4]:
+        show_exports(run, path, mtime, comparison)
+
+
+# ------------------------------------------------------------ page
+
+
+def init_state() -> None:
+    defaults = {"source": "Bundled set", "regimes": ["direct"], "limit": 20,
+                "max_new": int(gen_config().max_new_tokens), "use_prefix": True, "generate": True, "run_name": ""}
+    for name, value in defaults.items():
+        st.session_state.setdefault(K[name], value)
+
+
+init_state()
+st.title("Study a prompt set")
+st.caption("Run many questions in one or more regimes, keep each one's pre-generation state I, and compare "
+           "accuracy, H_int, effective dimensionality and the geometry of I. Runs are saved and can be reopened.")
+loaded = get_loaded()
+runs = list_runs()
+with st.expander("New study", expanded=not runs):
+    if loaded is None:
+        st.info("Load a model in the sidebar to run a study; saved runs can still be opened below.")
+    else:
+        try:
+            new_study_form(loaded)
+        except ICError as exc:
+            show_error(exc)
+runs = list_runs()
+if not runs:
+    st.info(f"No saved runs in `{runs_root()}` yet (set IC_RUNS_DIR to use another folder).")
+else:
+    paths = [str(r.path) for r in runs]
+    if st.session_state.get(RUN_SELECT_KEY) not in paths:
+        st.session_state.pop(RUN_SELECT_KEY, None)
+    by_path = {str(r.path): r for r in runs}
+
+    def _label(p: str) -> str:
+        r = by_path[p]
+        state = "in progress" if r.in_progress else "interrupted" if r.status == "running" else r.status
+        return f"{r.name} · {r.model_label.split('/')[-1]} · {','.join(r.regimes)} · {r.n_rows_done}/{r.n_rows_planned} · {state}"
+
+    choice = st.selectbox("Saved run", paths, format_func=_label, key=RUN_SELECT_KEY)
+    try:
+        show_run(choice, loaded)
+    except ICError as exc:
+        show_error(exc)
+footer(loaded)
