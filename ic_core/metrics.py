@@ -72,7 +72,10 @@ def participation_ratio(x: np.ndarray) -> float | None:
 
     Returns ``None`` when the states are constant (all eigenvalues zero): PR is undefined.
     """
-    lam = covariance_eigenvalues(x)
+    return _pr_from_eigenvalues(covariance_eigenvalues(x))
+
+
+def _pr_from_eigenvalues(lam: np.ndarray) -> float | None:
     denom = float((lam**2).sum())
     if denom <= 1e-30 * max(1.0, float(lam.sum()) ** 2) or lam.sum() <= 0:
         return None
@@ -81,7 +84,10 @@ def participation_ratio(x: np.ndarray) -> float | None:
 
 def n_components_for_variance(x: np.ndarray, fraction: float = 0.9) -> int | None:
     """Number of principal components needed to reach ``fraction`` of the variance (None if constant)."""
-    lam = covariance_eigenvalues(x)
+    return _n90_from_eigenvalues(covariance_eigenvalues(x), fraction)
+
+
+def _n90_from_eigenvalues(lam: np.ndarray, fraction: float) -> int | None:
     total = float(lam.sum())
     if total <= 0:
         return None
@@ -121,11 +127,10 @@ def dim_eff(states: np.ndarray) -> DimEff:
     states = np.asarray(states, dtype=np.float64)
     prs, n90s, traces = [], [], []
     for layer in range(states.shape[1]):
-        x = states[:, layer, :]
-        lam = covariance_eigenvalues(x)
+        lam = covariance_eigenvalues(states[:, layer, :])  # one decomposition per layer
         traces.append(float(lam.sum()))
-        prs.append(participation_ratio(x))
-        n90s.append(n_components_for_variance(x))
+        prs.append(_pr_from_eigenvalues(lam))
+        n90s.append(_n90_from_eigenvalues(lam, 0.9))
     return DimEff(tuple(prs), tuple(n90s), tuple(traces), states.shape[0] - 1)
 
 
