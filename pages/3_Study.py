@@ -55,7 +55,15 @@ from ic_core.study import (
     run_study,
     runs_root,
 )
-from ui.common import EXPLORE_RESULT_KEY, KEEP_PREFIX, footer, gen_config, get_loaded, show_error
+from ui.common import (
+    EXPLORE_RESULT_KEY,
+    KEEP_PREFIX,
+    footer,
+    gen_config,
+    get_loaded,
+    require_router,
+    show_error,
+)
 
 K = {name: KEEP_PREFIX + "study." + name for name in
      ("source", "bundled", "regimes", "limit", "max_new", "use_prefix", "generate", "run_name")}
@@ -470,6 +478,7 @@ def init_state() -> None:
         st.session_state.setdefault(K[name], value)
 
 
+require_router(__file__)
 init_state()
 st.title("Study a prompt set")
 st.caption("Run many questions in one or more regimes, keep each one's pre-generation state I, and compare "
