@@ -1,0 +1,77 @@
+"""``probe``: recoverability of a saved study run (probe AUROC by layer, last-5 probe, baselines)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ic_core.cli.common import print_json
+from ic_core.errors import DataError
+from ic_core.probes import LAST_K, N_BOOT, N_SHUFFLES, N_SHUFFLES_PER_LAYER
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``probe`` command."""
+    p = sub.add_parser("probe", help="probe AUROC by layer, last-5-layers probe, shuffle control and baselines of a run")
+    p.add_argument("--run", required=True, help="a run folder, or the name of a run under IC_RUNS_DIR (default runs/)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--regime", help="the regime to probe (required when the run has several, unless --pooled)")
+    group.add_argument("--pooled", action="store_true", help="pool all regimes (folds keep each item's rows together)")
+    p.add_argument("--last-k", type=int, default=LAST_K, help=f"layers concatenated for the headline probe (default {LAST_K})")
+    p.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples for the 95 %% CI")
+    p.add_argument("--shuffles", type=int, default=N_SHUFFLES, help="label permutations for the last-k probe and baselines")
+    p.add_argument("--layer-shuffles", type=int, default=N_SHUFFLES_PER_LAYER, help="label permutations per layer")
+    p.add_argument("--pca", type=int, help="PCA components fitted inside each training fold (default: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", metavar="PATH",
+                   help="also fit and save the last-k-layers probe (fixed choice, not picked from these results) "
+                        "as PATH.json + PATH.npz; 'auto' saves to <run>/probes/")
+    p.add_argument("--progress", action="store_true", help="print progress to stderr")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
+    p.set_defaults(func=run)
+
+
+def _run_folder(text: str) -> Path:
+    from ic_core.study import run_path
+
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    candidate = run_path(text)
+    if candidate.is_dir():
+        return candidate
+    raise DataError(f"No run folder {text!r} (looked at {path} and {candidate}); make one with `python -m ic_core study`.")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``probe``."""
+    from ic_core.probes import default_probe_path, fit_saved_probe_for_run, recoverability
+    from ic_core.study import load_run
+
+    for name in ("n_boot", "shuffles", "layer_shuffles", "last_k"):
+        if getattr(args, name) < (1 if name in ("n_boot", "last_k") else 0):
+            raise DataError(f"--{name.replace('_', '-')} must be at least {1 if name in ('n_boot', 'last_k') else 0}.")
+    study = load_run(_run_folder(args.run))
+
+    def progress(done: int, total: int, label: str) -> None:
+        print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
+
+    report = recoverability(
+        study, regime=args.regime, pooled=args.pooled, k=args.last_k, n_boot=args.n_boot, n_shuffles=args.shuffles,
+        n_shuffles_per_layer=args.layer_shuffles, seed=args.seed, pca_components=args.pca,
+        progress=progress if args.progress else None,
+    )
+    out = report.to_json()
+    if args.save:
+        probe = fit_saved_probe_for_run(study, regime=args.regime, pooled=args.pooled, k=args.last_k,
+                                        cv_result=report.last_layers, seed=args.seed)
+        target = default_probe_path(study, report.selection, len(probe.layers)) if args.save == "auto" else Path(args.save)
+        path = probe.save(target)
+        out["saved_probe"] = {
+            "path": str(path), "probe_id": probe.probe_id, "layers": list(probe.layers), "C": probe.C,
+            "choice": f"{probe.choice} (fixed before looking at results; fitted on all {probe.n_train} graded rows)",
+            "cv_auroc": out["last_layers"]["auroc_pooled"], "cv_ci95": out["last_layers"]["ci95"],
+        }
+    print_json(out)
+    return 0

@@ -1,0 +1,178 @@
+"""Recoverability: can a linear probe on the pre-collapse state tell which answers will be right?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from ic_core.errors import ICError
+from ic_core.plots.probes import auroc_by_layer_figure, baselines_figure, roc_figure
+from ic_core.probes import (
+    C_GRID,
+    N_BOOT,
+    N_INNER,
+    N_OUTER,
+    N_SHUFFLES,
+    N_SHUFFLES_PER_LAYER,
+    ProbeResult,
+    RecoverabilityReport,
+    default_probe_path,
+    fit_saved_probe_for_run,
+    reading,
+    recoverability,
+)
+from ic_core.study import list_runs, load_run, runs_root
+from ui.common import json_download, require_router, show_error
+
+PROBE_KEY = "probe"  # where Explore and the Governance gate look for a loaded probe
+RESULT_KEY = "recov.request"
+POOLED = "pooled (all regimes)"
+MAKE_RUN = ("python -m ic_core study --data capitals --regimes direct --limit 150")
+
+
+@st.cache_resource(max_entries=2, show_spinner="Opening the run…")
+def cached_run(path: str, mtime: float) -> Any:
+    return load_run(path)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def cached_report(path: str, mtime: float, regime: str | None, pooled: bool, n_boot: int, n_shuffles: int,
+                  n_layer_shuffles: int, seed: int) -> RecoverabilityReport:
+    # path + mtime + selection + settings are the key: a run that grows is recomputed.
+    return recoverability(cached_run(path, mtime), regime=regime, pooled=pooled, n_boot=n_boot,
+                          n_shuffles=n_shuffles, n_shuffles_per_layer=n_layer_shuffles, seed=seed)
+
+
+def baselines_table(results: list[ProbeResult]) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        rows.append({
+            "signal": r.name,
+            "AUROC [95 % CI]": r.ci_text(),
+            "mean of fold AUROCs": "—" if r.auroc_fold_mean is None else f"{r.auroc_fold_mean:.2f}",
+            "shuffled labels (mean, range)": "—" if r.shuffle_mean is None else
+            f"{r.shuffle_mean:.2f} ({r.shuffle_min:.2f}–{r.shuffle_max:.2f})",
+            "n (correct)": f"{r.n} ({r.n_pos})",
+            "what it computes": r.description,
+            "note": r.note,
+        })
+    return pd.DataFrame(rows)
+
+
+def show_report(report: RecoverabilityReport, info: Any) -> None:
+    last = report.last_layers
+    c1, c2, c3, c4, c5 = st.columns(5)
+    c1.metric("graded answers", f"{report.n}", help=f"{report.n_ungraded} ungraded rows left out")
+    c2.metric("accuracy", "—" if report.accuracy is None else f"{report.accuracy:.0%}")
+    c3.metric("probe AUROC", last.reason if last.auroc_pooled is None else f"{last.auroc_pooled:.2f}",
+              help=f"Pooled out-of-fold AUROC of the nested-CV probe on the {last.name}.")
+    c4.metric("95 % CI", "—" if last.ci_low is None else f"{last.ci_low:.2f}–{last.ci_high:.2f}",
+              help="Percentile bootstrap over items.")
+    c5.metric("shuffled labels", "—" if last.shuffle_mean is None else f"{last.shuffle_mean:.2f}",
+              help="Mean pooled AUROC of the same protocol on permuted labels: ≈ 0.5 when nothing leaks.")
+    st.subheader("What this says")
+    st.markdown("\n".join(f"- {line}" for line in reading(report)))
+
+    st.subheader("Which layer knows?")
+    st.plotly_chart(auroc_by_layer_figure(report.by_layer, last_layers=last), key="recov_by_layer")
+    st.caption(f"Band: bootstrap 95 % CI ({report.settings['n_bootstrap']} resamples). Grey band: the same nested "
+               f"protocol on shuffled labels ({report.settings['shuffles_per_layer']} permutations per layer). "
+               "The best layer is picked after looking at every layer, so its AUROC is optimistic; the "
+               f"{last.name} probe is the fixed, pre-registered choice.")
+
+    st.subheader("ROC curves")
+    ent = report.baseline("−")
+    picks = [last] + [b for b in (ent, report.baseline("prompt length"), report.baseline("question text only"))
+                      if b is not None]
+    st.plotly_chart(roc_figure(picks), key="recov_roc")
+
+    st.subheader("Baselines on the same items")
+    everything = [last, *report.baselines]
+    st.plotly_chart(baselines_figure(everything), key="recov_baselines")
+    st.dataframe(baselines_table(everything), hide_index=True, key="recov_table")
+    st.caption("Probes: StandardScaler + L2 logistic regression, stratified "
+               f"{report.settings['outer_folds']}-fold outer CV, C ∈ {report.settings['C_grid']} chosen by a "
+               f"{report.settings['inner_folds']}-fold inner CV on each training fold only; each fold's scores "
+               "put on its training fold's scale before pooling. Single scores are not fitted (prompt length's "
+               "direction is chosen on the training folds).")
+    save_probe(report, info)
+    json_download("Download the results (JSON)", report.to_json(), f"recoverability_{info.name}_{report.selection}.json",
+                  key="recov_json")
+
+
+def save_probe(report: RecoverabilityReport, info: Any) -> None:
+    st.subheader("Save the probe")
+    st.write(f"Fits the **{report.last_layers.name}** probe (a fixed choice, not the best layer) on all "
+             f"{report.n} graded answers, with C chosen by cross-validation, and saves it as JSON + npz in the "
+             "run's `probes/` folder. Explore and the Governance gate can then score new prompts with it.")
+    if not report.last_layers.ok:
+        st.info(f"No probe to save: {report.last_layers.reason}.")
+        return
+    if st.button("Save probe", key="recov_save"):
+        try:
+            run = cached_run(str(info.path), info.mtime)
+            pooled = report.selection == "pooled"
+            probe = fit_saved_probe_for_run(run, regime=None if pooled else report.selection, pooled=pooled,
+                                            k=len(report.last_layer_indices), cv_result=report.last_layers)
+            path = probe.save(default_probe_path(run, report.selection, len(report.last_layer_indices)))
+        except ICError as exc:
+            show_error(exc)
+            return
+        st.session_state[PROBE_KEY] = probe
+        st.success(f"Saved probe {probe.probe_id} (layers {probe.layers[0]}–{probe.layers[-1]}, C={probe.C:g}) "
+                   f"to `{path}`; it is now the probe Explore and the gate use.")
+    current = st.session_state.get(PROBE_KEY)
+    if current is not None:
+        st.caption(f"Probe in use: {getattr(current, 'probe_id', '?')} from {getattr(current, 'run_path', '?')}.")
+
+
+require_router(__file__)
+st.title("Recoverability")
+st.caption("Can a linear probe on the state before the answer (I) tell which of the model's own answers will be "
+           "correct? Probe AUROC by layer with bootstrap CIs and a label-shuffle control, beside simple "
+           "baselines and shortcut checks on the same items.")
+runs = [r for r in list_runs() if r.n_rows_done > 0]
+if not runs:
+    st.info(f"No saved study runs in `{runs_root()}` yet (set IC_RUNS_DIR to use another folder). Make one on the "
+            f"**Study** page, or from a terminal:\n\n```\n{MAKE_RUN}\n```")
+    st.stop()
+
+by_path = {str(r.path): r for r in runs}
+left, right = st.columns([3, 2])
+choice = left.selectbox(
+    "Saved run", list(by_path), key="recov_run",
+    format_func=lambda p: f"{by_path[p].name} · {by_path[p].dataset_name} · {','.join(by_path[p].regimes)} · "
+                          f"{by_path[p].n_rows_done} rows · {by_path[p].status}",
+)
+info = by_path[choice]
+options = list(info.regimes) + ([POOLED] if len(info.regimes) > 1 else [])
+selection = right.selectbox("Regime", options, key="recov_regime",
+                            help="Pooling keeps each item's rows (one per regime) in the same fold.")
+with st.expander("Settings"):
+    a, b, c, d = st.columns(4)
+    n_boot = a.number_input("bootstrap resamples", 100, 5000, N_BOOT, step=100, key="recov_boot")
+    n_shuffles = b.number_input("label permutations (last-5, baselines)", 0, 50, N_SHUFFLES, key="recov_shuffles")
+    n_layer_shuffles = c.number_input("label permutations per layer", 0, 20, N_SHUFFLES_PER_LAYER,
+                                      key="recov_layer_shuffles")
+    seed = d.number_input("seed", 0, 10_000, 0, key="recov_seed")
+    st.caption(f"C grid {list(C_GRID)}, {N_OUTER} outer folds, {N_INNER} inner folds. On ~150 answers and 30 "
+               "layers expect about a minute on 2 CPU cores (most of it is the per-layer shuffle control).")
+
+request = (str(info.path), info.mtime, selection, int(n_boot), int(n_shuffles), int(n_layer_shuffles), int(seed))
+if st.button("Compute", type="primary", key="recov_compute"):
+    st.session_state[RESULT_KEY] = request
+if st.session_state.get(RESULT_KEY) != request:
+    st.info("Press **Compute** to fit the probes (results are cached per run, regime and settings).")
+    st.stop()
+try:
+    pooled = selection == POOLED
+    with st.spinner("Fitting probes: nested cross-validation on every layer, bootstrap and shuffle controls…"):
+        report = cached_report(str(info.path), info.mtime, None if pooled else selection, pooled, int(n_boot),
+                               int(n_shuffles), int(n_layer_shuffles), int(seed))
+except ICError as exc:
+    show_error(exc)
+    st.stop()
+st.caption(f"Computed in {report.elapsed_s:.1f} s on {report.n} graded answers ({report.selection}).")
+show_report(report, info)

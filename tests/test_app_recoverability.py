@@ -1,0 +1,134 @@
+"""AppTest of the Recoverability page on a saved tiny study (no model is loaded by the page)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ic_core.datasets import PromptItem
+from ic_core.probes import SavedProbe
+from ic_core.study import run_study
+
+pytestmark = pytest.mark.app
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = "pages/4_Recoverability.py"
+
+
+@pytest.fixture(autouse=True)
+def navigation_mode(monkeypatch):
+    """Run app.py (router + sidebar) on every AppTest run, as the server does (see test_app_explore)."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    root.mkdir()
+    monkeypatch.setenv("IC_RUNS_DIR", str(root))
+    return root
+
+
+def items(n=40, seed=0):
+    """Arithmetic items with their own outputs (graded without generating), ~45 % right."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        a, b = int(rng.integers(0, 90)), int(rng.integers(0, 90))
+        right = rng.random() < 0.45
+        out.append(PromptItem(f"q{i}", f"what is {a} plus {b} ?", str(a + b), kind="numeric",
+                              output=str(a + b if right else a + b + 1)))
+    return out
+
+
+@pytest.fixture
+def saved_run(tiny, runs_dir):
+    return run_study(tiny, items(), ["direct"], runs_dir / "tiny40", generate=False, batch_size=20, dataset_name="t")
+
+
+def open_page(tiny, **state):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240)
+    at.session_state["_injected_model"] = tiny
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, at.exception
+    at.switch_page(PAGE).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def fast_settings(at):
+    at.number_input(key="recov_boot").set_value(100)
+    at.number_input(key="recov_shuffles").set_value(2)
+    at.number_input(key="recov_layer_shuffles").set_value(1)
+    return at
+
+
+def test_empty_state_says_how_to_make_a_run(tiny, runs_dir):
+    at = open_page(tiny)
+    assert [t.value for t in at.title] == ["Recoverability"]
+    assert not any("look for a loaded probe" in m.value for m in at.markdown)  # no stray magic strings
+    text = " ".join(i.value for i in at.info)
+    assert "No saved study runs" in text and "python -m ic_core study" in text and "Study" in text
+    assert not at.get("plotly_chart")
+
+
+def test_compute_shows_curves_baselines_and_saves_the_probe(tiny, saved_run):
+    at = open_page(tiny)
+    assert "Press **Compute**" in " ".join(i.value for i in at.info)
+    assert at.selectbox(key="recov_regime").options == ["direct"]
+    fast_settings(at).button(key="recov_compute").click().run()
+    assert not at.exception, at.exception
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    titles = [c["layout"]["title"]["text"] for c in charts]
+    assert titles == ["Which layer knows?", "ROC: predicting a correct answer", "Probe and baselines on the same items"]
+    by_layer = charts[0]
+    assert any(a["text"] == "constant state" for a in by_layer["layout"]["annotations"])
+    assert any(a["text"] == "chance (0.5)" for a in by_layer["layout"]["annotations"])
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["graded answers"] == "40"
+    low, high = (float(v) for v in metrics["95 % CI"].split("–"))
+    assert 0.0 <= low <= float(metrics["probe AUROC"]) <= high <= 1.0
+    table = at.dataframe[0].value
+    assert table["signal"].iloc[0] == "last 4 layers" and "−H_int" in set(table["signal"])
+    post = table[table["signal"] == "−mean token entropy (post-generation)"]
+    assert post["AUROC [95 % CI]"].iloc[0] == "not recorded in this run"  # a reason, not a number
+    reading = " ".join(m.value for m in at.markdown)
+    assert "AUROC" in reading and "shuffled labels" in reading and "not probed" in reading
+
+    at.button(key="recov_save").click().run()
+    assert not at.exception, at.exception
+    assert any("Saved probe" in s.value for s in at.success)
+    saved = sorted((saved_run.path / "probes").glob("*.json"))
+    assert [p.name for p in saved] == ["direct_last4.json"]  # the tiny model has 4 layers
+    probe = at.session_state["probe"]
+    assert isinstance(probe, SavedProbe) and probe.layers == (1, 2, 3, 4)
+    assert SavedProbe.load(saved[0]).probe_id == probe.probe_id
+    assert 0.0 < probe.predict_proba_correct(saved_run.hidden[0]) < 1.0
+
+
+def test_one_class_run_shows_reasons_not_numbers(tiny, runs_dir):
+    wrong = [PromptItem(i.id, i.question, i.answer, kind="numeric", output="999") for i in items()]
+    run_study(tiny, wrong, ["direct"], runs_dir / "allwrong", generate=False, batch_size=20, dataset_name="t")
+    at = open_page(tiny)
+    fast_settings(at).button(key="recov_compute").click().run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["probe AUROC"] == "only one class" and metrics["95 % CI"] == "—"
+    assert "only one class" in " ".join(m.value for m in at.markdown)
+    assert any("No probe to save" in i.value for i in at.info)
+    assert "0.50" not in " ".join(at.dataframe[0].value["AUROC [95 % CI]"])
