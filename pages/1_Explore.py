@@ -9,6 +9,7 @@ import streamlit as st
 
 from ic_core.analysis import Analysis, analyze
 from ic_core.errors import ICError, PromptError
+from ic_core.gate import decide_for_analysis
 from ic_core.generate import Generation, generate
 from ic_core.grading import Grade, grade
 from ic_core.models import LoadedModel
@@ -21,6 +22,8 @@ from ic_core.plots.explore import (
     top_tokens_figure,
     visible_token,
 )
+from ic_core.policy import check_model
+from ic_core.probes import SavedProbe
 from ic_core.prompts import REGIMES, TASK_KINDS, custom_template
 from ui.common import (
     EXPLORE_KEYS,
@@ -143,19 +146,11 @@ def gate_verdict(loaded: LoadedModel, analysis: Analysis) -> None:
     if policy is None:
         st.info("No gate policy loaded — fit one on the Governance page.")
         return
-    try:
-        from ic_core.gate import decide_for_analysis
-        from ic_core.policy import check_model
-    except ImportError:
-        st.warning("A gate policy is loaded but the gate module (ic_core.gate) is missing in this installation.")
-        return
     uses_probe = bool(getattr(policy, "uses_probe", False))
     try:
         check_model(policy, loaded)
         probe = st.session_state.get(GATE_PROBE_KEY) if uses_probe else None
         if uses_probe and probe is None:
-            from ic_core.probes import SavedProbe
-
             probe = SavedProbe.load(policy.probe["path"])
         decision = decide_for_analysis(policy, analysis, probe=probe)
     except ICError as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -320,11 +319,6 @@ class TestGateVerdict:
         slot = self.policy(tiny, 3.0, signal="h_slot", prefix_mode="fixed", answer_prefix="the answer is")
         at = read_state(start(tiny, gate_policy=slot), kind="short_answer")
         assert "answer prefix" in " ".join(w.value for w in at.warning)
-
-    def test_missing_gate_module_is_explained(self, tiny, monkeypatch):
-        monkeypatch.setitem(sys.modules, "ic_core.gate", None)  # import raises ImportError
-        at = read_state(start(tiny, gate_policy=object()))
-        assert not at.exception and any("gate module" in w.value for w in at.warning)
 
 
 class TestCompareRegimes:

@@ -1,0 +1,69 @@
+"""``gate``: check one prompt against a policy before an agent acts on it (and log the decision)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ic_core.cli.common import print_json
+from ic_core.gate import gate_check, resolve_answer_prefix
+from ic_core.models import ModelSpec, get_model
+from ic_core.policy import Policy, check_model_spec
+from ic_core.prompts import TASK_KINDS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``gate`` command."""
+    p = sub.add_parser("gate", help="approve or escalate one prompt under a policy (one forward pass, audited)")
+    p.add_argument("--policy", required=True, help="policy JSON file (from `policy fit` or the Governance page)")
+    p.add_argument("--prompt", required=True, help="the question the agent is about to answer")
+    p.add_argument("--answer-prefix", help="this prompt's forced answer prefix (policies fitted with per-item prefixes)")
+    p.add_argument("--kind", choices=TASK_KINDS, help="task kind (default: the one the policy was fitted on)")
+    p.add_argument("--choices", help="multiple-choice options separated by '|'")
+    p.add_argument("--probe", help="saved probe file (default: the path the policy names)")
+    p.add_argument("--audit-log", help="JSON Lines audit log (default: $IC_AUDIT_LOG or audit/gate_audit.jsonl)")
+    p.add_argument("--no-audit", action="store_true", help="do not append an audit record")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of one line")
+    p.add_argument("--model", help="model to load (default: the policy's model; any other is refused)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the policy's dtype")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a hub model")
+    p.set_defaults(func=run)
+
+
+def _spec(args: argparse.Namespace, policy: Policy) -> ModelSpec:
+    dtype = args.dtype or policy.model.get("dtype", "float32")
+    if args.model is None:
+        base = ModelSpec.from_dict({k: v for k, v in policy.model.items() if k in ModelSpec.__dataclass_fields__})
+        return ModelSpec(base.source, base.name, dtype, args.device, args.trust_remote_code or base.trust_remote_code)
+    return ModelSpec.parse(args.model, dtype=dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+
+
+def _load_probe(policy: Policy, path: str | None):
+    if not policy.uses_probe:
+        return None
+    from ic_core.probes import SavedProbe
+
+    return SavedProbe.load(path or policy.probe["path"])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``gate``."""
+    policy = Policy.load(args.policy)
+    spec = _spec(args, policy)
+    # Refuse a different model or a missing prefix before spending time loading the model.
+    check_model_spec(policy, spec)
+    resolve_answer_prefix(policy, args.answer_prefix)
+    loaded = get_model(spec)
+    decision = gate_check(
+        loaded, policy, args.prompt, kind=args.kind, probe=_load_probe(policy, args.probe),
+        audit_log=False if args.no_audit else args.audit_log, answer_prefix=args.answer_prefix,
+        choices=args.choices.split("|") if args.choices else (),
+    )
+    if args.json:
+        print_json(decision.to_json())
+    else:
+        sys.stdout.write(f"{decision.decision.upper()}: {decision.reason} (policy {decision.policy_id}, "
+                         f"{decision.elapsed_s:.2f} s)\n")
+    return 0
+

@@ -1,0 +1,414 @@
+"""The pre-generation gate: read a prompt's state once, decide approve/escalate, log it.
+
+:func:`gate_check` is the one call an agent framework makes before it acts on a prompt: one
+forward pass (no generation), the policy's rule, an audit record. :func:`decide_for_analysis`
+applies a policy to an analysis the caller already has (the Explore page's risk card).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ic_core.analysis import Analysis, analyze
+from ic_core.audit import append_record, make_record, prompt_sha256, resolve_audit_path
+from ic_core.errors import DataError, ICError, PromptError
+from ic_core.models import LoadedModel
+from ic_core.policy import (
+    HeldOutReport,
+    Policy,
+    RiskCoverage,
+    RunSignals,
+    SignalAuroc,
+    ThresholdFit,
+    calibration_of,
+    check_model,
+    check_spec_matches,
+    evaluate_held_out,
+    fit_threshold,
+    held_out_auroc,
+    probe_scores,
+    risk_coverage,
+    run_signals,
+)
+from ic_core.prompts import PromptTemplate, clean_prompt, custom_template, render, template_for
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the gate decided for one prompt, and why."""
+
+    decision: Literal["approve", "escalate"]
+    reason: str
+    """One plain sentence, e.g. ``H_slot 3.10 bits > threshold 2.40 bits``."""
+    signals: dict[str, Any]
+    """Read-out values: ``h_int_bits``/``h_int_top100_bits`` (no prefix) or ``h_slot_bits``/
+    ``h_slot_top100_bits`` (after a forced answer prefix), ``top1_prob``, ``readout_token``,
+    and with a probe ``probe_p_correct`` (calibrated) and ``probe_p_correct_raw``."""
+    policy_id: str
+    elapsed_s: float
+    """Seconds for the whole check (render, forward pass, probe, decision)."""
+    model: str
+    prompt_sha256: str | None = None
+    """SHA-256 of the prompt text (set by :func:`gate_check`)."""
+    audit_log: str | None = field(default=None)
+    """Where the record was appended (None when not logged)."""
+
+    @property
+    def escalate(self) -> bool:
+        """True when a human should look before the agent acts."""
+        return self.decision == "escalate"
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def _probe_identity(probe: Any) -> str | None:
+    for attr in ("probe_id", "id"):
+        value = getattr(probe, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def check_probe(policy: Policy, probe: Any) -> None:
+    """Refuse a probe other than the one the policy was calibrated with.
+
+    Raises:
+        DataError: the policy needs a probe and none was given, or the ids differ.
+
+    """
+    if not policy.uses_probe:
+        return
+    if probe is None:
+        path = (policy.probe or {}).get("path")
+        raise DataError(f"Policy {policy.policy_id} reads a probe; load the saved probe ({path}) and pass it.")
+    want, have = (policy.probe or {}).get("id"), _probe_identity(probe)
+    if have is not None and want != have:
+        raise DataError(
+            f"Policy {policy.policy_id} was calibrated with probe {want}, but probe {have} was given; "
+            "use the probe the policy names or fit a new policy."
+        )
+
+
+def _signals(policy: Policy, analysis: Analysis, probe: Any) -> dict[str, Any]:
+    state = analysis.state
+    name = "h_slot" if analysis.rendered.answer_prefix else "h_int"
+    signals: dict[str, Any] = {
+        f"{name}_bits": float(state.h_int_bits),
+        f"{name}_top100_bits": float(state.h_int_top100_bits),
+        "top1_prob": float(state.top1_prob),
+        "readout_token": analysis.rendered.readout_token,
+    }
+    if probe is not None and policy.uses_probe:
+        raw = float(probe.predict_proba_correct(state))
+        calibration = calibration_of(policy)
+        signals["probe_p_correct_raw"] = raw
+        signals["probe_p_correct"] = float(calibration.apply(raw)) if calibration else raw
+    return signals
+
+
+def _check_readout(policy: Policy, analysis: Analysis) -> None:
+    regime = analysis.rendered.regime
+    if regime != policy.regime:
+        raise PromptError(
+            f"Policy {policy.policy_id} was fitted on {policy.regime!r} prompts but this prompt was read in the "
+            f"{regime!r} regime; its entropy is on another scale. Switch the regime to {policy.regime!r}."
+        )
+    entropy = policy.signal if policy.signal in ("h_int", "h_slot") else policy.entropy_signal
+    has_prefix = bool(analysis.rendered.answer_prefix)
+    if entropy == "h_slot" and not has_prefix:
+        raise PromptError(
+            f"Policy {policy.policy_id} reads H_slot (after a forced answer prefix) but this prompt was read "
+            "without one; give the answer prefix the policy expects."
+        )
+    if entropy == "h_int" and has_prefix:
+        raise PromptError(
+            f"Policy {policy.policy_id} reads raw H_int (no answer prefix) but this prompt was read after the "
+            f"prefix {analysis.rendered.answer_prefix!r}; remove the prefix."
+        )
+
+
+def _rule(policy: Policy, signals: dict[str, Any]) -> tuple[bool, str]:
+    if policy.escalate_all:
+        return True, "The policy escalates every prompt (its target error could not be met on its training items)."
+    fired, passed = [], []
+    if policy.signal in ("h_int", "h_slot", "combined") and policy.t_entropy_bits is not None:
+        label = policy.entropy_name
+        value = signals.get("h_slot_bits" if label == "H_slot" else "h_int_bits")
+        if value is None:
+            raise PromptError(f"Policy {policy.policy_id} needs {label}, which this read-out does not give.")
+        (fired if value > policy.t_entropy_bits else passed).append(
+            f"{label} {value:.2f} bits {'>' if value > policy.t_entropy_bits else '<='} "
+            f"threshold {policy.t_entropy_bits:.2f} bits"
+        )
+    if policy.uses_probe and policy.t_probe is not None:
+        p = signals["probe_p_correct"]
+        (fired if p < policy.t_probe else passed).append(
+            f"probe P(correct) {p:.2f} {'<' if p < policy.t_probe else '>='} threshold {policy.t_probe:.2f}"
+        )
+    if fired:
+        return True, "; ".join(fired) + "."
+    return False, "; ".join(passed) + "."
+
+
+def decide_for_analysis(policy: Policy, analysis: Analysis, probe: Any = None, elapsed_s: float | None = None) -> Decision:
+    """Apply a policy to an existing analysis (no forward pass, no audit record).
+
+    Args:
+        policy: The gate policy.
+        analysis: The prompt's pre-generation analysis, read with the policy's template/prefix.
+        probe: The saved probe the policy names (signals ``probe`` and ``combined``).
+        elapsed_s: Time to report; defaults to the analysis' check time plus the probe and rule.
+
+    Raises:
+        DataError: missing or different probe.
+        PromptError: the analysis was read at another position than the policy expects.
+
+    """
+    start = time.perf_counter()
+    check_probe(policy, probe)
+    _check_readout(policy, analysis)
+    signals = _signals(policy, analysis, probe)
+    escalate, reason = _rule(policy, signals)
+    took = elapsed_s if elapsed_s is not None else analysis.check_s + (time.perf_counter() - start)
+    return Decision(
+        "escalate" if escalate else "approve", reason, signals, policy.policy_id, float(took), analysis.model_label
+    )
+
+
+def policy_template(policy: Policy, kind: str | None = None) -> PromptTemplate:
+    """The template the policy was fitted with (its custom template, or its regime's built-in one)."""
+    if policy.template_user:
+        return custom_template(policy.template_user)
+    return template_for(policy.regime, kind or policy.kind)
+
+
+def resolve_answer_prefix(policy: Policy, answer_prefix: str | None) -> str | None:
+    """The answer prefix to read a prompt with under ``policy`` (its fixed one, or the prompt's own).
+
+    Raises:
+        PromptError: a per-item policy without a prefix, a fixed policy given another one, or a
+            prefix given to an H_int policy.
+
+    """
+    given = (answer_prefix or "").strip() or None
+    if policy.prefix_mode == "fixed":
+        if given is not None and given != policy.answer_prefix:
+            raise PromptError(
+                f"Policy {policy.policy_id} was fitted with the answer prefix {policy.answer_prefix!r}; "
+                f"{given!r} would read the state somewhere else."
+            )
+        return policy.answer_prefix
+    if policy.prefix_mode == "per_item":
+        if given is None:
+            raise PromptError(
+                f"Policy {policy.policy_id} was fitted with a per-item answer prefix (e.g. 'The capital of X is'): "
+                "give this prompt's prefix (--answer-prefix), ending right before the answer word."
+            )
+        return given
+    if given is not None:
+        raise PromptError(f"Policy {policy.policy_id} reads H_int without an answer prefix; do not give one.")
+    return None
+
+
+def gate_check(
+    loaded: LoadedModel,
+    policy: Policy,
+    prompt: str,
+    kind: str | None = None,
+    probe: Any = None,
+    audit_log: str | os.PathLike[str] | None | Literal[False] = None,
+    answer_prefix: str | None = None,
+    choices: Sequence[str] = (),
+) -> Decision:
+    """Check one prompt before the agent acts on it: one forward pass, a decision, an audit record.
+
+    Args:
+        loaded: The model (must be the policy's model).
+        policy: The gate policy.
+        prompt: The user's question.
+        kind: Task kind for the template wording; defaults to the kind the policy was fitted on.
+        probe: The saved probe, for ``probe``/``combined`` policies.
+        audit_log: Where to append the record: a path, None for the default
+            (``$IC_AUDIT_LOG`` or ``audit/gate_audit.jsonl``), or False for no record.
+        answer_prefix: This prompt's forced answer prefix, for policies fitted per item.
+        choices: Option texts for multiple-choice prompts.
+
+    Raises:
+        ModelMismatchError: the loaded model is not the policy's.
+        PromptError: bad prompt or missing/contradicting answer prefix.
+        DataError: missing or different probe; unwritable audit log.
+
+    """
+    start = time.perf_counter()
+    check_model(policy, loaded)
+    check_probe(policy, probe)
+    prompt = clean_prompt(prompt)
+    target = None if audit_log is False else resolve_audit_path(audit_log)
+    analysis = analyze(
+        loaded, prompt, regime=policy.regime, kind=kind or policy.kind,
+        template=policy_template(policy, kind), answer_prefix=resolve_answer_prefix(policy, answer_prefix),
+        choices=tuple(choices), do_generate=False,
+    )
+    decision = decide_for_analysis(policy, analysis, probe, elapsed_s=0.0)
+    elapsed = time.perf_counter() - start
+    decision = Decision(
+        decision.decision, decision.reason, decision.signals, decision.policy_id, elapsed,
+        loaded.spec.label, prompt_sha256(prompt), str(target) if target is not None else None,
+    )
+    if target is not None:
+        record = make_record(
+            prompt=prompt, model=loaded.spec.label, policy_id=policy.policy_id, signals=decision.signals,
+            decision=decision.decision, reason=decision.reason, elapsed_s=elapsed,
+            store_prompt_text=policy.store_prompt_text,
+        )
+        append_record(Path(target), record)
+    return decision
+
+
+# --------------------------------------------------------------------------------------
+# Comparing signals on one run (the governance demo)
+# --------------------------------------------------------------------------------------
+
+
+def entropy_without_prefix_bits(loaded: LoadedModel, signals: RunSignals, batch_size: int = 16) -> np.ndarray:
+    """(n,) raw H_int of each graded row: the same prompt read at its last token, without the answer prefix.
+
+    The rows keep the labels of the run (the answers written after the prefix), so this asks
+    whether raw H_int would have flagged the answers the prefixed pipeline got wrong.
+
+    Raises:
+        ModelMismatchError: the loaded model is not the run's.
+
+    """
+    from ic_core.capture import capture_batch
+
+    check_spec_matches(signals.model, loaded.spec, f"The run {Path(signals.run_path).name}")
+    max_ctx = getattr(loaded.model.config, "max_position_embeddings", None)
+    rendered = []
+    for _, row in signals.table.iterrows():
+        template = template_for(signals.regime, str(row["kind"]))
+        choices = tuple(row["choices"]) if isinstance(row.get("choices"), list) else ()
+        rendered.append(render(loaded.tokenizer, str(row["question"]), template, choices, "last", max_ctx))
+    states = capture_batch(loaded, rendered, batch_size=batch_size)
+    return np.array([s.h_int_bits for s in states], dtype=np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class SignalResult:
+    """One signal on a run's split: its threshold fitted on training rows, judged on held-out rows.
+
+    Arrays have shape (n,), aligned with the run's graded rows (:attr:`RunSignals.table`).
+    """
+
+    key: str
+    """``h_int``, ``h_slot`` or ``probe``."""
+    name: str
+    description: str
+    risk: np.ndarray
+    """Larger = more likely wrong (entropy in bits, or ``-P(correct)``)."""
+    auroc: SignalAuroc
+    """Held-out AUROC of ``-risk`` for correctness, with CI and shuffle control."""
+    fit: ThresholdFit
+    escalate: np.ndarray
+    held_out: HeldOutReport
+    held_out_curve: RiskCoverage
+
+    @property
+    def threshold_text(self) -> str:
+        """The fitted rule in words."""
+        if self.fit.threshold is None:
+            return "escalate everything (target not met on training items)"
+        if self.key == "probe":
+            return f"escalate when P(correct) < {-self.fit.threshold:.2f}"
+        return f"escalate when {self.name.split(' ')[0]} > {self.fit.threshold:.2f} bits"
+
+
+@dataclass(frozen=True, eq=False)
+class SignalComparison:
+    """Several signals gated on the same training/held-out split of one run."""
+
+    signals: RunSignals
+    results: tuple[SignalResult, ...]
+    target_error: float
+    notes: tuple[str, ...]
+    """Signals that could not be compared, and why."""
+
+    def result(self, key: str) -> SignalResult | None:
+        """The result of signal ``key``, if computed."""
+        return next((r for r in self.results if r.key == key), None)
+
+
+def _signal_result(key: str, name: str, description: str, risk: np.ndarray, sig: RunSignals, target_error: float,
+                   n_boot: int) -> SignalResult:
+    fit = fit_threshold(risk, sig.correct, target_error, sig.train_idx)
+    escalate = np.ones(risk.size, bool) if fit.threshold is None else risk > fit.threshold
+    return SignalResult(
+        key, name, description, risk,
+        held_out_auroc(name, -risk, sig.correct, sig.test_idx, n_boot=n_boot, seed=sig.seed),
+        fit, escalate, evaluate_held_out(escalate, sig.correct, sig.test_idx, n_boot=n_boot, seed=sig.seed),
+        risk_coverage(risk[sig.test_idx], sig.correct[sig.test_idx]),
+    )
+
+
+def compare_signals(
+    run: Any,
+    loaded: LoadedModel | None,
+    target_error: float,
+    *,
+    regime: str | None = None,
+    holdout: float = 0.4,
+    seed: int = 0,
+    signals: RunSignals | None = None,
+    scores: Any = None,
+    n_boot: int = 1000,
+) -> SignalComparison:
+    """Raw H_int, H_slot and a probe on one run: same split, same target, held-out figures.
+
+    H_slot is the run's own read-out when it used answer prefixes; raw H_int then comes from
+    re-reading the same prompts without the prefix (needs ``loaded`` = the run's model). The
+    probe is fitted on the training rows only (:func:`ic_core.policy.probe_scores`).
+
+    Raises:
+        DataError: one class, n too small or a bad target (signals that cannot be computed are
+            left out with a note instead).
+
+    """
+    sig = signals or run_signals(run, regime, holdout, seed)
+    results: list[SignalResult] = []
+    notes: list[str] = []
+    if sig.entropy_signal == "h_slot":
+        raw = None
+        if loaded is None:
+            notes.append("Raw H_int needs the run's model loaded (it re-reads the prompts without the prefix).")
+        else:
+            try:
+                raw = entropy_without_prefix_bits(loaded, sig)
+            except ICError as exc:
+                notes.append(f"Raw H_int not computed: {exc}")
+        if raw is not None:
+            results.append(_signal_result(
+                "h_int", "H_int (raw, last prompt token)",
+                "entropy at the last prompt token, the same prompts re-read without the answer prefix",
+                raw, sig, target_error, n_boot))
+        results.append(_signal_result(
+            "h_slot", "H_slot (after the answer prefix)", f"entropy after the forced answer prefix ({sig.prefix_mode})",
+            sig.entropy_bits, sig, target_error, n_boot))
+    else:
+        results.append(_signal_result("h_int", "H_int (raw, last prompt token)", "entropy at the last prompt token",
+                                      sig.entropy_bits, sig, target_error, n_boot))
+        notes.append("H_slot needs a run read after answer prefixes (study option --answer-prefix 'The answer is').")
+    try:
+        ps = scores or probe_scores(run, sig)
+        results.append(_signal_result("probe", "probe P(correct)", ps.source, -ps.p_correct, sig, target_error, n_boot))
+    except ICError as exc:
+        notes.append(f"Probe not fitted: {exc}")
+    return SignalComparison(sig, tuple(results), float(target_error), tuple(notes))
