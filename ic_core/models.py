@@ -244,9 +244,7 @@ def _hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool
 
 
 def _load_pretrained(location: str, spec: ModelSpec, **extra: Any) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"trust_remote_code": spec.trust_remote_code, **extra}
     if spec.source == "hub":
@@ -311,6 +309,7 @@ def check_fits_in_memory(config: Any, spec: ModelSpec) -> None:
 
     Raises:
         ModelLoadError: with the sizes and how to override the guard.
+
     """
     if _resolve_device(spec.device) != "cpu":
         return
