@@ -164,6 +164,22 @@ def gate_verdict(loaded: LoadedModel, analysis: Analysis) -> None:
         st.warning(f"**Gate: escalate to a human.** {decision.reason}{extra}")
 
 
+def probe_reading(analysis: Analysis) -> None:
+    """P(correct) from the probe saved on the Recoverability page, when one is loaded."""
+    probe = st.session_state.get(GATE_PROBE_KEY)
+    if probe is None:
+        st.caption("No correctness probe loaded — train and save one on the Recoverability page.")
+        return
+    try:
+        p_correct = probe.predict_proba_correct(analysis.state)
+    except ICError as exc:
+        st.warning(f"**Probe not applicable to this read-out.** {exc}")
+        return
+    st.metric("Probe P(correct)", f"{p_correct:.0%}",
+              help="A linear probe trained on a saved study predicts, from this same state, how likely the "
+                   "model's answer is to be right. It is only meaningful for questions like the study's.")
+
+
 def risk_card(loaded: LoadedModel, analysis: Analysis) -> None:
     """What the model's state says before any token is written."""
     state, rendered = analysis.state, analysis.rendered
@@ -190,6 +206,7 @@ def risk_card(loaded: LoadedModel, analysis: Analysis) -> None:
             f"- **{signal}, full vocabulary**: {state.h_int_bits:.3f} bits\n"
             f"- **check time**: {analysis.check_s:.2f} s"
         )
+    probe_reading(analysis)
     gate_verdict(loaded, analysis)
     tabs = st.tabs(["Next tokens", "Entropy by layer", "Prompt tokens"])
     with tabs[0]:

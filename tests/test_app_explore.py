@@ -387,3 +387,18 @@ class TestLearn:
         assert [t.value for t in at.title] == ["Compare regimes"]
         assert at.text_area(key="keep:compare.question").value == item["question"]
         assert at.selectbox(key="keep:compare.kind").value == item["kind"]
+
+
+class TestProbeOnRiskCard:
+    def test_saved_probe_probability_is_shown(self, tiny):
+        import numpy as np
+
+        from ic_core.probes import fit_saved_probe
+
+        rng = np.random.default_rng(0)
+        hidden = rng.normal(size=(40, tiny.n_layers + 1, tiny.d_model)).astype(np.float32)
+        y = (hidden[:, -1, 0] > 0).astype(int)
+        probe = fit_saved_probe(hidden, y, model_spec=tiny.spec.to_dict())
+        at = read_state(start(tiny, probe=probe))
+        expected = probe.predict_proba_correct(analyze(tiny, QUESTION, kind="short_answer").state)
+        assert metrics(at)["Probe P(correct)"] == f"{expected:.0%}"
