@@ -31,6 +31,7 @@ from ic_core.plots.study import (
     pca_figure,
     token_entropy_bar_figure,
 )
+from ic_core.probes import probe_column, probe_column_text
 from ic_core.prompts import REGIMES
 from ic_core.report import build_report
 from ic_core.study import (
@@ -92,9 +93,15 @@ def cached_run(path: str, mtime: float) -> StudyRun:
     return load_run(path)
 
 
+@st.cache_data(max_entries=3, show_spinner="Fitting the last-5-layers probe per regime (nested CV, ~15 s each)…")
+def cached_probe_column(path: str, mtime: float) -> dict[str, dict[str, str]]:
+    return probe_column_text(probe_column(cached_run(path, mtime)))
+
+
 @st.cache_data(max_entries=3, show_spinner="Comparing regimes…")
-def cached_comparison(path: str, mtime: float) -> RegimeComparison:
-    return regime_comparison(cached_run(path, mtime), dim_effs=cached_dim_eff(path, mtime))
+def cached_comparison(path: str, mtime: float, with_probe: bool = False) -> RegimeComparison:
+    extra = cached_probe_column(path, mtime) if with_probe else None
+    return regime_comparison(cached_run(path, mtime), extra_columns=extra, dim_effs=cached_dim_eff(path, mtime))
 
 
 @st.cache_data(max_entries=3, show_spinner="Effective dimensionality per layer…")
@@ -450,8 +457,16 @@ def show_run(path: str, loaded: Any) -> None:
     if len(run.table) == 0:
         st.info("No rows finished yet.")
         return
-    comparison = cached_comparison(path, mtime)
+    probe_flag = f"study_probe_column:{path}"
+    comparison = cached_comparison(path, mtime, bool(st.session_state.get(probe_flag)))
     st.dataframe(comparison.paper_table(), key="study_paper_table")
+    if not st.session_state.get(probe_flag) and st.button(
+        "Add the probe AUROC column", key="study_probe_col_btn",
+        help="Recoverability per regime: a last-5-layers probe, nested 5-fold CV, bootstrap 95 % CI "
+             "(about 15 s per regime on a laptop CPU). Regimes with too few graded items say so.",
+    ):
+        st.session_state[probe_flag] = True
+        st.rerun()
     if len(comparison.pairs):
         st.caption("Paired Wilcoxon signed-rank test of H_int between regimes (items present in both):")
         st.dataframe(comparison.pairs, hide_index=True, key="study_pairs_table")

@@ -193,3 +193,12 @@ def test_upload_without_a_question_column_says_so(tiny, runs_dir):
     at.file_uploader(key="study_upload").upload("x.jsonl", b'{"prompt": "hi"}\n', "application/json").run()
     assert not at.exception
     assert any("Missing required column(s): question" in e.value for e in at.error)
+
+
+def test_probe_column_says_n_too_small_instead_of_a_number(tiny, saved_run):
+    at = open_study(tiny)
+    at.button(key="study_probe_col_btn").click().run()
+    assert not at.exception, at.exception
+    paper = next(df.value for df in at.dataframe if "Accuracy [95 % CI]" in df.value.index)
+    row = next(label for label in paper.index if label.startswith("Probe AUROC"))
+    assert set(paper.loc[row]) <= {"n too small", "only one class"}
