@@ -81,3 +81,35 @@ def default_model():
     from ic_core.models import get_model
 
     return get_model()
+
+
+@pytest.fixture(autouse=True)
+def _navigation_mode(request, monkeypatch):
+    """Make AppTest run app.py (router + sidebar) on every run, as the server does.
+
+    AppTest builds a fresh PagesManager per run and, because a ``pages/`` folder sits next to
+    app.py, flags the app as an old-style multipage app; later runs then execute only the page
+    file and skip app.py. The server clears that flag once st.navigation has run and keeps it
+    cleared, so app-tier tests do the same after each construction. Tests named
+    ``test_fresh_server*`` keep the first-visit behaviour they check.
+    """
+    if request.node.get_closest_marker("app") is None or request.node.name.startswith("test_fresh_server"):
+        return
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    """An empty runs folder that the app and ic_core.study use (IC_RUNS_DIR)."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    monkeypatch.setenv("IC_RUNS_DIR", str(root))
+    return root

@@ -25,28 +25,6 @@ QUESTION = "what is the capital of france ?"
 K = EXPLORE_KEYS
 
 
-@pytest.fixture(autouse=True)
-def navigation_mode(request, monkeypatch):
-    """Run app.py on every AppTest run, as the server does.
-
-    AppTest builds a fresh PagesManager per run and, because a ``pages/`` folder sits next to
-    app.py, flags the app as an old-style (v1) multipage app; later runs then execute only the
-    page file and skip app.py (router, sidebar, widget keeping). The server sets the flag to False
-    once st.navigation has run and keeps it, so we do the same after each construction.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if request.node.name.startswith("test_fresh_server"):
-        return  # these tests want exactly that first-visit behaviour
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-
-
 def start(tiny, page: str | None = None, **state):
     from streamlit.testing.v1 import AppTest
 

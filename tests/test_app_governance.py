@@ -19,20 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE = "pages/5_Governance.py"
 
 
-@pytest.fixture(autouse=True)
-def navigation_mode(monkeypatch):
-    """Keep AppTest in st.navigation mode on every run (see tests/test_app_explore.py)."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-
-
 def _items(n: int = 60) -> list[PromptItem]:
     items = []
     for i in range(n):

@@ -18,28 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE = "pages/4_Recoverability.py"
 
 
-@pytest.fixture(autouse=True)
-def navigation_mode(monkeypatch):
-    """Run app.py (router + sidebar) on every AppTest run, as the server does (see test_app_explore)."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-
-
-@pytest.fixture
-def runs_dir(tmp_path, monkeypatch):
-    root = tmp_path / "runs"
-    root.mkdir()
-    monkeypatch.setenv("IC_RUNS_DIR", str(root))
-    return root
-
-
 def items(n=40, seed=0):
     """Arithmetic items with their own outputs (graded without generating), ~45 % right."""
     rng = np.random.default_rng(seed)

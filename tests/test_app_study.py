@@ -25,28 +25,6 @@ ITEMS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def navigation_mode(monkeypatch):
-    """Run app.py (router + sidebar) on every AppTest run, as the server does (see test_app_explore)."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-
-
-@pytest.fixture
-def runs_dir(tmp_path, monkeypatch):
-    root = tmp_path / "runs"
-    root.mkdir()
-    monkeypatch.setenv("IC_RUNS_DIR", str(root))
-    return root
-
-
 @pytest.fixture
 def saved_run(tiny, runs_dir):
     return run_study(tiny, ITEMS, ["direct", "babble"], runs_dir / "saved", gen_config=GenerationConfig(max_new_tokens=3),
