@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 
 from ic_core.analysis import analyze
-from ic_core.cli.common import add_model_options, model_from_args, print_json
-from ic_core.generate import GenerationConfig
+from ic_core.cli.common import (
+    add_decoding_options,
+    add_model_options,
+    gen_config_from_args,
+    model_from_args,
+    print_json,
+)
 from ic_core.prompts import REGIMES, TASK_KINDS, custom_template
 
 
@@ -23,10 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--generate", action="store_true", help="generate an answer after the check")
     p.add_argument("--expected", help="reference answer, to grade the generation")
     p.add_argument("--aliases", help="other accepted answers separated by '|'")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    add_decoding_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
     add_model_options(p)
     p.set_defaults(func=run)
@@ -41,9 +43,7 @@ def _readout(text: str) -> str | int:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``analyze``."""
-    config = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature, seed=args.seed
-    )
+    config = gen_config_from_args(args)
     template = custom_template(args.template) if args.template else None
     loaded = model_from_args(args)
     result = analyze(

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from ic_core.generate import GenerationConfig
 from ic_core.models import LoadedModel, ModelSpec, get_model
 
 
@@ -31,3 +32,18 @@ def print_json(data: Any) -> None:
     """One JSON object on stdout."""
     json.dump(data, sys.stdout, ensure_ascii=False, allow_nan=False)
     sys.stdout.write("\n")
+
+
+def add_decoding_options(parser: argparse.ArgumentParser, max_new_tokens_help: str = "new tokens per answer") -> None:
+    """``--max-new-tokens``, ``--sample``, ``--temperature``, ``--seed``."""
+    parser.add_argument("--max-new-tokens", type=int, default=64, help=max_new_tokens_help)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def gen_config_from_args(args: argparse.Namespace) -> GenerationConfig:
+    """The :class:`GenerationConfig` the decoding options describe."""
+    return GenerationConfig(
+        max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature, seed=args.seed
+    )

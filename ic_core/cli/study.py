@@ -7,10 +7,15 @@ import sys
 import time
 from pathlib import Path
 
-from ic_core.cli.common import add_model_options, model_from_args, print_json
+from ic_core.cli.common import (
+    add_decoding_options,
+    add_model_options,
+    gen_config_from_args,
+    model_from_args,
+    print_json,
+)
 from ic_core.datasets import bundled_sets, load_bundled, load_items
 from ic_core.errors import DataError
-from ic_core.generate import GenerationConfig
 from ic_core.prompts import REGIMES
 from ic_core.study import default_run_name, metrics_json, run_path, run_study
 
@@ -24,12 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder (default: $IC_RUNS_DIR/<set>-<regimes>-n<N>-<time>); resumed if it exists")
     p.add_argument("--no-item-prefix", action="store_true", help="do not read after the items' answer prefixes (direct)")
     p.add_argument("--answer-prefix", help="forced answer prefix for direct-regime items without their own")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per answer (CoT gets at least 192)")
     p.add_argument("--no-generate", action="store_true", help="only read states (and grade outputs the file carries)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    add_decoding_options(p, "new tokens per answer (CoT gets at least 192)")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     add_model_options(p)
     p.set_defaults(func=run)
@@ -60,9 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if len(result.errors) > 10:
         print(f"… and {len(result.errors) - 10} more bad rows", file=sys.stderr)
     regimes = [r.strip() for r in args.regimes.split(",") if r.strip()]
-    config = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature, seed=args.seed
-    )
+    config = gen_config_from_args(args)
     n_items = min(len(result.items), args.limit or len(result.items))
     out = Path(args.out) if args.out else run_path(default_run_name(name, regimes, n_items))
     loaded = model_from_args(args)
