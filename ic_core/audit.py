@@ -53,7 +53,10 @@ def resolve_audit_path(path: str | os.PathLike[str] | None = None, base: str | o
 
     """
     raw = path if path is not None else os.environ.get(ENV_AUDIT_LOG) or DEFAULT_AUDIT_PATH
-    candidate = Path(raw).expanduser()
+    try:
+        candidate = Path(raw).expanduser()
+    except RuntimeError as exc:  # '~user' of an unknown user
+        raise DataError(f"The audit log path {str(raw)!r} names a home folder that does not exist ({exc}).") from exc
     if ".." in candidate.parts:
         raise DataError(f"The audit log path {str(raw)!r} contains '..'; give a plain path inside the audit folder.")
     root = Path(base).expanduser().resolve() if base is not None else Path.cwd()

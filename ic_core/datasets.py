@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -293,6 +294,8 @@ def load_items(
     else:
         raise DataError(f"Unknown prompt-file format {fmt!r}; use 'jsonl' or 'csv'.")
     n_rows = len(rows) + len(errors)  # parse errors are one per row
+    if n_rows == 0:
+        raise DataError("The file has no data rows: it needs one item per line (JSONL) or a header and data rows (CSV).")
     missing = [f for f in REQUIRED_FIELDS if f not in keys]
     if missing and (rows or not errors):
         raise DataError(
@@ -361,9 +364,13 @@ def _jsonl_rows(data: bytes, mapping: dict[str, str]) -> tuple[list[tuple[int, d
             errors.append(RowError(number, "Not UTF-8 text; save the file as UTF-8."))
             continue
         try:
-            value = json.loads(text)
+            value = json.loads(text, parse_constant=_refuse_constant)
         except json.JSONDecodeError as exc:
             errors.append(RowError(number, f"Not valid JSON ({exc.msg} at column {exc.colno})."))
+            continue
+        except (ValueError, RecursionError) as exc:  # NaN/Infinity, integers over 4300 digits, deep nesting
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            errors.append(RowError(number, f"Not valid JSON ({reason})."))
             continue
         if not isinstance(value, dict):
             errors.append(RowError(number, f"Expected a JSON object {{...}}, got {type(value).__name__}."))
@@ -372,6 +379,10 @@ def _jsonl_rows(data: bytes, mapping: dict[str, str]) -> tuple[list[tuple[int, d
         keys.update(value)
         rows.append((number, value))
     return rows, errors, keys
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _csv_rows(data: bytes, mapping: dict[str, str]) -> tuple[list[tuple[int, dict[str, Any]]], list[RowError], set[str]]:
@@ -433,6 +444,8 @@ def _text(raw: dict[str, Any], key: str, allow_number: bool = False) -> str | No
         return None
     if isinstance(value, bool):
         raise DataError(f"Field {key!r} must be text, got true/false.")
+    if allow_number and isinstance(value, float) and not math.isfinite(value):
+        raise DataError(f"Field {key!r} must be a finite number, got {value}.")
     if allow_number and isinstance(value, (int, float)):
         return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
     if not isinstance(value, str):

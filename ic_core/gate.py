@@ -265,8 +265,10 @@ def gate_check(
         loaded.spec.label, prompt_sha256(prompt), str(target) if target is not None else None,
     )
     if target is not None:
+        logged = decision.signals if policy.store_prompt_text else {
+            k: v for k, v in decision.signals.items() if k != "readout_token"}  # a prompt word when read at its end
         record = make_record(
-            prompt=prompt, model=loaded.spec.label, policy_id=policy.policy_id, signals=decision.signals,
+            prompt=prompt, model=loaded.spec.label, policy_id=policy.policy_id, signals=logged,
             decision=decision.decision, reason=decision.reason, elapsed_s=elapsed,
             store_prompt_text=policy.store_prompt_text,
         )

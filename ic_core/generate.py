@@ -31,7 +31,10 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            raise PromptError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}; got {self.max_new_tokens}.")
+            raise PromptError(
+                f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}; got {self.max_new_tokens}. "
+                "Raise ic_core.generate.MAX_NEW_TOKENS_LIMIT for longer answers."
+            )
         if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise PromptError("Sampling needs temperature > 0 and 0 < top_p ≤ 1.")
 

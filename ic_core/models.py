@@ -55,7 +55,11 @@ class ModelSpec:
         path = Path(text).expanduser()
         if text.lower().endswith(".gguf"):
             return cls(source="gguf", name=str(path.resolve()), **kwargs)
-        if path.is_dir():
+        try:
+            is_dir = path.is_dir()
+        except OSError:  # e.g. a name longer than the file system allows: not a folder
+            is_dir = False
+        if is_dir:
             return cls(source="local", name=str(path.resolve()), **kwargs)
         if text.startswith((".", "/", "~")):
             raise ModelLoadError(f"Model folder {text!r} does not exist. Give an existing folder, a .gguf file or a hub id.")
@@ -243,6 +247,13 @@ def _hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool
         return False
 
 
+def _weights_refused_error() -> type[Exception]:
+    """The exception torch raises when ``weights_only`` loading refuses a pickled object."""
+    import torch.serialization
+
+    return torch.serialization.pickle.UnpicklingError
+
+
 def _load_pretrained(location: str, spec: ModelSpec, **extra: Any) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -271,6 +282,11 @@ def _load_pretrained(location: str, spec: ModelSpec, **extra: Any) -> tuple[Any,
     except ValueError as exc:
         hint = "" if spec.trust_remote_code else " If it needs custom code, enable trust_remote_code explicitly."
         raise ModelLoadError(f"Could not load {location!r}: {exc}.{hint}") from exc
+    except _weights_refused_error() as exc:  # torch refuses pickled weights holding more than tensors
+        raise ModelLoadError(
+            f"Could not load {location!r}: its pickled weights (pytorch_model.bin) hold objects other than tensors "
+            "and were refused without running them. Use a safetensors copy of the model."
+        ) from exc
     return model, tokenizer
 
 

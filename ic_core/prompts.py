@@ -9,6 +9,7 @@ or, when a template carries a forced answer prefix, the last token of that prefi
 
 from __future__ import annotations
 
+import string
 import unicodedata
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -82,9 +83,15 @@ def custom_template(user: str, answer_prefix: str | None = None, system: str | N
     if "{question}" not in user:
         raise PromptError("A custom template must contain {question} where the question goes.")
     try:
-        user.format(question="", choices="")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise PromptError(f"The template has a field other than {{question}}/{{choices}}: {exc}") from exc
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(user) if name is not None]
+    except ValueError as exc:
+        raise PromptError(f"The template has unbalanced braces ({exc}); write a literal brace as {{{{ or }}}}.") from exc
+    for name, spec, conv in fields:
+        if name not in ("question", "choices") or spec or conv:
+            raise PromptError(
+                f"The template has a field other than {{question}}/{{choices}}: {{{name}}}. "
+                "Write a literal brace as {{ or }}."
+            )
     return PromptTemplate("custom", user, system).with_prefix(answer_prefix)
 
 
@@ -106,7 +113,12 @@ def clean_prompt(question: str) -> str:
     if not text:
         raise PromptError("The prompt is empty: type a question first.")
     if len(text) > MAX_PROMPT_CHARS:
-        raise PromptError(f"The prompt has {len(text):,} characters; the limit is {MAX_PROMPT_CHARS:,}. Shorten it.")
+        raise PromptError(
+            f"The prompt has {len(text):,} characters; the limit is {MAX_PROMPT_CHARS:,}. Shorten it, or raise "
+            "ic_core.prompts.MAX_PROMPT_CHARS."
+        )
+    if any(unicodedata.category(ch) == "Cs" for ch in text):
+        raise PromptError("The prompt contains unpaired UTF-16 surrogates (e.g. a '\\ud800' escape); it is not valid text.")
     bad = sum(1 for ch in text if unicodedata.category(ch) == "Cc" and ch not in "\n\t")
     if bad:
         raise PromptError(f"The prompt contains {bad} control character(s); it looks like binary data, not text.")

@@ -56,9 +56,9 @@ STATES_DIR = "states"
 COT_MIN_NEW_TOKENS = 192
 """Chain of thought needs room to reason before its ``####`` line."""
 MAX_LIMIT = 1000
+"""Most items per study in the app (the engine accepts more)."""
 F16_MAX = float(np.finfo(np.float16).max)
 """States are stored as float16; larger magnitudes are clipped and counted in the manifest."""
-"""Most items per study in the app (the engine accepts more)."""
 RUNS_ENV = "IC_RUNS_DIR"
 IDENTITY_KEYS: tuple[str, ...] = (
     "model", "regimes", "templates", "use_item_prefix", "answer_prefix", "dataset_items_sha256",

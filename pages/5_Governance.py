@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from ic_core.audit import read_audit, resolve_audit_path
-from ic_core.errors import ICError
+from ic_core.errors import DataError, ICError
 from ic_core.gate import compare_signals, gate_check
 from ic_core.generate import GenerationConfig
 from ic_core.models import LoadedModel, ModelSpec
@@ -33,6 +33,7 @@ from ic_core.policy import (
     risk_coverage,
     run_signals,
 )
+from ic_core.study import runs_root
 from ui.common import footer, get_loaded, json_download, require_router, show_error
 
 DEMO_SET = "governance_ops"
@@ -557,7 +558,15 @@ def policy_tab(loaded: LoadedModel | None) -> None:
         try:
             from ic_core.probes import SavedProbe
 
-            probe = SavedProbe.load(policy.probe["path"])
+            probe_path = Path(str(policy.probe.get("path", ""))).expanduser().resolve()
+            if not probe_path.is_relative_to(runs_root().resolve()):
+                # An uploaded policy must not make the server read (or probe for) files anywhere on disk.
+                raise DataError(
+                    f"This policy's probe ({policy.probe.get('path')}) is outside the runs folder "
+                    f"{runs_root()}. Copy the probe's .json and .npz into a run's probes/ folder and fit or "
+                    "save the policy again."
+                )
+            probe = SavedProbe.load(probe_path)
         except ICError as exc:
             show_error(exc)
             return

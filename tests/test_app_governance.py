@@ -188,3 +188,20 @@ def test_a_probe_from_another_run_can_be_used(tiny, env, tmp_path):
     at.button(key="gov_fit_btn").click().run()
     at.button(key="gov_use_btn").click().run()
     assert at.session_state["gate_policy"].probe["id"] == probe.probe_id
+
+
+def test_a_policy_whose_probe_lies_outside_the_runs_folder_is_refused(tiny, env, monkeypatch, tmp_path):
+    at = start(tiny)
+    at.radio(key="gov_signal").set_value("probe").run()
+    at.button(key="gov_fit_btn").click().run()
+    at.button(key="gov_use_btn").click().run()
+    policy = at.session_state["gate_policy"]
+    assert Path(policy.probe["path"]).is_file()
+    # The same policy arriving from elsewhere: its probe is no longer under the runs root, and no probe is loaded.
+    elsewhere = tmp_path / "other-runs"
+    elsewhere.mkdir()
+    monkeypatch.setenv("IC_RUNS_DIR", str(elsewhere))
+    del at.session_state["probe"]
+    at.run()
+    assert not at.exception, at.exception
+    assert "outside the runs folder" in texts(at.error)

@@ -112,7 +112,7 @@ def read_text_upload(name: str, data: bytes, limit_bytes: int = UPLOAD_LIMIT_BYT
     if len(data) > limit_bytes:
         raise PromptError(
             f"{name} is {len(data) / 1000:,.0f} kB; the limit is {limit_bytes / 1000:,.0f} kB. "
-            "Upload a shorter text file or paste the part you need."
+            "Upload a shorter text file, paste the part you need, or raise ui.common.UPLOAD_LIMIT_BYTES."
         )
     if b"\x00" in data:
         raise PromptError(f"{name} looks like a binary file (it contains NUL bytes). Upload a plain .txt file.")

@@ -35,7 +35,7 @@ def _spec(args: argparse.Namespace, policy: Policy) -> ModelSpec:
     dtype = args.dtype or policy.model.get("dtype", "float32")
     if args.model is None:
         base = ModelSpec.from_dict({k: v for k, v in policy.model.items() if k in ModelSpec.__dataclass_fields__})
-        return ModelSpec(base.source, base.name, dtype, args.device, args.trust_remote_code or base.trust_remote_code)
+        return ModelSpec(base.source, base.name, dtype, args.device, args.trust_remote_code)
     return ModelSpec.parse(args.model, dtype=dtype, device=args.device, trust_remote_code=args.trust_remote_code)
 
 
