@@ -41,9 +41,10 @@ from ui.common import (
 
 K = EXPLORE_KEYS
 UPLOAD_KEY = "explore_upload"
+# Where the Governance page puts the active policy and, for probe policies, its probe.
+# (A bare string here would be drawn on the page by Streamlit's "magic".)
 GATE_POLICY_KEY = "gate_policy"
 GATE_PROBE_KEY = "probe"
-"""Where the Governance page puts the active policy and, for probe policies, its probe."""
 UPLOAD_MSG_KEY = "explore.upload_message"
 REGIME_LABELS = {
     "direct": "direct — answer only",

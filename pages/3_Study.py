@@ -66,9 +66,9 @@ from ui.common import (
     show_error,
 )
 
+# Session keys of the new-study inputs (kept across page switches).
 K = {name: KEEP_PREFIX + "study." + name for name in
      ("source", "bundled", "regimes", "limit", "max_new", "use_prefix", "generate", "run_name")}
-"""Session keys of the new-study inputs (kept across page switches)."""
 RUN_SELECT_KEY = "study_run_select"
 ITEM_PICK_KEY = "study_item_pick"
 NONE = "(none)"
