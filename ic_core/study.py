@@ -55,6 +55,7 @@ LOCK_FILE = "run.lock"
 STATES_DIR = "states"
 COT_MIN_NEW_TOKENS = 192
 """Chain of thought needs room to reason before its ``####`` line."""
+READOUT_NAMES = {"H_int": "H_int (last prompt token)", "H_slot": "H_slot (after the answer prefix)"}
 MAX_LIMIT = 1000
 """Most items per study in the app (the engine accepts more)."""
 F16_MAX = float(np.finfo(np.float16).max)
@@ -881,7 +882,7 @@ class RegimeComparison:
     def paper_table(self) -> pd.DataFrame:
         """Formatted strings, one column per regime (accuracy [CI], H_int, dim_eff, extras)."""
         rows: dict[str, dict[str, str]] = {}
-        base = {"regime", "n", "n_graded", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "mean_h_int_bits",
+        base = {"regime", "signal", "n", "n_graded", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "mean_h_int_bits",
                 "mean_h_int_top100_bits", "dim_eff_weighted_pr", "dim_eff_rank_cap"}
         for _, r in self.per_regime.iterrows():
             acc = ("n/a (not graded)" if math.isnan(r["accuracy"])
@@ -889,8 +890,9 @@ class RegimeComparison:
             col = {
                 "n": str(int(r["n"])),
                 "Accuracy [95 % CI]": acc,
-                "H_int (bits)": _fmt(r["mean_h_int_bits"], 2),
-                "H_int top-100 (bits)": _fmt(r["mean_h_int_top100_bits"], 2),
+                "Read-out": READOUT_NAMES.get(r.get("signal"), "mixed (H_int and H_slot rows)"),
+                "Mean entropy at the read-out (bits)": _fmt(r["mean_h_int_bits"], 2),
+                "Same, top-100 variant (bits)": _fmt(r["mean_h_int_top100_bits"], 2),
                 "dim_eff (weighted PR)": _fmt(r["dim_eff_weighted_pr"], 1)
                 + ("" if math.isnan(r["dim_eff_weighted_pr"]) else f" (cap {int(r['dim_eff_rank_cap'])})"),
             }
@@ -929,8 +931,10 @@ def regime_comparison(
         d = dims.get(regime)
         pr = d.weighted_participation_ratio if d is not None else None
         cap = d.rank_cap if d is not None else max(0, len(frame) - 1)
+        signals = set(frame["signal"].dropna()) if "signal" in frame else set()
         row: dict[str, Any] = {
-            "regime": regime, "n": len(frame), "n_graded": len(graded),
+            "regime": regime, "signal": signals.pop() if len(signals) == 1 else "mixed",
+            "n": len(frame), "n_graded": len(graded),
             "accuracy": float(graded.mean()) if len(graded) else math.nan,
             "accuracy_ci_low": ci[0] if ci else math.nan, "accuracy_ci_high": ci[1] if ci else math.nan,
             "mean_h_int_bits": float(frame["h_int_bits"].mean()) if len(frame) else math.nan,

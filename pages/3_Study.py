@@ -321,19 +321,22 @@ def show_items(run: StudyRun) -> None:
     t = run.table
     view = t[["item_id", "regime", "question", "output_text", "extracted_answer", "correct", "h_int_bits", "signal"]].copy()
     view["correct"] = view["correct"].map(lambda v: "—" if v is None else ("✔" if v else "✘"))
-    event = st.dataframe(view, hide_index=True, on_select="rerun", selection_mode="single-row", key="study_items_df",
+    # Widget keys are per run: another run's row index (or label) must never reach this one.
+    pick_key, df_key, last_key = (f"{name}:{run.path}" for name in (ITEM_PICK_KEY, "study_items_df", "study.last_df_pick"))
+    event = st.dataframe(view, hide_index=True, on_select="rerun", selection_mode="single-row", key=df_key,
                          column_config={"h_int_bits": st.column_config.NumberColumn("H_int / H_slot (bits)", format="%.2f")})
     labels = [f"{r.item_id} · {r.regime}" for r in t.itertuples()]
     rows = getattr(getattr(event, "selection", None), "rows", None) or []
     picked = int(rows[0]) if rows else None
-    if picked != st.session_state.get("study.last_df_pick"):  # a new click in the table drives the selectbox
-        st.session_state["study.last_df_pick"] = picked
+    if picked != st.session_state.get(last_key):  # a new click in the table drives the selectbox
+        st.session_state[last_key] = picked
         if picked is not None:
-            st.session_state[ITEM_PICK_KEY] = picked
-    if not 0 <= int(st.session_state.get(ITEM_PICK_KEY, 0)) < len(labels):
-        st.session_state[ITEM_PICK_KEY] = 0
+            st.session_state[pick_key] = picked
+    current = st.session_state.get(pick_key, 0)
+    if not isinstance(current, int) or not 0 <= current < len(labels):
+        st.session_state[pick_key] = 0
     choice = st.selectbox("Show one row (or click a row in the table)", range(len(labels)),
-                          format_func=lambda i: labels[i], key=ITEM_PICK_KEY)
+                          format_func=lambda i: labels[i], key=pick_key)
     show_row(t.iloc[int(choice)])
 
 

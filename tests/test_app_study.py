@@ -68,6 +68,9 @@ def test_saved_run_is_reopened_with_tables_and_figures(tiny, saved_run):
     frames = [df.value for df in at.dataframe]
     paper = next(f for f in frames if "Accuracy [95 % CI]" in f.index)
     assert list(paper.columns) == ["direct", "babble"]
+    # babble never reads after a prefix; direct mixes items with and without one: the label says which
+    assert paper.loc["Read-out", "babble"] == "H_int (last prompt token)"
+    assert paper.loc["Read-out", "direct"] == "mixed (H_int and H_slot rows)"
     items = next(f for f in frames if "item_id" in f.columns)
     assert len(items) == 10 and set(items["correct"]) <= {"✔", "✘", "—"}
     assert [b.label for b in at.get("download_button")][:2] == ["Per-item CSV", "Metrics JSON"]
@@ -75,7 +78,7 @@ def test_saved_run_is_reopened_with_tables_and_figures(tiny, saved_run):
 
 def test_picking_a_row_shows_its_generation(tiny, saved_run):
     at = open_study(tiny)
-    pick = at.selectbox(key="study_item_pick")
+    pick = at.selectbox(key=f"study_item_pick:{saved_run.path}")
     pick.set_value(4).run()  # item c, direct
     assert not at.exception
     row = saved_run.table.iloc[4]
@@ -180,3 +183,16 @@ def test_probe_column_says_n_too_small_instead_of_a_number(tiny, saved_run):
     paper = next(df.value for df in at.dataframe if "Accuracy [95 % CI]" in df.value.index)
     row = next(label for label in paper.index if label.startswith("Probe AUROC"))
     assert set(paper.loc[row]) <= {"n too small", "only one class"}
+
+
+def test_switching_runs_after_picking_a_row_does_not_crash(tiny, saved_run, runs_dir):
+    other = run_study(tiny, ITEMS[:2], ["direct"], runs_dir / "other", gen_config=GenerationConfig(max_new_tokens=2),
+                      batch_size=2, dataset_name="two")
+    at = open_study(tiny)
+    at.selectbox(key="study_run_select").set_value(str(saved_run.path)).run()
+    at.selectbox(key=f"study_item_pick:{saved_run.path}").set_value(7).run()
+    at.selectbox(key="study_run_select").set_value(str(other.path)).run()
+    assert not at.exception, at.exception
+    at.run()  # any later rerun (e.g. another widget) must not trip over the old run's row
+    assert not at.exception, at.exception
+    assert at.selectbox(key=f"study_item_pick:{other.path}").value == 0
