@@ -97,6 +97,10 @@ def ci_text(value: float | None, ci: tuple[float, float] | None) -> str:
     return f"{value:.0%}" + (f" [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else " [CI n/a]")
 
 
+def ci_only(ci: tuple[float, float] | None) -> str:
+    return f"95 % CI [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else "95 % CI n/a (too few items)"
+
+
 def auroc_text(a: Any) -> str:
     if a.auroc is None:
         return a.reason or "n/a"
@@ -124,8 +128,11 @@ def items_frame(sig: RunSignals, idx: np.ndarray, extra: dict[str, np.ndarray]) 
 def held_out_metrics(report: HeldOutReport, note: str) -> None:
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Held-out items", f"{report.n}")
-    c2.metric("Escalation rate [95 % CI]", ci_text(report.escalation_rate, report.escalation_rate_ci))
-    c3.metric("Error among approved [95 % CI]", ci_text(report.error_among_approved, report.error_among_approved_ci))
+    # Metric values are short (a point estimate); the 95 % CI goes underneath so it is never cut off.
+    c2.metric("Escalation rate", pct(report.escalation_rate))
+    c2.caption(ci_only(report.escalation_rate_ci))
+    c3.metric("Error among approved", pct(report.error_among_approved))
+    c3.caption(ci_only(report.error_among_approved_ci))
     c4.metric("Error with no gate", pct(report.error_without_gate))
     conf = report.confusion
     st.caption(f"Held out: **{conf.caught}** wrong answers caught, **{conf.slipped}** slipped through, "

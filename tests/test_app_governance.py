@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,7 @@ def test_threshold_updates_live_and_fit_sets_it(tiny, env):
     assert at.success or at.warning
     assert "fitted on the training items only" in texts(at.caption)
     assert metric(at, "Held-out items") == "24"
+    assert re.search(r"95 % CI (\[\d+%, \d+%\]|n/a)", texts(at.caption))  # each rate has its CI beneath it
     # Another split makes the fitted threshold stale: the page says it is now set by hand.
     at.slider(key="gov_holdout").set_value(0.5).run()
     assert metric(at, "Held-out items") == "30"

@@ -74,7 +74,8 @@ def confusion_figure(confusion: Confusion, title: str = "What the gate would do"
     text = [[f"{names[r, c]}<br><b>{int(z[r, c])}</b> ({z[r, c] / n:.0%})" for c in range(2)] for r in range(2)]
     fig = go.Figure(go.Heatmap(
         z=z, x=["auto-approved", "escalated to a human"], y=["answer right", "answer wrong"],
-        text=text, texttemplate="%{text}", colorscale="Blues", showscale=False,
+        text=text, texttemplate="%{text}", textfont=dict(size=14), colorscale="Blues", showscale=False,
+        zmin=0, zmax=max(float(z.max()) * 1.6, 1.0),  # keep the darkest cell light enough for dark text
         hovertemplate="%{y} · %{x}: %{z:d} items<extra></extra>",
     ))
     fig.update_layout(
