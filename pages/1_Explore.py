@@ -200,6 +200,13 @@ def risk_card(loaded: LoadedModel, analysis: Analysis) -> None:
     st.caption(f"{state.h_int_bits:.2f} bits ≈ as unsure as a fair pick among {among} tokens. "
                f"Most likely next token: `{top_token}`. This describes the *next token only*: see the Learn page "
                "for when it does and does not predict a correct answer.")
+    if rendered.readout_is_formatting and not rendered.answer_prefix:
+        st.warning(
+            f"The read-out token is a formatting token (`{visible_token(rendered.readout_token)}`), so "
+            f"{signal} measures how the answer will *start* (often boilerplate such as \"The\"), not the "
+            "answer itself. On the small default model this raw H_int does not predict correctness; add a "
+            "forced answer prefix (e.g. \"The capital of France is\") to read H_slot where the answer is decided.",
+        )
     with st.expander("Other read-outs of the same state"):
         st.markdown(
             f"- **{signal}, top-100 variant**: {state.h_int_top100_bits:.3f} bits (softmax renormalised over "

@@ -66,19 +66,21 @@ METRICS = """
 """
 
 MEASURED = """
-We measured this on the offline default model (SmolLM2-135M-Instruct) over about 1,250 prompts:
+We measured this on the offline default model (SmolLM2-135M-Instruct), 150 bundled capitals
+(it answered 48.7 % [40.8, 56.6] correctly). AUROC 0.5 is a coin flip, 1.0 a perfect ranking of
+right above wrong answers; brackets are bootstrap 95 % confidence intervals.
 
-- **Raw H_int at the last prompt token predicts nothing here** (AUROC ≈ 0.47 on capitals, 0.55 on
-  arithmetic — coin-flip level). Why: that token is the newline after the chat template's assistant
-  header, and most answers begin with the same boilerplate ("The capital of…", "To solve…"). So H_int
-  measures how sure the model is about its *first word*, not about the answer.
-- **H_slot does carry the signal**: read after "The capital of X is" it reaches AUROC ≈ 0.78
-  [0.72, 0.83] on capitals. A linear **probe** on the last-token state also reaches ≈ 0.78 within one
-  task — but not across tasks.
-- **Shortcuts are real**: prompt length alone scores 0.65 on capitals; knowing the problem type alone
-  scores 0.69 on arithmetic. Always compare a signal with such baselines before trusting it.
-
-Larger models may behave differently — which is exactly why the tool lets you check rather than assume.
+- **Raw H_int at the last prompt token barely predicts correctness**: 0.54 [0.37, 0.67] on 60
+  held-out items. That token is the newline after the chat template's assistant header, and most
+  answers begin with the same boilerplate ("The capital of…"), so H_int measures how sure the model
+  is about its *first word*, not about the answer.
+- **H_slot does carry the signal**: read after "The capital of X is" it reaches 0.84 [0.77, 0.90].
+  A linear **probe** on the state reaches 0.85 [0.78, 0.91] (label-shuffle control: 0.51), but
+  here it adds nothing measurable beyond H_slot, and on our governance-operations set no signal
+  beat chance.
+- **Shortcuts are real**: prompt length alone scores 0.63 [0.54, 0.72] on capitals, while a probe
+  on the question's words alone scores 0.52 [0.43, 0.61]. Always compare a signal with such
+  baselines before trusting it (the Recoverability page shows them side by side).
 """
 
 TOUR = """

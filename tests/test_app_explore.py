@@ -380,3 +380,17 @@ class TestProbeOnRiskCard:
         at = read_state(start(tiny, probe=probe))
         expected = probe.predict_proba_correct(analyze(tiny, QUESTION, kind="short_answer").state)
         assert metrics(at)["Probe P(correct)"] == f"{expected:.0%}"
+
+
+class TestFormattingTokenCaveat:
+    def test_warns_when_read_out_is_formatting_and_not_after_a_prefix(self):
+        from conftest import make_tiny_model, make_tiny_tokenizer
+
+        from ic_core.models import from_objects
+
+        plain = make_tiny_tokenizer(chat_template=None)  # read-out falls on the template's final "."
+        model = from_objects(make_tiny_model(len(plain)), plain, name="tiny-plain")
+        at = read_state(start(model))
+        assert any("formatting token" in w.value for w in at.warning)
+        at = read_state(start(model), answer_prefix="the capital of france is")
+        assert not any("formatting token" in w.value for w in at.warning)
