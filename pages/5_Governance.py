@@ -262,6 +262,9 @@ def show_comparison(comp: Any) -> None:
     caught = te[r.escalate[te] & ~sig.correct[te]]
     slipped = te[~r.escalate[te] & ~sig.correct[te]]
     score = {"risk (bits, or −P)": r.risk}
+    if te.size and bool(np.all(r.escalate[te])):
+        st.warning(f"**{chosen}: every held-out item is escalated** ({r.threshold_text}). Nothing slips through "
+                   "only because nothing is approved: this rule saves no human work.")
     c1, c2 = st.columns(2)
     c1.markdown(f"**Caught** — escalated, and the answer was wrong ({caught.size})")
     c1.dataframe(items_frame(sig, caught, score), hide_index=True, key="gov_demo_caught")

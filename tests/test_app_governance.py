@@ -207,3 +207,13 @@ def test_a_policy_whose_probe_lies_outside_the_runs_folder_is_refused(tiny, env,
     at.run()
     assert not at.exception, at.exception
     assert "outside the runs folder" in texts(at.error)
+
+
+def test_demo_flags_a_rule_that_escalates_everything(tiny, env):
+    at = start(tiny)
+    at.slider(key="gov_demo_target").set_value(0.0).run()  # no threshold approves anything with 0 % error
+    at.button(key="gov_demo_run").click().run()
+    assert not at.exception, at.exception
+    escalated_all = [w.value for w in at.warning if "every held-out item is escalated" in w.value]
+    slipped = at.dataframe[2].value
+    assert escalated_all and len(slipped) == 0
