@@ -295,15 +295,19 @@ def show_header(run: StudyRun, loaded: Any) -> None:
     status = run.status
     if status == "running":
         status = "in progress" if live else "interrupted"
-    c = st.columns(4)
+    c = st.columns([1, 1, 3])
     c[0].metric("Rows", f"{len(run.table)} / {run.n_planned}")
     c[1].metric("Status", status)
-    c[2].metric("Model", str(m.get("model_label", "?")).split("/")[-1][:28])
-    c[3].metric("Prompt set", f"{m.get('dataset', {}).get('name', '?')} (n={m.get('n_items')})")
-    st.caption(f"Regimes: {', '.join(run.regimes)} · item prefixes (direct): "
-               f"{'used' if m.get('use_item_prefix') else 'not used'} · new tokens per regime: "
-               f"{m.get('generation', {}).get('max_new_tokens_by_regime')} · compute {float(m.get('elapsed_s') or 0):.0f} s · "
-               f"created {m.get('created')}")
+    tokens = m.get("generation", {}).get("max_new_tokens_by_regime") or {}
+    created = str(m.get("created") or "?").replace("T", " ")[:16]
+    c[2].markdown(
+        f"**Model** {m.get('model_label', '?')}  \n"
+        f"**Prompt set** {m.get('dataset', {}).get('name', '?')} (n={m.get('n_items')})  \n"
+        f"**Regimes** {', '.join(run.regimes)} · item prefixes (direct) "
+        f"{'used' if m.get('use_item_prefix') else 'not used'} · new tokens "
+        f"{', '.join(f'{k} {v}' for k, v in tokens.items()) or '?'}  \n"
+        f"**Compute** {float(m.get('elapsed_s') or 0):.0f} s · created {created} UTC"
+    )
     if live:
         st.info("Another process is writing this run right now; reopen it later to see more rows.")
     elif run.status != "complete" and loaded is not None:

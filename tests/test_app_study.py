@@ -60,7 +60,8 @@ def test_saved_run_is_reopened_with_tables_and_figures(tiny, saved_run):
     select = at.selectbox(key="study_run_select")
     assert select.value == str(saved_run.path) and "saved" in select.format_func(select.value)
     m = metrics(at)
-    assert m["Rows"] == "10 / 10" and m["Status"] == "complete" and m["Prompt set"] == "tiny-set (n=5)"
+    assert m["Rows"] == "10 / 10" and m["Status"] == "complete"
+    assert any("**Prompt set** tiny-set (n=5)" in md.value and "direct 3" in md.value for md in at.markdown)
     titles = chart_titles(at)
     for expected in ("Accuracy by regime", "by regime", "Logit-lens entropy by layer", "Effective dimensionality",
                      "PCA of the read-out state I at layer 3"):
