@@ -952,8 +952,10 @@ def reading(report: RecoverabilityReport) -> list[str]:
         lines.append(f"The best single layer is {best.name} ({best.ci_text()}); picking it after looking at "
                      f"every layer is optimistic, so the {last.name} probe (a fixed choice) is the headline.")
     if report.constant_layers:
-        lines.append(f"Layer(s) {', '.join(map(str, report.constant_layers))} are identical for every item "
-                     "(the chat template ends every prompt with the same token), so they are not probed.")
+        layers = report.constant_layers
+        which = f"Layer {layers[0]} is" if len(layers) == 1 else f"Layers {', '.join(map(str, layers))} are"
+        lines.append(f"{which} identical for every item (the chat template ends every prompt with the same "
+                     "token), so not probed.")
     return lines
 
 

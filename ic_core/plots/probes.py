@@ -73,7 +73,7 @@ def auroc_by_layer_figure(
                   annotation_position="bottom right")
     if last_layers is not None and last_layers.ok:
         fig.add_hline(y=last_layers.auroc_pooled, line_dash="dashdot", line_color="#2ca02c",
-                      annotation_text=f"{last_layers.name}: {last_layers.ci_text()}", annotation_position="top left")
+                      annotation_text=f"{last_layers.name}: {last_layers.ci_text()}", annotation_position="top right")
     fig.update_layout(
         title=title, xaxis_title="layer (hidden_states index; 0 = embeddings)",
         yaxis_title="AUROC predicting a correct answer (0–1)", height=420, margin=dict(l=10, r=10, t=40, b=10),
@@ -143,7 +143,7 @@ def baselines_figure(results: Sequence[ProbeResult], title: str = "Probe and bas
     fig.add_vline(x=0.5, line_dash="dash", line_color="black", annotation_text="chance",
                   annotation_position="top")
     fig.update_layout(
-        title=title, xaxis_title="AUROC predicting a correct answer (0–1; bars: fitted probes, orange: fixed scores)",
+        title=title, xaxis_title="AUROC predicting a correct answer (0–1; blue: fitted probes, orange: fixed scores)",
         yaxis_title="signal", height=max(300, 45 * len(results) + 120), margin=dict(l=10, r=10, t=40, b=10),
         showlegend=False,
     )
