@@ -12,6 +12,7 @@ token. ``skip_whitespace`` lets the model write such tokens greedily (at most
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,22 +85,74 @@ class Prefill:
     """Generation extends the cache in place, so a prefill serves one generation only."""
 
 
-def _forward(loaded: LoadedModel, input_ids: Any, attention_mask: Any, position_ids: Any, past: Any = None) -> Any:
-    kwargs = dict(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-        past_key_values=past, use_cache=True, output_hidden_states=True,
-    )
-    try:
-        return loaded.model(**kwargs, logits_to_keep=1)
-    except TypeError:  # older architectures without logits_to_keep
-        return loaded.model(**kwargs)
+class _LastPositionRecorder:
+    """Forward hooks that keep only the last position of every ``hidden_states`` entry.
+
+    ``output_hidden_states=True`` would materialise (B, T, d) for all L + 1 entries; for a
+    batch of long prompts that is hundreds of MB, and we only ever read the last position.
+    Entry 0 is the embedding output, entries 1..L−1 the outputs of blocks 0..L−2, entry L
+    the final norm's output (Llama-style models put the normed state last).
+    """
+
+    def __init__(self, embed: Any, blocks: Sequence[Any], norm: Any) -> None:
+        self._modules = [embed, *blocks[:-1], norm]
+        self._rows: list[Any] = [None] * len(self._modules)
+        self._handles: list[Any] = []
+
+    @classmethod
+    def for_model(cls, loaded: LoadedModel) -> _LastPositionRecorder | None:
+        """A recorder for Llama-style layouts, or None (then ``output_hidden_states`` is used)."""
+        import torch
+
+        base = getattr(loaded.model, "base_model", loaded.model)
+        blocks = next((getattr(base, a) for a in ("layers", "h", "blocks")
+                       if isinstance(getattr(base, a, None), torch.nn.ModuleList)), None)
+        if blocks is None or len(blocks) != loaded.n_layers or getattr(base, "norm", None) is None:
+            return None
+        return cls(loaded.model.get_input_embeddings(), list(blocks), base.norm)
+
+    def _hook(self, index: int) -> Any:
+        def keep_last(_module: Any, _inputs: Any, output: Any) -> None:
+            tensor = output[0] if isinstance(output, tuple) else output
+            self._rows[index] = tensor[:, -1, :]
+        return keep_last
+
+    def __enter__(self) -> _LastPositionRecorder:
+        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self._modules)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def stacked(self) -> Any:
+        """(B, L + 1, d) float32."""
+        import torch
+
+        return torch.stack(self._rows, dim=1).float()
 
 
-def _stack_last(out: Any) -> tuple[Any, Any]:
+def _forward(
+    loaded: LoadedModel, input_ids: Any, attention_mask: Any, position_ids: Any, past: Any = None
+) -> tuple[Any, Any, Any]:
+    """One forward pass → (states (B, L + 1, d), last-position logits (B, V), KV cache)."""
     import torch
 
-    states = torch.stack([h[:, -1, :] for h in out.hidden_states], dim=1)  # (B, L+1, d)
-    return states.float(), out.logits[:, -1, :].float()
+    recorder = _LastPositionRecorder.for_model(loaded)
+    kwargs = dict(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        past_key_values=past, use_cache=True, output_hidden_states=recorder is None,
+    )
+    with recorder if recorder is not None else contextlib.nullcontext():
+        try:
+            out = loaded.model(**kwargs, logits_to_keep=1)
+        except TypeError:  # older architectures without logits_to_keep
+            out = loaded.model(**kwargs)
+    if recorder is not None:
+        states = recorder.stacked()
+    else:
+        states = torch.stack([h[:, -1, :] for h in out.hidden_states], dim=1).float()
+    return states, out.logits[:, -1, :].float(), out.past_key_values
 
 
 def _is_whitespace_token(loaded: LoadedModel, token_id: int) -> bool:
@@ -127,9 +180,7 @@ def _read_batch(
         mask[i, width - len(r):] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    out = _forward(loaded, ids, mask, positions)
-    states, logits = _stack_last(out)
-    past = out.past_key_values
+    states, logits, past = _forward(loaded, ids, mask, positions)
     skipped: list[list[int]] = [[] for _ in rows]
     skipped_h: list[list[float]] = [[] for _ in rows]
     skipped_p: list[list[float]] = [[] for _ in rows]
@@ -150,11 +201,9 @@ def _read_batch(
             skipped_p[i].append(float(p[i, top[i]]))
         mask = torch.cat([mask, new_mask], dim=1)
         positions = positions[:, -1:] + new_mask
-        out = _forward(loaded, new_tok, mask, positions, past)
-        s2, l2 = _stack_last(out)
+        s2, l2, past = _forward(loaded, new_tok, mask, positions, past)
         sel = torch.tensor(step, device=device)
         states[sel], logits[sel] = s2[sel], l2[sel]
-        past = out.past_key_values
     return states, logits, skipped, skipped_h, skipped_p, past, mask, positions
 
 

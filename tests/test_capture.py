@@ -116,3 +116,18 @@ def test_analyze_json_has_cli_keys(tiny):
     assert len(j["lens"]) == tiny.n_layers
     assert set(j["lens"][0]) == {"layer", "entropy_bits", "top_token", "kl_to_final_bits"}
     assert j["correct"] in (True, False)
+
+
+@pytest.mark.parametrize("hooks", [True, False], ids=["last-position hooks", "output_hidden_states fallback"])
+def test_every_state_row_equals_output_hidden_states(tiny, monkeypatch, hooks):
+    from ic_core import capture as capture_module
+
+    if not hooks:
+        monkeypatch.setattr(capture_module._LastPositionRecorder, "for_model", classmethod(lambda cls, loaded: None))
+    r = _rendered(tiny, QUESTIONS[1])
+    state, _ = capture(tiny, r)
+    with torch.inference_mode():
+        out = tiny.model(input_ids=torch.tensor([r.input_ids]), output_hidden_states=True)
+    expected = np.stack([h[0, -1].numpy() for h in out.hidden_states])
+    assert state.hidden.shape == expected.shape
+    assert np.allclose(state.hidden, expected, atol=1e-5)
