@@ -1,0 +1,775 @@
+"""The performance benchmark: every figure of the design's budget, measured as a ratio in one run.
+
+Absolute seconds depend on the machine and on whatever else it is doing; a ratio of two
+things measured side by side in the same run does not (much). Each timed comparison runs
+its arms in *rounds*: every round times each arm once, and the order of the arms rotates
+from round to round, so drift and "who went first" cancel. A figure is the median of the
+per-round ratios, reported with their min and max. Every arm is called once, untimed,
+before the rounds start (warm-up).
+
+Figures (see ``docs/benchmark.md`` for the JSON layout and how to read it):
+
+* ``analysis_over_forward`` — the full pre-generation analysis (render, one forward pass,
+  H_int, lens over all layers, a last-5-layers probe score) ÷ the forward pass a user would
+  write, ``model(**inputs, output_hidden_states=True)``;
+* ``answer_with_check_over_answer`` — check then answer (the check's cache is the answer's
+  prefill) ÷ answer alone, 64 new tokens;
+* ``gate_over_generate64`` — a stand-alone :func:`ic_core.gate.gate_check` ÷ answering the
+  same prompt with 64 new tokens;
+* ``batched_over_sequential`` — :func:`capture_batch` over a prompt set ÷ :func:`capture` in a loop;
+* ``warm_over_cold_load`` — first-call :func:`load_model` in a fresh process from the converted
+  cache ÷ the same from the GGUF file (empty cache);
+* ``study_peak_mb_1000`` / ``bytes_per_item`` — memory of a study that keeps float16 states;
+* ``items_per_s`` — study throughput in the direct and CoT regimes;
+* ``ours_over_naive`` — check + answer through ``ic_core`` ÷ what a user would otherwise write with
+  plain transformers (hidden states of the whole sequence, a lens over every position and layer,
+  then ``model.generate`` re-reading the prompt).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ic_core.analysis import analyze
+from ic_core.capture import capture, capture_batch
+from ic_core.errors import ICError
+from ic_core.generate import GenerationConfig, generate
+from ic_core.lens import LN2
+from ic_core.models import LoadedModel, ModelSpec, converted_cache_path, find_default_gguf
+from ic_core.prompts import PromptTemplate, RenderedPrompt, custom_template, render
+
+FORMAT_VERSION = 1
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = ROOT / "sample_prompts"
+
+TARGETS: dict[str, float | None] = {
+    "analysis_over_forward": 1.1,
+    "answer_with_check_over_answer": 1.03,
+    "gate_over_generate64": 0.08,
+    "batched_over_sequential": 0.5,
+    "warm_over_cold_load": 0.1,
+    "ours_over_naive": 1.0,
+    "bytes_per_item": None,  # set per model: float16 states + float32 lens entropy, +5 %
+    "study_peak_mb_1000": None,
+    "items_per_s": None,
+}
+"""Upper bounds: a figure passes when its median is at or below the target at every length.
+``None``: no target (reported for information)."""
+
+ANSWER_TEMPLATE = custom_template("{question}\nExplain your answer in detail: history, geography and culture.")
+"""Asks for a long answer, so that greedy decoding writes the full 64 tokens before any end token
+(checked: every figure reports the tokens each arm generated)."""
+
+CONTEXT_SENTENCES = (
+    "A capital city is the place where a country keeps its government, its parliament and most of its ministries.",
+    "Some capitals grew out of old river ports and market towns, because trade made them rich and well connected.",
+    "Others were planned on empty land, chosen as a compromise between rival regions that each wanted the seat.",
+    "A few countries moved their capital after a war, a flood or independence, and kept the old one as a museum.",
+    "In several states the largest city is not the capital, which surprises travellers who look only at a map.",
+    "Capitals often host embassies, national libraries and courts, so their names appear daily in the news.",
+    "Geography students learn them with flash cards, songs and quizzes, and still mix up neighbouring countries.",
+    "When two cities share the role, one may hold the parliament while the other holds the courts or the palace.",
+)
+"""Padding for the longer prompts: a neutral paragraph placed before the question."""
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How much to measure. The defaults are the full run (about four minutes on two CPU cores)."""
+
+    repeats: int = 3
+    """Rounds of the generation comparisons (64 new tokens per arm and round)."""
+    lengths: tuple[int, ...] = (45, 100, 400)
+    """Approximate prompt lengths in tokens; each per-length figure is keyed by ``str(length)``."""
+    new_tokens: int = 64
+    """Tokens generated by the answering arms."""
+    forward_repeats: int = 9
+    """Rounds of the (cheap) analysis-vs-forward comparison."""
+    batch_prompts: int = 64
+    """Prompts per batched-vs-sequential comparison at lengths up to ``long_prompt_tokens``."""
+    batch_prompts_long: int = 16
+    """Prompts at longer lengths (sequential capture of 64 × 400 tokens alone takes ~40 s)."""
+    long_prompt_tokens: int = 200
+    batch_repeats: int = 2
+    load_repeats: int = 2
+    """Fresh-process loads per arm (a cold load converts the GGUF file: ~15 s each)."""
+    memory_items: int = 64
+    """Real items captured for the memory figure (extrapolated to ``memory_target_items``)."""
+    memory_target_items: int = 1000
+    study_items: int = 3
+    """Capitals items per regime for the throughput figure."""
+    direct_new_tokens: int = 32
+    cot_new_tokens: int = 128
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.repeats, self.forward_repeats, self.batch_repeats, self.load_repeats) < 1:
+            raise ICError("Every repeat count must be at least 1.")
+        if not self.lengths or min(self.lengths) < 1 or len(set(self.lengths)) != len(self.lengths):
+            raise ICError(f"Prompt lengths must be distinct positive token counts; got {self.lengths}.")
+        if min(self.batch_prompts, self.batch_prompts_long, self.memory_items, self.study_items) < 1:
+            raise ICError("Prompt, memory and study item counts must be at least 1.")
+
+    @classmethod
+    def quick_settings(cls, repeats: int | None = None) -> BenchSettings:
+        """About one minute: the shortest length only, fewer prompts and repeats, one load each."""
+        return cls(
+            repeats=repeats or 2, lengths=(45,), forward_repeats=5, batch_prompts=16, batch_repeats=1,
+            load_repeats=1, memory_items=16, study_items=2, quick=True,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready copy."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class RatioStats:
+    """Per-round ratios numerator ÷ denominator of one comparison, summarised."""
+
+    median: float
+    min: float
+    max: float
+    n: int
+    """Rounds."""
+    numerator_median_s: float
+    denominator_median_s: float
+    target: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Context of the measurement (prompt tokens, generated tokens, ...)."""
+
+    @property
+    def passed(self) -> bool | None:
+        """Median at or below the target; None without a target."""
+        return None if self.target is None else bool(self.median <= self.target)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"median", "min", "max", "n", "numerator_median_s", "denominator_median_s", "target", "pass", ...}``."""
+        return {
+            "median": _r(self.median), "min": _r(self.min), "max": _r(self.max), "n": self.n,
+            "numerator_median_s": _r(self.numerator_median_s, 5), "denominator_median_s": _r(self.denominator_median_s, 5),
+            "target": self.target, "pass": self.passed, **self.extra,
+        }
+
+
+def _r(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+def ratio_stats(
+    numerator_s: Sequence[float], denominator_s: Sequence[float], target: float | None = None, **extra: Any
+) -> RatioStats:
+    """Summarise paired timings (one pair per round) as a median ratio with min and max.
+
+    Raises:
+        ICError: no rounds, unequal lengths, or a non-positive duration.
+
+    """
+    if not numerator_s or len(numerator_s) != len(denominator_s):
+        raise ICError(f"Need equally many timings on both sides (got {len(numerator_s)} and {len(denominator_s)}).")
+    if min(*numerator_s, *denominator_s) <= 0:
+        raise ICError("Timings must be positive.")
+    ratios = [a / b for a, b in zip(numerator_s, denominator_s)]
+    return RatioStats(
+        statistics.median(ratios), min(ratios), max(ratios), len(ratios),
+        statistics.median(numerator_s), statistics.median(denominator_s), target, dict(extra),
+    )
+
+
+def time_rounds(arms: Mapping[str, Callable[[], Any]], rounds: int, warmup: bool = True) -> dict[str, list[float]]:
+    """Time each arm once per round, rotating the order every round (garbage collection paused).
+
+    Args:
+        arms: Name → zero-argument callable.
+        rounds: How many timings per arm.
+        warmup: Call every arm once, untimed, first.
+
+    Returns:
+        Name → ``rounds`` durations in seconds.
+
+    """
+    names = list(arms)
+    if warmup:
+        for name in names:
+            arms[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()  # as timeit does: a collection landing in one arm would be noise
+    try:
+        for k in range(rounds):
+            shift = k % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                arms[name]()
+                times[name].append(time.perf_counter() - start)
+    finally:
+        if was_enabled:
+            gc.enable()
+    return times
+
+
+# ------------------------------------------------------------------------------ prompts
+
+
+def sample_questions(n: int, name: str = "capitals") -> list[str]:
+    """The first ``n`` questions of a bundled prompt set (cycled when the set is shorter)."""
+    path = SAMPLE_DIR / f"{name}.jsonl"
+    with open(path, encoding="utf-8") as fh:
+        questions = [json.loads(line)["question"] for line in fh if line.strip()]
+    return [questions[i % len(questions)] for i in range(n)]
+
+
+def _padded(question: str, n_sentences: int) -> str:
+    if n_sentences == 0:
+        return question
+    context = " ".join(CONTEXT_SENTENCES[i % len(CONTEXT_SENTENCES)] for i in range(n_sentences))
+    return f"Context: {context}\nQuestion: {question}"
+
+
+def context_sentences_for(tokenizer: Any, template: PromptTemplate, question: str, target_tokens: int) -> int:
+    """How many context sentences bring the rendered prompt closest to ``target_tokens``."""
+    best_k, best_gap, k = 0, math.inf, 0
+    while True:
+        n = render(tokenizer, _padded(question, k), template).n_tokens
+        gap = abs(n - target_tokens)
+        if gap < best_gap:
+            best_k, best_gap = k, gap
+        if n >= target_tokens or k > 4 * target_tokens:
+            return best_k
+        k += 1
+
+
+@dataclass(frozen=True)
+class LengthPrompts:
+    """The prompts of one target length: the timed one and a set for batching."""
+
+    target_tokens: int
+    question: str
+    """The question (with its context padding) the per-prompt figures use."""
+    rendered: RenderedPrompt
+    batch: tuple[RenderedPrompt, ...]
+    """Different questions with the same padding, for batched vs sequential capture."""
+
+    @property
+    def n_tokens(self) -> int:
+        """Actual length of the timed prompt."""
+        return self.rendered.n_tokens
+
+
+def length_prompts(
+    tokenizer: Any, target_tokens: int, n_batch: int, template: PromptTemplate = ANSWER_TEMPLATE
+) -> LengthPrompts:
+    """Prompts of about ``target_tokens`` tokens built from the capitals questions."""
+    questions = sample_questions(max(n_batch, 1))
+    k = context_sentences_for(tokenizer, template, questions[0], target_tokens)
+    padded = [_padded(q, k) for q in questions]
+    batch = tuple(render(tokenizer, q, template) for q in padded[:n_batch])
+    return LengthPrompts(target_tokens, padded[0], batch[0], batch)
+
+
+# ------------------------------------------------------------------------------ the arms
+
+
+def random_probe(loaded: LoadedModel, seed: int = 0) -> Any:
+    """A :class:`ic_core.probes.SavedProbe` of the right shape (last 5 layers) with random weights."""
+    from ic_core.probes import SavedProbe, last_layer_indices
+
+    layers = last_layer_indices(loaded.n_layers + 1)
+    f = len(layers) * loaded.d_model
+    rng = np.random.default_rng(seed)
+    return SavedProbe(
+        layers=layers, scaler_mean=rng.normal(0.0, 1.0, f), scaler_scale=np.abs(rng.normal(1.0, 0.2, f)) + 0.1,
+        coef=rng.normal(0.0, 1.0 / math.sqrt(f), f), intercept=0.0, C=1.0, n_layers=loaded.n_layers,
+        d_model=loaded.d_model, model_spec=loaded.spec.to_dict(), run_path="(benchmark: random weights)",
+        selection="custom", cv_auroc=None, cv_ci_low=None, cv_ci_high=None, n_train=0, n_train_correct=0,
+        created="1970-01-01T00:00:00+00:00", choice="benchmark: random weights of the right shape",
+    )
+
+
+def benchmark_policy(loaded: LoadedModel, probe: Any, template: PromptTemplate = ANSWER_TEMPLATE) -> Any:
+    """A ``combined`` gate policy (H_int and the probe) for this model and template."""
+    from ic_core.policy import Policy
+
+    return Policy(
+        signal="combined", model=loaded.spec.to_dict(), regime="custom", kind="free_text",
+        template_user=template.user, prefix_mode="none", t_entropy_bits=3.0, entropy_signal="h_int", t_probe=0.5,
+        probe={"path": "(benchmark: in memory)", "id": probe.probe_id, "platt_coef": 1.0, "platt_intercept": 0.0},
+        model_n_layers=loaded.n_layers, model_d_model=loaded.d_model,
+    )
+
+
+def answer_config(new_tokens: int) -> GenerationConfig:
+    """Greedy, exactly ``new_tokens`` when the engine can ignore the end token, no answer-line stop."""
+    extra: dict[str, Any] = {}
+    if "min_new_tokens" in GenerationConfig.__dataclass_fields__:
+        extra["min_new_tokens"] = new_tokens
+    return GenerationConfig(max_new_tokens=new_tokens, stop_at_answer_line=False, **extra)
+
+
+class _Arms:
+    """The timed operations on one prompt; remembers the last generation of each answering arm."""
+
+    def __init__(self, loaded: LoadedModel, question: str, template: PromptTemplate, new_tokens: int) -> None:
+        self.loaded, self.question, self.template = loaded, question, template
+        self.config = answer_config(new_tokens)
+        self.new_tokens = new_tokens
+        self.probe = random_probe(loaded)
+        self.policy = benchmark_policy(loaded, self.probe, template)
+        text = render(loaded.tokenizer, question, template).text
+        self.inputs = loaded.tokenizer(text, return_tensors="pt", add_special_tokens=not loaded.has_chat_template)
+        self.text = text
+        self.generated: dict[str, int] = {}
+        self.token_ids: dict[str, tuple[int, ...]] = {}
+
+    def analysis(self) -> float:
+        """Render + forward + H_int + lens (all layers) + probe P(correct)."""
+        result = analyze(self.loaded, self.question, template=self.template)
+        return self.probe.predict_proba_correct(result.state)
+
+    def forward(self) -> Any:
+        """What a user writes: one forward pass with hidden states (inputs tokenised beforehand)."""
+        import torch
+
+        with torch.no_grad():
+            return self.loaded.model(**self.inputs, output_hidden_states=True)
+
+    def gate(self) -> Any:
+        """A stand-alone gate check (no generation, no audit record)."""
+        from ic_core.gate import gate_check
+
+        return gate_check(self.loaded, self.policy, self.question, probe=self.probe, audit_log=False)
+
+    def answer(self) -> None:
+        """Render and answer, without a check."""
+        rendered = render(self.loaded.tokenizer, self.question, self.template)
+        self._keep("answer", generate(self.loaded, rendered, self.config).token_ids)
+
+    def answer_with_check(self) -> None:
+        """Check (capture) and answer from the check's cache."""
+        result = analyze(self.loaded, self.question, template=self.template, do_generate=True, gen_config=self.config)
+        assert result.generation is not None
+        self._keep("answer_with_check", result.generation.token_ids)
+
+    def naive(self) -> None:
+        """Plain transformers: hidden states of the whole prompt, lens at every position and layer, generate."""
+        import torch
+
+        model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        inputs = tokenizer(self.text, return_tensors="pt", add_special_tokens=not self.loaded.has_chat_template)
+        norm, unembed = self.loaded.final_norm(), model.get_output_embeddings()
+        with torch.no_grad():
+            out = model(**inputs, output_hidden_states=True)
+            for h in (*out.hidden_states[1:-1], None):
+                logits = out.logits[0] if h is None else unembed(norm(h[0]))
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                _entropy_bits = -(logp.exp() * logp).sum(-1) / LN2
+                _top = logp.topk(5, dim=-1)
+            # Force the length only when our own arms can be forced too, so both write as many tokens.
+            forced = {"min_new_tokens": self.new_tokens} if hasattr(self.config, "min_new_tokens") else {}
+            generated = model.generate(
+                **inputs, max_new_tokens=self.new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id, **forced,
+            )
+        self._keep("naive", tuple(int(i) for i in generated[0, inputs["input_ids"].shape[1]:]))
+
+    def _keep(self, arm: str, ids: Sequence[int]) -> None:
+        self.generated[arm] = len(ids)
+        self.token_ids[arm] = tuple(ids)
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def bench_analysis_over_forward(loaded: LoadedModel, prompts: LengthPrompts, rounds: int) -> RatioStats:
+    """Full pre-generation analysis ÷ one plain forward pass with hidden states."""
+    arms = _Arms(loaded, prompts.question, ANSWER_TEMPLATE, 1)
+    t = time_rounds({"analysis": arms.analysis, "forward": arms.forward}, rounds)
+    return ratio_stats(
+        t["analysis"], t["forward"], TARGETS["analysis_over_forward"], prompt_tokens=prompts.n_tokens,
+        probe="ic_core.probes.SavedProbe, random weights, last 5 layers",
+    )
+
+
+def bench_generation(
+    loaded: LoadedModel, prompts: LengthPrompts, rounds: int, new_tokens: int, warmup: bool = True
+) -> dict[str, RatioStats]:
+    """Gate, answer, check+answer and the naive baseline on one prompt, in shared rounds.
+
+    Returns:
+        ``answer_with_check_over_answer``, ``gate_over_generate64`` and ``ours_over_naive``.
+
+    """
+    arms = _Arms(loaded, prompts.question, ANSWER_TEMPLATE, new_tokens)
+    t = time_rounds(
+        {"gate": arms.gate, "answer": arms.answer, "answer_with_check": arms.answer_with_check, "naive": arms.naive},
+        rounds, warmup,
+    )
+    generated = dict(arms.generated)
+    same = arms.token_ids["answer"] == arms.token_ids["answer_with_check"]
+    common = {"prompt_tokens": prompts.n_tokens, "generated_tokens": generated}
+    return {
+        "answer_with_check_over_answer": ratio_stats(
+            t["answer_with_check"], t["answer"], TARGETS["answer_with_check_over_answer"], **common,
+            same_tokens_both_arms=same,
+        ),
+        "gate_over_generate64": ratio_stats(t["gate"], t["answer"], TARGETS["gate_over_generate64"], **common),
+        "ours_over_naive": ratio_stats(t["answer_with_check"], t["naive"], TARGETS["ours_over_naive"], **common),
+    }
+
+
+def bench_batched_over_sequential(loaded: LoadedModel, prompts: Sequence[RenderedPrompt], rounds: int) -> RatioStats:
+    """:func:`capture_batch` over the prompts ÷ :func:`capture` on each in turn."""
+    prompts = list(prompts)
+    warm = prompts[: min(4, len(prompts))]
+    capture_batch(loaded, warm)
+    for r in warm:
+        capture(loaded, r)
+    t = time_rounds(
+        {"batched": lambda: capture_batch(loaded, prompts), "sequential": lambda: [capture(loaded, r) for r in prompts]},
+        rounds, warmup=False,
+    )
+    return ratio_stats(
+        t["batched"], t["sequential"], TARGETS["batched_over_sequential"], n_prompts=len(prompts),
+        prompt_tokens_mean=round(statistics.mean(r.n_tokens for r in prompts), 1), batch_size=16,
+    )
+
+
+_LOAD_CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+import transformers.activations, transformers.modeling_utils
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from ic_core.models import ModelSpec, load_model
+t1 = time.perf_counter()
+loaded = load_model(ModelSpec.from_dict(json.loads(sys.argv[1])))
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "loaded_from": loaded.loaded_from}))
+"""
+
+
+def load_in_subprocess(spec: ModelSpec, cache_dir: Path | None = None, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Time the first :func:`load_model` call of a fresh Python process (generic imports timed apart).
+
+    Args:
+        spec: What to load.
+        cache_dir: ``IC_MODEL_CACHE`` for the child; None keeps this process' setting.
+        timeout_s: Give up after this long.
+
+    Returns:
+        ``{"import_s", "load_s", "loaded_from"}``.
+
+    Raises:
+        ICError: the child failed (its last stderr line is quoted).
+
+    """
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    if cache_dir is not None:
+        env["IC_MODEL_CACHE"] = str(cache_dir)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _LOAD_CHILD, json.dumps(spec.to_dict())], env=env, cwd=ROOT,
+            capture_output=True, text=True, timeout=timeout_s, check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ICError(f"Loading {spec.label} in a fresh process took over {timeout_s:.0f} s.") from exc
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise ICError(f"Loading {spec.label} in a fresh process failed: {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_load(spec: ModelSpec, rounds: int) -> dict[str, Any]:
+    """Warm load (converted cache) ÷ cold load (GGUF into an empty cache), each in a fresh process.
+
+    Returns:
+        :meth:`RatioStats.to_json` plus load details, or ``{"median": None, ..., "not_applicable": why}``
+        for models that have no GGUF source.
+
+    """
+    if spec.source not in ("default", "gguf"):
+        return {"median": None, "min": None, "max": None, "n": 0, "target": TARGETS["warm_over_cold_load"],
+                "pass": None, "not_applicable": f"{spec.source} models are not converted from GGUF"}
+    gguf = find_default_gguf() if spec.source == "default" else Path(spec.name)
+    if not (converted_cache_path(gguf) / "config.json").is_file():
+        load_in_subprocess(spec)  # convert once, so that warm loads read the cache
+    warm, cold, details = [], [], []
+    for k in range(rounds):
+        order = ("warm", "cold") if k % 2 == 0 else ("cold", "warm")
+        for arm in order:
+            if arm == "warm":
+                out = load_in_subprocess(spec)
+                warm.append(out["load_s"])
+            else:
+                with tempfile.TemporaryDirectory(prefix="ic-bench-cache-") as tmp:
+                    out = load_in_subprocess(spec, Path(tmp))
+                if not str(out["loaded_from"]).endswith(".gguf"):
+                    raise ICError(f"The cold load read {out['loaded_from']}, not the GGUF file.")
+                cold.append(out["load_s"])
+            details.append({"arm": arm, **{k2: (_r(v) if isinstance(v, float) else v) for k2, v in out.items()}})
+    with_imports = ratio_stats(
+        [d["import_s"] + d["load_s"] for d in details if d["arm"] == "warm"],
+        [d["import_s"] + d["load_s"] for d in details if d["arm"] == "cold"],
+    )
+    stats = ratio_stats(warm, cold, TARGETS["warm_over_cold_load"])
+    return {**stats.to_json(), "including_imports": {"median": _r(with_imports.median), "min": _r(with_imports.min),
+                                                     "max": _r(with_imports.max)},
+            "loads": details,
+            "method": "load_model() timed inside a fresh Python process, after importing torch, transformers and "
+                      "its generic model machinery (modeling_utils, activations: timed apart as import_s); "
+                      "cold = IC_MODEL_CACHE pointed at an empty temporary folder (GGUF dequantised and saved)"}
+
+
+class _RssSampler:
+    """Samples this process' resident set size every few milliseconds (Linux ``/proc``)."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s = interval_s
+        self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self.available = Path("/proc/self/statm").is_file()
+        self.baseline = self.peak = self.rss() if self.available else 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> int:
+        """Current RSS in bytes."""
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * self.page
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> _RssSampler:
+        if self.available:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.available:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self.rss())
+
+    @property
+    def growth(self) -> int | None:
+        """Peak RSS above the baseline, bytes (None off Linux)."""
+        return self.peak - self.baseline if self.available else None
+
+
+def _study_items(n: int) -> list[Any]:
+    from ic_core.datasets import load_bundled
+
+    items = list(load_bundled("capitals").items)
+    return [items[i % len(items)] for i in range(n)]
+
+
+def bench_memory(loaded: LoadedModel, n_items: int, target_items: int = 1000) -> dict[str, Any]:
+    """Memory of a study that keeps float16 last-token states for every layer.
+
+    Runs :func:`ic_core.study.run_study` (states only, no generation) over ``n_items`` real
+    capitals items in a temporary folder, with an RSS sampler running; the study returns its
+    run loaded from disk, whose arrays give the bytes held per item (tracemalloc confirms them).
+    A two-item study runs first, unmeasured (first-call allocations are not per-study memory).
+    The peak for ``target_items`` is the measured peak plus ``(target_items − n_items)`` × bytes
+    per item: the capture transient does not grow with N, the held states do.
+    """
+    from ic_core.study import load_run, run_study
+
+    items = _study_items(n_items)
+    with tempfile.TemporaryDirectory(prefix="ic-bench-study-") as tmp:
+        # Warm-up: first-call allocations (thread pools, kernels, lazy imports) are not per-study memory.
+        run_study(loaded, items[:2], ["direct"], Path(tmp) / "warmup", generate=False, batch_size=16)
+        gc.collect()
+        with _RssSampler() as rss:
+            run = run_study(loaded, items, ["direct"], Path(tmp) / "run", generate=False, batch_size=16,
+                            dataset_name="capitals (benchmark)")
+        n = len(run.table)
+        held_arrays = int(run.hidden.nbytes + run.lens_entropy_bits.nbytes)
+        hidden_dtype, shape = str(run.hidden.dtype), list(run.hidden.shape)
+        del run
+        gc.collect()
+        tracemalloc.start()
+        reopened = load_run(Path(tmp) / "run")
+        held_traced, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        del reopened
+    L, d = loaded.n_layers, loaded.d_model
+    float16_only = (L + 1) * d * 2 + L * 4
+    per_item = held_arrays / n
+    growth = rss.growth
+    peak_n = growth if growth is not None else held_traced
+    peak_target = peak_n + (target_items - n) * per_item
+    return {
+        "study_peak_mb_1000": _r(peak_target / 1e6, 2),
+        "bytes_per_item": int(round(per_item)),
+        "details": {
+            "measured_items": n, "extrapolated_to_items": target_items,
+            "measured_peak_rss_growth_mb": _r(growth / 1e6, 2) if growth is not None else None,
+            "held_arrays_mb_measured": _r(held_arrays / 1e6, 3),
+            "held_traced_mb_measured": _r(held_traced / 1e6, 3),
+            "held_mb_1000": _r(per_item * target_items / 1e6, 2),
+            "hidden_dtype": hidden_dtype, "hidden_shape": shape,
+            "float16_states_bytes_per_item": float16_only,
+            "float32_intention_state_bytes_per_item": (L + 1) * d * 4 + loaded.vocab_size * 4,
+            "method": (
+                f"run_study(generate=False) over {n} real capitals items with an RSS sampler (2 ms); bytes per "
+                f"item from the reopened run's arrays (tracemalloc agrees); peak for {target_items} items = "
+                f"measured peak + ({target_items} - {n}) x bytes per item"
+            ),
+        },
+        "bytes_per_item_target": int(math.ceil(float16_only * 1.05)),
+    }
+
+
+def bench_throughput(loaded: LoadedModel, n_items: int, direct_new_tokens: int, cot_new_tokens: int) -> dict[str, Any]:
+    """Study items per second (read the state, generate, grade, write) in the direct and CoT regimes."""
+    from ic_core.study import run_study
+
+    items = _study_items(n_items)
+    out: dict[str, Any] = {}
+    for regime, new_tokens in (("direct", direct_new_tokens), ("cot", cot_new_tokens)):
+        with tempfile.TemporaryDirectory(prefix="ic-bench-study-") as tmp:
+            start = time.perf_counter()
+            run = run_study(loaded, items, [regime], Path(tmp) / "run", gen_config=GenerationConfig(max_new_tokens=new_tokens),
+                            dataset_name="capitals (benchmark)")
+            wall = time.perf_counter() - start
+        generated = [len(str(t)) for t in run.table["output_text"]]
+        out[regime] = {
+            "items_per_s": _r(len(run.table) / wall),
+            "items": len(run.table), "wall_s": _r(wall, 3),
+            "max_new_tokens": int(run.manifest["generation"]["max_new_tokens_by_regime"][regime]),
+            "output_chars_mean": _r(statistics.mean(generated), 1),
+        }
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """Cores, torch threads, CPU model, versions, load average."""
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu_model": cpu, "logical_cores": os.cpu_count(), "usable_cores": affinity,
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "load_average_1m_start": _r(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _per_length(values: Mapping[int, RatioStats], target: float | None) -> tuple[dict[str, Any], bool | None]:
+    table = {str(k): v.to_json() for k, v in values.items()}
+    if target is None:
+        return table, None
+    return table, all(v.passed for v in values.values())
+
+
+def run_benchmark(
+    loaded: LoadedModel, settings: BenchSettings | None = None, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Measure every figure (see the module docstring) and return the benchmark JSON.
+
+    Args:
+        loaded: The model (the default model for the reported figures; any model works).
+        settings: What to measure; the full run by default.
+        progress: Called with a short message before each step.
+
+    Returns:
+        The JSON object documented in ``docs/benchmark.md``.
+
+    """
+    settings = settings or BenchSettings()
+    say = progress or (lambda _msg: None)
+    wall_start = time.perf_counter()
+    machine = machine_info()
+
+    say("memory: 1000-item study (float16 states)")
+    memory = bench_memory(loaded, settings.memory_items, settings.memory_target_items)
+
+    prompts = {}
+    for length in settings.lengths:
+        n_batch = settings.batch_prompts if length <= settings.long_prompt_tokens else settings.batch_prompts_long
+        prompts[length] = length_prompts(loaded.tokenizer, length, n_batch)
+
+    forward, gen, batched = {}, {}, {}
+    for length in settings.lengths:
+        say(f"analysis vs forward · {prompts[length].n_tokens} tokens")
+        forward[length] = bench_analysis_over_forward(loaded, prompts[length], settings.forward_repeats)
+    for i, length in enumerate(settings.lengths):
+        say(f"check + answer vs answer vs gate vs naive · {prompts[length].n_tokens} tokens")
+        # One warm-up (on the first length) serves every length: shapes do not need their own.
+        gen[length] = bench_generation(loaded, prompts[length], settings.repeats, settings.new_tokens, warmup=i == 0)
+    for length in settings.lengths:
+        say(f"batched vs sequential capture · {len(prompts[length].batch)} prompts of ~{prompts[length].n_tokens} tokens")
+        batched[length] = bench_batched_over_sequential(loaded, prompts[length].batch, settings.batch_repeats)
+
+    say("warm vs cold load (fresh processes)")
+    load = bench_load(loaded.spec, settings.load_repeats)
+
+    say("study throughput (direct, CoT)")
+    throughput = bench_throughput(loaded, settings.study_items, settings.direct_new_tokens, settings.cot_new_tokens)
+
+    result: dict[str, Any] = {"format_version": FORMAT_VERSION}
+    passes: dict[str, bool | None] = {}
+    for key, values in (
+        ("analysis_over_forward", forward),
+        ("answer_with_check_over_answer", {k: v["answer_with_check_over_answer"] for k, v in gen.items()}),
+        ("gate_over_generate64", {k: v["gate_over_generate64"] for k, v in gen.items()}),
+        ("batched_over_sequential", batched),
+        ("ours_over_naive", {k: v["ours_over_naive"] for k, v in gen.items()}),
+    ):
+        result[key], passes[key] = _per_length(values, TARGETS[key])
+    result["warm_over_cold_load"] = load
+    passes["warm_over_cold_load"] = load["pass"]
+    result["study_peak_mb_1000"] = memory["study_peak_mb_1000"]
+    result["bytes_per_item"] = memory["bytes_per_item"]
+    result["memory"] = memory["details"]
+    passes["study_peak_mb_1000"] = None
+    passes["bytes_per_item"] = memory["bytes_per_item"] <= memory["bytes_per_item_target"]
+    result["items_per_s"] = {regime: v["items_per_s"] for regime, v in throughput.items()}
+    result["throughput"] = throughput
+    passes["items_per_s"] = None
+    result["targets"] = {**TARGETS, "bytes_per_item": memory["bytes_per_item_target"]}
+    result["pass"] = passes
+    result["prompt_tokens"] = {str(k): p.n_tokens for k, p in prompts.items()}
+    result["model"] = {"label": loaded.spec.label, "spec": loaded.spec.to_dict(), "n_layers": loaded.n_layers,
+                       "d_model": loaded.d_model, "vocab_size": loaded.vocab_size, "device": loaded.device_label}
+    machine["load_average_1m_end"] = _r(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    result["machine"] = machine
+    result["settings"] = settings.to_json()
+    result["wall_time_s"] = _r(time.perf_counter() - wall_start, 1)
+    return result
+
+
+def quick_or_full(quick: bool, repeats: int | None) -> BenchSettings:
+    """Settings for the CLI: ``--quick`` and/or ``--repeats``."""
+    if quick:
+        return BenchSettings.quick_settings(repeats)
+    return replace(BenchSettings(), repeats=repeats) if repeats else BenchSettings()
