@@ -178,7 +178,7 @@ def test_load_in_a_fresh_process_reports_failure(tmp_path):
         load_in_subprocess(ModelSpec(source="local", name=str(tmp_path)))
 
 
-def _cli(*args, timeout=240):
+def _cli(*args, timeout=1200):  # a hang guard, not a speed check (machines are noisy)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "ic_core", "bench", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
