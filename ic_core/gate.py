@@ -265,15 +265,23 @@ def gate_check(
         loaded.spec.label, prompt_sha256(prompt), str(target) if target is not None else None,
     )
     if target is not None:
-        logged = decision.signals if policy.store_prompt_text else {
-            k: v for k, v in decision.signals.items() if k != "readout_token"}  # a prompt word when read at its end
-        record = make_record(
-            prompt=prompt, model=loaded.spec.label, policy_id=policy.policy_id, signals=logged,
-            decision=decision.decision, reason=decision.reason, elapsed_s=elapsed,
-            store_prompt_text=policy.store_prompt_text,
-        )
-        append_record(Path(target), record)
+        audit_decision(policy, decision, prompt, target)
     return decision
+
+
+def audit_decision(policy: Policy, decision: Decision, prompt: str, audit_log: str | os.PathLike[str]) -> None:
+    """Append one decision to the audit log (prompt text only when the policy allows it).
+
+    Used by :func:`gate_check` and by the app when Explore shows a verdict.
+    """
+    logged = decision.signals if policy.store_prompt_text else {
+        k: v for k, v in decision.signals.items() if k != "readout_token"}  # a prompt word when read at its end
+    record = make_record(
+        prompt=prompt, model=decision.model, policy_id=policy.policy_id, signals=logged,
+        decision=decision.decision, reason=decision.reason, elapsed_s=decision.elapsed_s,
+        store_prompt_text=policy.store_prompt_text,
+    )
+    append_record(Path(audit_log), record)
 
 
 # --------------------------------------------------------------------------------------

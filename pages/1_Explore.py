@@ -8,8 +8,9 @@ from typing import Any
 import streamlit as st
 
 from ic_core.analysis import Analysis, analyze
+from ic_core.audit import resolve_audit_path
 from ic_core.errors import ICError, PromptError
-from ic_core.gate import decide_for_analysis
+from ic_core.gate import audit_decision, decide_for_analysis
 from ic_core.generate import Generation, generate
 from ic_core.grading import Grade, grade
 from ic_core.models import LoadedModel
@@ -45,6 +46,7 @@ UPLOAD_KEY = "explore_upload"
 # (A bare string here would be drawn on the page by Streamlit's "magic".)
 GATE_POLICY_KEY = "gate_policy"
 GATE_PROBE_KEY = "probe"
+AUDITED_KEY = "explore.audited"
 UPLOAD_MSG_KEY = "explore.upload_message"
 REGIME_LABELS = {
     "direct": "direct — answer only",
@@ -141,6 +143,16 @@ def input_panel() -> None:
             st.text_area("Choices (one per line, for multiple choice)", key=K["choices"], height=90)
 
 
+def _audit_once(policy: Any, decision: Any, analysis: Analysis) -> None:
+    """Log the verdict to the audit log once per read-out (page reruns must not add records)."""
+    marker = (id(analysis), policy.policy_id)
+    if st.session_state.get(AUDITED_KEY) == marker:
+        return
+    question = st.session_state.get(EXPLORE_RESULT_KEY, {}).get("inputs", {}).get("question") or analysis.rendered.user_text
+    audit_decision(policy, decision, question, resolve_audit_path())
+    st.session_state[AUDITED_KEY] = marker
+
+
 def gate_verdict(loaded: LoadedModel, analysis: Analysis) -> None:
     """The pre-generation gate's decision, when the Governance page has made a policy active."""
     policy = st.session_state.get(GATE_POLICY_KEY)
@@ -154,6 +166,7 @@ def gate_verdict(loaded: LoadedModel, analysis: Analysis) -> None:
         if uses_probe and probe is None:
             probe = SavedProbe.load(policy.probe["path"])
         decision = decide_for_analysis(policy, analysis, probe=probe)
+        _audit_once(policy, decision, analysis)
     except ICError as exc:
         st.warning(f"**Gate: no verdict for this read-out.** {exc}")
         return

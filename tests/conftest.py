@@ -113,3 +113,9 @@ def runs_dir(tmp_path, monkeypatch):
     root.mkdir()
     monkeypatch.setenv("IC_RUNS_DIR", str(root))
     return root
+
+
+@pytest.fixture(autouse=True)
+def _audit_log_in_tmp(tmp_path, monkeypatch):
+    """No test writes to the repository's default audit log (tests that care set their own)."""
+    monkeypatch.setenv("IC_AUDIT_LOG", str(tmp_path / "audit" / "gate_audit.jsonl"))

@@ -286,6 +286,20 @@ class TestGateVerdict:
         shown = " ".join(e.value for e in getattr(at, box))
         assert f"Gate: {word}" in shown and f"H_int {h:.2f} bits" in shown
 
+    def test_verdict_is_audited_once_per_read(self, tiny, tmp_path, monkeypatch):
+        from ic_core.audit import read_audit
+
+        log = tmp_path / "explore_audit.jsonl"
+        monkeypatch.setenv("IC_AUDIT_LOG", str(log))
+        policy = self.policy(tiny, 3.0)
+        at = read_state(start(tiny, gate_policy=policy), kind="short_answer")
+        at.run()  # a rerun (any widget) must not log the same verdict again
+        records, torn = read_audit(log)
+        assert torn == 0 and len(records) == 1
+        assert records[0]["policy_id"] == policy.policy_id and "prompt" not in records[0]
+        read_state(at, kind="short_answer")  # a new read is a new decision
+        assert len(read_audit(log)[0]) == 2
+
     def test_policy_of_another_model_gives_no_verdict(self, tiny):
         other = self.policy(tiny, 3.0, model={**tiny.spec.to_dict(), "name": "some-other-model"})
         at = read_state(start(tiny, gate_policy=other), kind="short_answer")
