@@ -73,6 +73,12 @@ TARGETS: dict[str, float | None] = {
 """Upper bounds: a figure passes when its median is at or below the target at every length.
 ``None``: no target (reported for information)."""
 
+PER_LENGTH_FIGURES = (
+    "analysis_over_forward", "answer_with_check_over_answer", "gate_over_generate64", "batched_over_sequential",
+    "ours_over_naive",
+)
+"""Figures measured at every prompt length, keyed ``"45"``, ``"100"``, ``"400"``."""
+
 ANSWER_TEMPLATE = custom_template("{question}\nExplain your answer in detail: history, geography and culture.")
 """Asks for a long answer, so that greedy decoding writes the full 64 tokens before any end token
 (checked: every figure reports the tokens each arm generated)."""
@@ -684,6 +690,22 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+NOISY_SPREAD = 1.25
+"""A figure whose max/min over rounds exceeds this was disturbed (another process, a page-cache miss)."""
+
+
+def noisy_figures(result: Mapping[str, Any], spread: float = NOISY_SPREAD) -> list[str]:
+    """``figure/length`` names whose per-round ratios vary by more than ``spread`` (max ÷ min)."""
+    noisy = []
+    for key in (*PER_LENGTH_FIGURES, "warm_over_cold_load"):
+        table = result.get(key) or {}
+        entries = [("", table)] if "median" in table else list(table.items())
+        for length, stats in entries:
+            if stats.get("min") and stats.get("max") and stats["max"] / stats["min"] > spread:
+                noisy.append(f"{key}/{length}" if length else key)
+    return noisy
+
+
 def _per_length(values: Mapping[int, RatioStats], target: float | None) -> tuple[dict[str, Any], bool | None]:
     table = {str(k): v.to_json() for k, v in values.items()}
     if target is None:
@@ -738,14 +760,15 @@ def run_benchmark(
 
     result: dict[str, Any] = {"format_version": FORMAT_VERSION}
     passes: dict[str, bool | None] = {}
-    for key, values in (
-        ("analysis_over_forward", forward),
-        ("answer_with_check_over_answer", {k: v["answer_with_check_over_answer"] for k, v in gen.items()}),
-        ("gate_over_generate64", {k: v["gate_over_generate64"] for k, v in gen.items()}),
-        ("batched_over_sequential", batched),
-        ("ours_over_naive", {k: v["ours_over_naive"] for k, v in gen.items()}),
-    ):
-        result[key], passes[key] = _per_length(values, TARGETS[key])
+    per_length = {
+        "analysis_over_forward": forward,
+        "answer_with_check_over_answer": {k: v["answer_with_check_over_answer"] for k, v in gen.items()},
+        "gate_over_generate64": {k: v["gate_over_generate64"] for k, v in gen.items()},
+        "batched_over_sequential": batched,
+        "ours_over_naive": {k: v["ours_over_naive"] for k, v in gen.items()},
+    }
+    for key in PER_LENGTH_FIGURES:
+        result[key], passes[key] = _per_length(per_length[key], TARGETS[key])
     result["warm_over_cold_load"] = load
     passes["warm_over_cold_load"] = load["pass"]
     result["study_peak_mb_1000"] = memory["study_peak_mb_1000"]
@@ -756,6 +779,7 @@ def run_benchmark(
     result["items_per_s"] = {regime: v["items_per_s"] for regime, v in throughput.items()}
     result["throughput"] = throughput
     passes["items_per_s"] = None
+    result["noisy"] = noisy_figures(result)
     result["targets"] = {**TARGETS, "bytes_per_item": memory["bytes_per_item_target"]}
     result["pass"] = passes
     result["prompt_tokens"] = {str(k): p.n_tokens for k, p in prompts.items()}

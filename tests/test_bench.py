@@ -15,6 +15,7 @@ from ic_core.bench import (
     BenchSettings,
     length_prompts,
     load_in_subprocess,
+    noisy_figures,
     quick_or_full,
     random_probe,
     ratio_stats,
@@ -109,7 +110,7 @@ def test_random_probe_has_the_last_five_layers_shape(tiny):
 class TestRunBenchmarkOnTiny:
     def test_every_key_is_present_and_json_clean(self, tiny_result):
         result, messages = tiny_result
-        assert set(REQUIRED) <= set(result)
+        assert set(REQUIRED) <= set(result) and isinstance(result["noisy"], list)
         json.dumps(result, allow_nan=False)
         assert any("memory" in m for m in messages) and any("load" in m for m in messages)
 
@@ -205,3 +206,12 @@ def test_cli_quick_on_the_default_model(tmp_path):
     assert 0 < load["median"] < 1 and load["n"] == 1
     assert result["bytes_per_item"] == 31 * 576 * 2 + 30 * 4
     assert result["model"]["n_layers"] == 30 and result["items_per_s"]["direct"] > 0
+
+
+def test_noisy_figures_flags_wide_spreads():
+    steady = {"median": 1.0, "min": 0.95, "max": 1.05}
+    wild = {"median": 1.0, "min": 0.5, "max": 2.0}
+    result = {"analysis_over_forward": {"45": steady, "400": wild}, "gate_over_generate64": {"45": steady},
+              "warm_over_cold_load": wild, "batched_over_sequential": {}}
+    assert noisy_figures(result) == ["analysis_over_forward/400", "warm_over_cold_load"]
+    assert noisy_figures({"warm_over_cold_load": {"median": None, "min": None, "max": None}}) == []
