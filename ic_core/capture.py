@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from ic_core.lens import LensResult, logit_lens
-from ic_core.metrics import entropy_top_k_bits
 from ic_core.models import LoadedModel
 from ic_core.prompts import RenderedPrompt
+from ic_core.stats.entropy import entropy_top_k_bits
 
 MAX_SKIPPED = 3
 TOP_K = 10

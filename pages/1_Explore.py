@@ -8,10 +8,11 @@ from typing import Any
 import streamlit as st
 
 from ic_core.analysis import Analysis, analyze
-from ic_core.audit import resolve_audit_path
 from ic_core.errors import ICError, PromptError
-from ic_core.gate import audit_decision, decide_for_analysis
 from ic_core.generate import Generation, generate
+from ic_core.governance.audit import resolve_audit_path
+from ic_core.governance.gate import audit_decision, decide_for_analysis
+from ic_core.governance.policy import check_model
 from ic_core.grading import Grade, grade
 from ic_core.models import LoadedModel
 from ic_core.plots.explore import (
@@ -23,8 +24,7 @@ from ic_core.plots.explore import (
     top_tokens_figure,
     visible_token,
 )
-from ic_core.policy import check_model
-from ic_core.probes import SavedProbe
+from ic_core.probes.saved import SavedProbe
 from ic_core.prompts import REGIMES, TASK_KINDS, custom_template
 from ui.common import (
     EXPLORE_KEYS,

@@ -31,31 +31,22 @@ from ic_core.plots.study import (
     pca_figure,
     token_entropy_bar_figure,
 )
-from ic_core.probes import probe_column, probe_column_text
+from ic_core.probes.report import probe_column, probe_column_text
 from ic_core.prompts import REGIMES
-from ic_core.report import build_report
-from ic_core.study import (
-    COT_MIN_NEW_TOKENS,
-    MAX_LIMIT,
+from ic_core.runs.lock import run_in_progress
+from ic_core.runs.store import StudyRun, default_run_name, list_runs, load_run, run_path, runs_root
+from ic_core.study.compare import (
     RegimeComparison,
     StudyPCA,
-    StudyRun,
     default_pca_layer,
-    default_run_name,
     dim_eff_by_regime,
-    items_csv,
-    list_runs,
-    load_run,
-    metrics_json,
     pca_of_layer,
     place_state,
     regime_comparison,
-    resume_run,
-    run_in_progress,
-    run_path,
-    run_study,
-    runs_root,
 )
+from ic_core.study.export import items_csv, metrics_json
+from ic_core.study.report import build_report
+from ic_core.study.runner import COT_MIN_NEW_TOKENS, MAX_LIMIT, resume_run, run_study
 from ui.common import (
     EXPLORE_RESULT_KEY,
     KEEP_PREFIX,

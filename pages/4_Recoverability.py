@@ -8,22 +8,13 @@ import pandas as pd
 import streamlit as st
 
 from ic_core.errors import ICError
+from ic_core.narrative import reading
 from ic_core.plots.probes import auroc_by_layer_figure, baselines_figure, roc_figure
-from ic_core.probes import (
-    C_GRID,
-    N_BOOT,
-    N_INNER,
-    N_OUTER,
-    N_SHUFFLES,
-    N_SHUFFLES_PER_LAYER,
-    ProbeResult,
-    RecoverabilityReport,
-    default_probe_path,
-    fit_saved_probe_for_run,
-    reading,
-    recoverability,
-)
-from ic_core.study import list_runs, load_run, runs_root
+from ic_core.probes.cv import C_GRID, N_INNER, N_SHUFFLES_PER_LAYER
+from ic_core.probes.report import RecoverabilityReport, recoverability
+from ic_core.probes.saved import default_probe_path, fit_saved_probe_for_run
+from ic_core.runs.store import list_runs, load_run, runs_root
+from ic_core.stats.auroc import N_BOOT, N_OUTER, N_SHUFFLES, ProbeResult
 from ui.common import json_download, require_router, show_error
 
 PROBE_KEY = "probe"  # where Explore and the Governance gate look for a loaded probe

@@ -11,29 +11,23 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ic_core.audit import read_audit, resolve_audit_path
 from ic_core.errors import DataError, ICError
-from ic_core.gate import compare_signals, gate_check
 from ic_core.generate import GenerationConfig
+from ic_core.governance.audit import read_audit, resolve_audit_path
+from ic_core.governance.compare import compare_signals
+from ic_core.governance.fit import ProbeScores, RunSignals, fit_policy_on_run, probe_scores, run_signals
+from ic_core.governance.gate import gate_check
+from ic_core.governance.policy import ENTROPY_NAMES, Policy, check_model, probe_entry
 from ic_core.models import LoadedModel, ModelSpec
 from ic_core.plots.gate import confusion_figure, risk_coverage_figure, score_histogram_figure
-from ic_core.policy import (
-    ENTROPY_NAMES,
+from ic_core.runs.store import runs_root
+from ic_core.stats.gating import (
     HeldOutReport,
-    Policy,
-    ProbeScores,
-    RunSignals,
-    check_model,
     combined_escalate,
     confusion_from_decisions,
     evaluate_held_out,
-    fit_policy_on_run,
-    probe_entry,
-    probe_scores,
     risk_coverage,
-    run_signals,
 )
-from ic_core.study import runs_root
 from ui.common import footer, get_loaded, json_download, require_router, show_error
 
 DEMO_SET = "governance_ops"
@@ -51,7 +45,7 @@ SHOW_COLUMNS = ["item_id", "question", "output_text", "expected", "correct"]
 
 @st.cache_resource(max_entries=2, show_spinner="Opening the run…")
 def cached_run(path: str, mtime: float) -> Any:
-    from ic_core.study import load_run
+    from ic_core.runs.store import load_run
 
     return load_run(path)
 
@@ -79,7 +73,7 @@ def cached_comparison(path: str, mtime: float, target: float, holdout: float, se
 
 
 def list_saved_runs() -> list[Any]:
-    from ic_core.study import list_runs
+    from ic_core.runs.store import list_runs
 
     return [r for r in list_runs() if r.n_rows_done > 0]
 
@@ -202,7 +196,8 @@ def headline(comp: Any) -> str:
 
 def make_demo_run(loaded: LoadedModel) -> None:
     from ic_core.datasets import load_bundled
-    from ic_core.study import default_run_name, run_path, run_study
+    from ic_core.runs.store import default_run_name, run_path
+    from ic_core.study.runner import run_study
 
     result = load_bundled(DEMO_SET)
     out = run_path(default_run_name(DEMO_SET, ["direct"], DEMO_LIMIT))
@@ -566,7 +561,7 @@ def policy_tab(loaded: LoadedModel | None) -> None:
     probe = st.session_state.get(PROBE_KEY) if policy.uses_probe else None
     if policy.uses_probe and probe is None:
         try:
-            from ic_core.probes import SavedProbe
+            from ic_core.probes.saved import SavedProbe
 
             probe_path = Path(str(policy.probe.get("path", ""))).expanduser().resolve()
             if not probe_path.is_relative_to(runs_root().resolve()):

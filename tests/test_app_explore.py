@@ -273,7 +273,7 @@ class TestReadTextUpload:
 class TestGateVerdict:
     @staticmethod
     def policy(tiny, threshold_bits: float, **overrides):
-        from ic_core.policy import Policy
+        from ic_core.governance.policy import Policy
 
         fields = dict(signal="h_int", model=tiny.spec.to_dict(), regime="direct", kind="short_answer",
                       t_entropy_bits=threshold_bits)
@@ -287,7 +287,7 @@ class TestGateVerdict:
         assert f"Gate: {word}" in shown and f"H_int {h:.2f} bits" in shown
 
     def test_verdict_is_audited_once_per_read(self, tiny, tmp_path, monkeypatch):
-        from ic_core.audit import read_audit
+        from ic_core.governance.audit import read_audit
 
         log = tmp_path / "explore_audit.jsonl"
         monkeypatch.setenv("IC_AUDIT_LOG", str(log))
@@ -385,7 +385,7 @@ class TestProbeOnRiskCard:
     def test_saved_probe_probability_is_shown(self, tiny):
         import numpy as np
 
-        from ic_core.probes import fit_saved_probe
+        from ic_core.probes.saved import fit_saved_probe
 
         rng = np.random.default_rng(0)
         hidden = rng.normal(size=(40, tiny.n_layers + 1, tiny.d_model)).astype(np.float32)

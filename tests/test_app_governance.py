@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ic_core.audit import read_audit
 from ic_core.datasets import PromptItem
-from ic_core.policy import Policy
+from ic_core.governance.audit import read_audit
+from ic_core.governance.policy import Policy
 
 pytestmark = pytest.mark.app
 
@@ -34,7 +34,7 @@ def _items(n: int = 60) -> list[PromptItem]:
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory, tiny):
-    from ic_core.study import run_study
+    from ic_core.study.runner import run_study
 
     root = tmp_path_factory.mktemp("runs")
     run_study(tiny, _items(), ["direct"], root / "governance_ops-tiny", generate=False, dataset_name="governance_ops")
@@ -162,7 +162,7 @@ def test_make_demo_run_button_runs_a_study_then_the_demo(tiny, monkeypatch, tmp_
     assert not at.exception, at.exception
     made = [p for p in runs.iterdir() if p.name.startswith("governance_ops-direct-n60")]
     assert len(made) == 1 and (made[0] / "manifest.json").is_file()
-    from ic_core.study import load_run
+    from ic_core.runs.store import load_run
 
     run = load_run(made[0])
     assert len(run.table) == 60 and set(run.table["answer_prefix"]) == {"The answer is"}
@@ -173,8 +173,8 @@ def test_make_demo_run_button_runs_a_study_then_the_demo(tiny, monkeypatch, tmp_
 
 
 def test_a_probe_from_another_run_can_be_used(tiny, env, tmp_path):
-    from ic_core.probes import fit_saved_probe_for_run
-    from ic_core.study import run_study
+    from ic_core.probes.saved import fit_saved_probe_for_run
+    from ic_core.study.runner import run_study
 
     other_items = [PromptItem(id=f"o{i}", question=f"what is {i % 9} minus {i % 4} ?", answer=str(i % 9 - i % 4),
                               kind="numeric", output=str(i % 9 - i % 4 + (i % 2)), answer_prefix="the answer is")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from ic_core.datasets import PromptItem
-from ic_core.probes import SavedProbe
-from ic_core.study import run_study
+from ic_core.probes.saved import SavedProbe
+from ic_core.study.runner import run_study
 
 pytestmark = pytest.mark.app
 

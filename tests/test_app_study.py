@@ -10,7 +10,8 @@ import pytest
 from ic_core.analysis import analyze
 from ic_core.datasets import PromptItem
 from ic_core.generate import GenerationConfig
-from ic_core.study import list_runs, load_run, run_study
+from ic_core.runs.store import list_runs, load_run
+from ic_core.study.runner import run_study
 
 pytestmark = pytest.mark.app
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ic_core.audit import (
+from ic_core.errors import DataError
+from ic_core.governance.audit import (
     ENV_AUDIT_LOG,
     append_record,
     make_record,
@@ -21,7 +22,6 @@ from ic_core.audit import (
     read_audit,
     resolve_audit_path,
 )
-from ic_core.errors import DataError
 
 
 def _record(i: int, writer: str = "w", store: bool = False) -> dict:
@@ -119,7 +119,7 @@ class TestDurability:
         log = tmp_path / "a.jsonl"
         code = (
             "import sys\n"
-            "from ic_core.audit import append_record\n"
+            "from ic_core.governance.audit import append_record\n"
             "i = 0\n"
             "while True:\n"
             "    append_record(sys.argv[1], {'i': i, 'pad': 'x' * 2000})\n"

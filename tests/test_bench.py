@@ -9,19 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ic_core.bench import (
-    ANSWER_TEMPLATE,
-    TARGETS,
-    BenchSettings,
-    length_prompts,
-    load_in_subprocess,
-    noisy_figures,
-    quick_or_full,
-    random_probe,
-    ratio_stats,
-    run_benchmark,
-    time_rounds,
-)
+from ic_core.bench.harness import TARGETS, BenchSettings, noisy_figures, quick_or_full, run_benchmark
+from ic_core.bench.timing import ratio_stats, time_rounds
+from ic_core.bench.workloads import ANSWER_TEMPLATE, length_prompts, load_in_subprocess, random_probe
 from ic_core.errors import ICError
 from ic_core.models import ModelSpec
 from ic_core.prompts import render

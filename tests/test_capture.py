@@ -7,8 +7,8 @@ import torch
 from ic_core.analysis import analyze
 from ic_core.capture import capture, capture_batch
 from ic_core.generate import GenerationConfig, generate
-from ic_core.metrics import entropy_bits, entropy_top_k_bits, kl_bits
 from ic_core.prompts import render, template_for
+from ic_core.stats.entropy import entropy_bits, entropy_top_k_bits, kl_bits
 
 QUESTIONS = [
     "What is 1 plus 2?",

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from ic_core.analysis import analyze
-from ic_core.audit import prompt_sha256, read_audit
 from ic_core.errors import DataError, PromptError
-from ic_core.gate import decide_for_analysis, gate_check
+from ic_core.governance.audit import prompt_sha256, read_audit
+from ic_core.governance.gate import decide_for_analysis, gate_check
+from ic_core.governance.policy import ModelMismatchError, Policy, probe_entry
 from ic_core.models import ModelSpec
-from ic_core.policy import ModelMismatchError, PlattCalibration, Policy, probe_entry
+from ic_core.stats.gating import PlattCalibration
 
 ROOT = Path(__file__).resolve().parents[1]
 Q = "what is the capital of france?"
@@ -203,7 +204,7 @@ def dir_run(tmp_path_factory, tiny_dir):
     """A tiny study run made with the model loaded from tiny_dir (so the CLI can load it again)."""
     from ic_core.datasets import PromptItem
     from ic_core.models import load_model
-    from ic_core.study import run_study
+    from ic_core.study.runner import run_study
 
     loaded = load_model(ModelSpec.parse(str(tiny_dir)))
     items = [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ic_core.plots.gate import confusion_figure, risk_coverage_figure, score_histogram_figure
-from ic_core.policy import Confusion, confusion_at, risk_coverage
+from ic_core.stats.gating import Confusion, confusion_at, risk_coverage
 
 
 def test_risk_coverage_figure_marks_point_and_target():

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import pytest
 
 from ic_core.plots.probes import auroc_by_layer_figure, baselines_figure, roc_figure, roc_points
-from ic_core.probes import REASON_CONSTANT, REASON_SMALL, ProbeResult, auroc
+from ic_core.stats.auroc import REASON_CONSTANT, REASON_SMALL, ProbeResult, auroc
 
 
 def result(name, a, lo=None, hi=None, kind="probe", reason=None, seed=0):

@@ -9,7 +9,6 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from ic_core.metrics import dim_eff
 from ic_core.plots.study import (
     accuracy_figure,
     dim_eff_figure,
@@ -19,6 +18,7 @@ from ic_core.plots.study import (
     regime_colour,
     token_entropy_bar_figure,
 )
+from ic_core.stats.geometry import dim_eff
 
 
 def test_accuracy_bars_with_wilson_errors_and_ungraded_gap():

@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 
 from ic_core.errors import DataError
+from ic_core.governance.policy import ModelMismatchError, Policy, check_model
 from ic_core.models import ModelSpec
-from ic_core.policy import (
+from ic_core.stats.gating import (
     Confusion,
-    ModelMismatchError,
-    Policy,
-    check_model,
     confusion_at,
     evaluate_held_out,
     fit_combined,
@@ -270,7 +268,7 @@ def _labelled_items(n=60, prefix="the answer is", op="plus"):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny):
-    from ic_core.study import run_study
+    from ic_core.study.runner import run_study
 
     return run_study(tiny, _labelled_items(), ["direct"], tmp_path_factory.mktemp("runs") / "r", generate=False,
                      dataset_name="tinyset")
@@ -286,7 +284,7 @@ def _with_entropy(run, entropy):
 
 class TestRunFitting:
     def test_run_signals_split_and_prefix_mode(self, tiny_run):
-        from ic_core.policy import run_signals
+        from ic_core.governance.fit import run_signals
 
         sig = run_signals(tiny_run, holdout=0.4, seed=0)
         assert sig.prefix_mode == "fixed" and sig.answer_prefix == "the answer is" and sig.entropy_signal == "h_slot"
@@ -296,7 +294,7 @@ class TestRunFitting:
             run_signals(tiny_run, regime="cot")
 
     def test_known_separation_is_found_and_judged_on_held_out_items(self, tiny_run):
-        from ic_core.policy import fit_policy_on_run
+        from ic_core.governance.fit import fit_policy_on_run
 
         correct = np.array([bool(v) for v in tiny_run.table["correct"]])
         rng = np.random.default_rng(0)
@@ -312,7 +310,7 @@ class TestRunFitting:
             fit_policy_on_run(tiny_run, "h_int", 0.2)
 
     def test_probe_scores_never_come_from_a_probe_that_saw_the_item(self, tiny_run, tmp_path):
-        from ic_core.policy import fit_policy_on_run, probe_scores, run_signals, with_probe_path
+        from ic_core.governance.fit import fit_policy_on_run, probe_scores, run_signals, with_probe_path
 
         sig = run_signals(tiny_run)
         ps = probe_scores(tiny_run, sig)
@@ -326,16 +324,16 @@ class TestRunFitting:
         fit = with_probe_path(fit, tmp_path / "p")
         assert Path(fit.policy.probe["path"]).is_file() and fit.policy.probe["id"] == ps.probe.probe_id
         # A probe fitted on this whole run has seen the held-out items: refused.
-        from ic_core.probes import fit_saved_probe_for_run
+        from ic_core.probes.saved import fit_saved_probe_for_run
 
         whole = fit_saved_probe_for_run(tiny_run)
         with pytest.raises(DataError, match="held-out ones included"):
             probe_scores(tiny_run, sig, whole)
 
     def test_external_probe_is_calibrated_on_training_items(self, tiny_run, tmp_path_factory, tiny):
-        from ic_core.policy import probe_scores, run_signals
-        from ic_core.probes import fit_saved_probe_for_run
-        from ic_core.study import run_study
+        from ic_core.governance.fit import probe_scores, run_signals
+        from ic_core.probes.saved import fit_saved_probe_for_run
+        from ic_core.study.runner import run_study
 
         other = run_study(tiny, _labelled_items(40, op="minus"), ["direct"], tmp_path_factory.mktemp("o") / "o", generate=False)
         external = fit_saved_probe_for_run(other)

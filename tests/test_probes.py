@@ -11,26 +11,23 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ic_core import probes
+import ic_core.probes.cv as cv_mod
+from ic_core import narrative
 from ic_core.errors import DataError, PromptError
-from ic_core.probes import (
+from ic_core.probes.baselines import score_auroc, signed_score_auroc
+from ic_core.probes.cv import choose_C, probe_auroc, probe_by_layer, probe_last_layers, state_model, text_probe_auroc
+from ic_core.probes.report import probe_column, probe_column_text, recoverability
+from ic_core.probes.saved import SavedProbe, fit_saved_probe, fit_saved_probe_for_run
+from ic_core.stats.auroc import (
     REASON_CONSTANT,
+    REASON_MISSING,
     REASON_ONE_CLASS,
     REASON_SMALL,
-    SavedProbe,
     auroc,
+    auroc_difference,
     bootstrap_ci,
-    choose_C,
-    fit_saved_probe,
     label_reason,
     make_folds,
-    probe_auroc,
-    probe_by_layer,
-    probe_last_layers,
-    score_auroc,
-    signed_score_auroc,
-    state_model,
-    text_probe_auroc,
 )
 
 FAST = dict(n_boot=200, n_shuffles=3)
@@ -85,12 +82,12 @@ class TestAuroc:
         strong = score_auroc(y * 2.0 + rng.normal(size=200), y, name="strong", description="d", **FAST)
         weak = score_auroc(y * 0.3 + rng.normal(size=200), y, name="weak", description="d", **FAST)
         same = score_auroc(y * 2.0 + rng.normal(size=200), y, name="same", description="d", **FAST)
-        d = probes.auroc_difference(strong, weak, n_boot=300)
+        d = auroc_difference(strong, weak, n_boot=300)
         assert d.diff == pytest.approx(strong.auroc_pooled - weak.auroc_pooled)
         assert d.clear and d.ci_low > 0 and d.ci_low < d.diff < d.ci_high and d.text().startswith("+")
-        assert not probes.auroc_difference(strong, same, n_boot=300).clear
+        assert not auroc_difference(strong, same, n_boot=300).clear
         missing = probe_auroc(np.zeros((200, 2)), np.zeros(200, int))
-        assert probes.auroc_difference(strong, missing) is None
+        assert auroc_difference(strong, missing) is None
 
     def test_label_reason(self):
         assert label_reason([1] * 30) == REASON_ONE_CLASS
@@ -167,13 +164,13 @@ class TestNoLeakage:
         X, y = planted(n=100, d=20, strength=0.8)
         folds = make_folds(y, seed=0)
         seen = []
-        real = probes.choose_C
+        real = cv_mod.choose_C
 
         def spy(make_model, X_train, y_train, **kw):
             seen.append((X_train.copy(), y_train.copy()))
             return real(make_model, X_train, y_train, **kw)
 
-        monkeypatch.setattr(probes, "choose_C", spy)
+        monkeypatch.setattr(cv_mod, "choose_C", spy)
         r = probe_auroc(X, y, n_boot=50, n_shuffles=0)
         assert len(seen) == 5
         for (tr, te), (X_seen, y_seen), C in zip(folds, seen, r.chosen_C):
@@ -213,7 +210,7 @@ class TestBaselines:
         h[:5] = np.nan
         r2 = score_auroc(-h, y, name="x", description="d", **FAST)
         assert r2.n == 115 and "5 rows" in r2.note
-        assert score_auroc(np.full(120, np.nan), y, name="x", description="d").reason == probes.REASON_MISSING
+        assert score_auroc(np.full(120, np.nan), y, name="x", description="d").reason == REASON_MISSING
 
     def test_prompt_length_direction_is_chosen_in_fold(self):
         rng = np.random.default_rng(2)
@@ -240,7 +237,7 @@ class TestBaselines:
 
 def make_run(tmp_path: Path, n_items=80, regimes=("direct",), L=4, d=12, seed=0, signal="H_slot",
              ungraded=3, one_class_regime=None):
-    from ic_core.study import StudyRun
+    from ic_core.runs.store import StudyRun
 
     rng = np.random.default_rng(seed)
     rows, hidden, lens = [], [], []
@@ -272,7 +269,7 @@ def make_run(tmp_path: Path, n_items=80, regimes=("direct",), L=4, d=12, seed=0,
 class TestRecoverability:
     def test_report_on_a_run(self, tmp_path):
         run = make_run(tmp_path)
-        rep = probes.recoverability(run, n_boot=100, n_shuffles=2, n_shuffles_per_layer=1)
+        rep = recoverability(run, n_boot=100, n_shuffles=2, n_shuffles_per_layer=1)
         assert rep.selection == "direct" and rep.n_rows == 80 and rep.n_ungraded == 3 and rep.n == 77
         assert rep.constant_layers == (0,) and rep.by_layer[0].reason == REASON_CONSTANT
         assert len(rep.by_layer) == 5 and rep.last_layer_indices == (1, 2, 3, 4)
@@ -284,7 +281,7 @@ class TestRecoverability:
         assert all(b.n == 77 for b in rep.baselines)
         out = json.loads(json.dumps(rep.to_json(), allow_nan=False))
         assert out["by_layer"][0]["auroc_pooled"] is None and out["by_layer"][0]["reason"] == REASON_CONSTANT
-        text = " ".join(probes.reading(rep))
+        text = " ".join(narrative.reading(rep))
         assert "3 of 80 rows could not be graded" in text and "−H_slot" in text and "not probed" in text
         d = rep.difference("−H_slot")
         assert d.diff == pytest.approx(rep.last_layers.auroc_pooled - rep.baselines[0].auroc_pooled)
@@ -293,28 +290,28 @@ class TestRecoverability:
 
     def test_entropy_baseline_is_labelled_by_signal(self, tmp_path):
         run = make_run(tmp_path, signal="H_int", n_items=40)
-        rep = probes.recoverability(run, n_boot=50, n_shuffles=1, n_shuffles_per_layer=0)
+        rep = recoverability(run, n_boot=50, n_shuffles=1, n_shuffles_per_layer=0)
         assert rep.baselines[0].name == "−H_int" and rep.signal_name == "H_int"
 
     def test_regime_choice_and_pooling(self, tmp_path):
         run = make_run(tmp_path, n_items=50, regimes=("direct", "cot"), one_class_regime="cot")
         with pytest.raises(DataError, match="choose one"):
-            probes.recoverability(run)
+            recoverability(run)
         with pytest.raises(DataError, match="not in this run"):
-            probes.recoverability(run, regime="babble")
-        cot = probes.recoverability(run, regime="cot", n_boot=50, n_shuffles=1, n_shuffles_per_layer=0)
+            recoverability(run, regime="babble")
+        cot = recoverability(run, regime="cot", n_boot=50, n_shuffles=1, n_shuffles_per_layer=0)
         assert cot.last_layers.reason == REASON_ONE_CLASS
         assert all(b.auroc_pooled is None for b in cot.baselines)
-        assert "only one class" in " ".join(probes.reading(cot))
-        pooled = probes.recoverability(run, pooled=True, n_boot=50, n_shuffles=1, n_shuffles_per_layer=0)
+        assert "only one class" in " ".join(narrative.reading(cot))
+        pooled = recoverability(run, pooled=True, n_boot=50, n_shuffles=1, n_shuffles_per_layer=0)
         assert pooled.selection == "pooled" and pooled.n == 97 and pooled.settings["grouped_by_item"]
 
     def test_probe_column_per_regime(self, tmp_path):
         run = make_run(tmp_path, n_items=50, regimes=("direct", "cot"), one_class_regime="cot")
-        col = probes.probe_column(run, n_boot=50, n_shuffles=1)
+        col = probe_column(run, n_boot=50, n_shuffles=1)
         assert set(col) == {"direct", "cot"}
         assert col["direct"].ok and col["cot"].reason == REASON_ONE_CLASS
-        text = probes.probe_column_text(col)
+        text = probe_column_text(col)
         (values,) = text.values()
         assert values["cot"] == REASON_ONE_CLASS and values["direct"].startswith("0.")
 
@@ -322,7 +319,7 @@ class TestRecoverability:
 class TestSavedProbe:
     def _fit(self, tmp_path):
         run = make_run(tmp_path, n_items=60)
-        return run, probes.fit_saved_probe_for_run(run)
+        return run, fit_saved_probe_for_run(run)
 
     def test_round_trip_gives_identical_probabilities(self, tmp_path):
         run, probe = self._fit(tmp_path)
@@ -390,7 +387,7 @@ class TestSavedProbe:
     def test_one_class_cannot_be_saved(self, tmp_path):
         run = make_run(tmp_path, n_items=40, regimes=("direct", "cot"), one_class_regime="cot")
         with pytest.raises(DataError, match="only one class"):
-            probes.fit_saved_probe_for_run(run, regime="cot")
+            fit_saved_probe_for_run(run, regime="cot")
 
 
 # ---------------------------------------------------------------- CLI on a tiny study (tiny random model)
@@ -412,7 +409,7 @@ def tiny_items(n=40, seed=0, all_wrong=False):
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny, tmp_path_factory):
-    from ic_core.study import run_study
+    from ic_core.study.runner import run_study
 
     folder = tmp_path_factory.mktemp("runs") / "tiny40"
     run_study(tiny, tiny_items(), ["direct", "babble"], folder, generate=False, batch_size=20, dataset_name="t")
@@ -444,7 +441,7 @@ class TestCli:
         names = {b["name"]: b for b in out["baselines"]}
         assert names["−H_int"]["auroc_pooled"] is not None
         post = names["−mean token entropy (post-generation)"]
-        assert post["auroc_pooled"] is None and post["reason"] == probes.REASON_MISSING
+        assert post["auroc_pooled"] is None and post["reason"] == REASON_MISSING
         saved = out["saved_probe"]
         assert Path(saved["path"]).parent == tiny_run / "probes" and saved["layers"] == [1, 2, 3, 4]
         assert "fixed" in saved["choice"]

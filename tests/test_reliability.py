@@ -36,15 +36,25 @@ from conftest import make_tiny_model, make_tiny_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import ic_core.study.runner as runner_mod
 from ic_core import datasets
-from ic_core import study as study_mod
 from ic_core.analysis import analyze
 from ic_core.datasets import FIELDS, LoadResult, PromptItem, items_jsonl, load_items
 from ic_core.errors import DataError, ModelLoadError, PromptError
 from ic_core.generate import MAX_NEW_TOKENS_LIMIT, GenerationConfig, generate
+from ic_core.io import atomic_write_json
 from ic_core.models import ModelSpec, from_objects, load_model
 from ic_core.prompts import MAX_PROMPT_CHARS, clean_prompt, custom_template
-from ic_core.study import FORMAT_VERSION, list_runs, load_run, run_path, run_study
+from ic_core.runs.lock import run_in_progress
+from ic_core.runs.store import (
+    FORMAT_VERSION,
+    default_run_name,
+    list_runs,
+    load_run,
+    run_path,
+    sanitize_name,
+)
+from ic_core.study.runner import run_study
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -539,7 +549,7 @@ class TestLimits:
     @pytest.mark.app
     def test_items_per_study_in_the_app(self, shared, runs_dir, monkeypatch):
         """The Study page caps the item limit at study.MAX_LIMIT, says the CLI has no cap, and clamps a larger value."""
-        monkeypatch.setattr(study_mod, "MAX_LIMIT", 4)
+        monkeypatch.setattr(runner_mod, "MAX_LIMIT", 4)
         at = _app(shared, **{"keep:study.limit": 50})
         at.switch_page(STUDY_PAGE).run()
         limit = at.number_input(key="keep:study.limit")
@@ -550,9 +560,9 @@ class TestLimits:
 
     def test_the_engine_has_no_item_cap(self, shared, tmp_path, monkeypatch):
         """The app cap is not an engine cap: run_study takes more items than MAX_LIMIT."""
-        monkeypatch.setattr(study_mod, "MAX_LIMIT", 2)
+        monkeypatch.setattr(runner_mod, "MAX_LIMIT", 2)
         run = run_study(shared, ITEMS, ["direct"], tmp_path / "many", generate=False)
-        assert len(run.table) == len(ITEMS) > study_mod.MAX_LIMIT
+        assert len(run.table) == len(ITEMS) > runner_mod.MAX_LIMIT
 
     def test_max_new_tokens_bounds(self):
         """1 and MAX_NEW_TOKENS_LIMIT are accepted; 0 and one more are refused with the range."""
@@ -913,7 +923,7 @@ class TestSecurity:
         """`gate --policy file` loads the policy's model with trust_remote_code off unless the flag is given."""
         from ic_core.cli import gate as gate_cli
         from ic_core.cli import main
-        from ic_core.policy import Policy
+        from ic_core.governance.policy import Policy
 
         model = {"source": "hub", "name": "org/remote-code-model", "dtype": "float32", "device": "cpu",
                  "trust_remote_code": True}
@@ -961,18 +971,18 @@ class TestSecurity:
         except DataError:
             return
         assert path.parent == root and path.name not in (".", "..", "") and "/" not in path.name
-        assert path.name == study_mod.sanitize_name(path.name)  # already clean: stable
+        assert path.name == sanitize_name(path.name)  # already clean: stable
 
     def test_default_run_name_from_a_hostile_upload_name(self):
         """The dataset name comes from the upload's file name; the default run folder is still a plain name."""
-        name = study_mod.default_run_name("../../etc/passwd;rm -rf", ["direct"], 3)
+        name = default_run_name("../../etc/passwd;rm -rf", ["direct"], 3)
         assert "/" not in name and ".." not in name and name.startswith("etc-passwd-rm--rf-direct-n3-")
 
     @settings(max_examples=300, deadline=None)
     @given(raw=st.lists(st.sampled_from(["a", "b.jsonl", "/", "..", ".", "~/", "audit", " "]), max_size=12).map("".join))
     def test_audit_log_path_stays_inside_its_base(self, raw, tmp_path_factory):
         """resolve_audit_path(p, base) is a file path inside base, or a DataError."""
-        from ic_core.audit import resolve_audit_path
+        from ic_core.governance.audit import resolve_audit_path
 
         base = tmp_path_factory.getbasetemp() / "audit-base"
         base.mkdir(exist_ok=True)
@@ -984,14 +994,14 @@ class TestSecurity:
 
     def test_audit_log_path_of_an_unknown_users_home(self, tmp_path):
         """`--audit-log ~nosuchuser/audit.jsonl` is a DataError, not a RuntimeError traceback."""
-        from ic_core.audit import resolve_audit_path
+        from ic_core.governance.audit import resolve_audit_path
 
         with pytest.raises(DataError):
             resolve_audit_path("~no-such-user-xyz/audit.jsonl", base=tmp_path)
 
     def test_probe_paths_from_selection_names_stay_in_the_run(self, tmp_path):
         """A probe's default file stem is built from the selection label and stays under <run>/probes/."""
-        from ic_core.probes import default_probe_path
+        from ic_core.probes.saved import default_probe_path
 
         run = SimpleNamespace(path=tmp_path / "run")
         for label in ("../../etc/passwd", "/abs/path", "direct\x00x", "..", "a/../../b"):
@@ -999,8 +1009,8 @@ class TestSecurity:
             assert path.parent == tmp_path / "run" / "probes" and ".." not in path.parts
 
     def _gate_log(self, loaded, tmp_path, prompt: str, **policy):
-        from ic_core.gate import gate_check
-        from ic_core.policy import Policy
+        from ic_core.governance.gate import gate_check
+        from ic_core.governance.policy import Policy
 
         log = tmp_path / f"audit-{loaded.spec.name}.jsonl"
         for threshold in (0.5, 50.0):  # one escalation, one approval
@@ -1010,7 +1020,7 @@ class TestSecurity:
 
     def test_hash_only_audit_never_holds_the_prompt(self, shared, tmp_path):
         """With store_prompt_text False the audit file holds the prompt's SHA-256 and no word of the prompt."""
-        from ic_core.audit import prompt_sha256, read_audit
+        from ic_core.governance.audit import prompt_sha256, read_audit
 
         prompt = "what is the capital of germany ?"
         log = self._gate_log(shared, tmp_path, prompt, signal="h_int", kind="short_answer")
@@ -1110,12 +1120,12 @@ class TestDurability:
     @pytest.mark.parametrize("target", ["manifest", "policy"])
     def test_failed_rename_keeps_the_old_file(self, tmp_path, monkeypatch, target):
         """If the final rename fails, the previous manifest or policy file is intact and no temp file remains."""
-        from ic_core.policy import Policy
+        from ic_core.governance.policy import Policy
 
         path = tmp_path / ("manifest.json" if target == "manifest" else "policy.json")
         old = Policy(signal="h_int", model={"source": "hub", "name": "a/b", "dtype": "float32"}, t_entropy_bits=2.0)
         if target == "manifest":
-            study_mod._write_json(path, {"version": "old"})
+            atomic_write_json(path, {"version": "old"})
         else:
             old.save(path)
         before = path.read_bytes()
@@ -1126,7 +1136,7 @@ class TestDurability:
         monkeypatch.setattr(os, "replace", no_rename)
         with pytest.raises(OSError, match="before the rename"):
             if target == "manifest":
-                study_mod._write_json(path, {"version": "new"})
+                atomic_write_json(path, {"version": "new"})
             else:
                 Policy(signal="h_int", model=old.model, t_entropy_bits=9.0).save(path)
         assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
@@ -1141,7 +1151,7 @@ class TestDurability:
             "from ic_core.datasets import load_items\n"
             "from ic_core.generate import GenerationConfig\n"
             "from ic_core.models import ModelSpec, load_model\n"
-            "from ic_core.study import run_study\n"
+            "from ic_core.study.runner import run_study\n"
             "loaded = load_model(ModelSpec.parse(sys.argv[1]))\n"
             "items = load_items(sys.argv[2]).items\n"
             "def progress(done, total, eta, message):\n"
@@ -1170,7 +1180,7 @@ class TestDurability:
         assert "finished" not in seen
         partial = load_run(out)
         assert partial.status == "running" and len(partial.table) < 2 * len(ITEMS)
-        assert not study_mod.run_in_progress(out)  # the dead writer's lock does not block a resume
+        assert not run_in_progress(out)  # the dead writer's lock does not block a resume
         loaded = load_model(ModelSpec.parse(str(tiny_dir)))
         config = GenerationConfig(max_new_tokens=24)
         resumed = run_study(loaded, ITEMS, ["direct", "babble"], out, gen_config=config, batch_size=3, dataset_name="rel")

@@ -11,31 +11,26 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-from ic_core import study as study_mod
+import ic_core.study.runner as runner_mod
 from ic_core.capture import capture
 from ic_core.datasets import PromptItem
 from ic_core.errors import DataError
 from ic_core.generate import GenerationConfig
 from ic_core.grading import grade
 from ic_core.prompts import render, template_for
-from ic_core.study import (
-    FORMAT_VERSION,
-    TABLE_COLUMNS,
-    StudyRun,
+from ic_core.runs.lock import run_in_progress
+from ic_core.runs.schema import TABLE_COLUMNS
+from ic_core.runs.store import FORMAT_VERSION, StudyRun, list_runs, load_run, run_path, runs_root, sanitize_name
+from ic_core.study.compare import (
     dim_eff_by_regime,
-    list_runs,
-    load_run,
-    metrics_json,
     pca_of_layer,
     place_state,
     regime_comparison,
-    run_path,
-    run_study,
-    runs_root,
-    sanitize_name,
     summarize,
     wilson_interval,
 )
+from ic_core.study.export import metrics_json
+from ic_core.study.runner import COT_MIN_NEW_TOKENS, MAX_LIMIT, resume_run, run_study
 
 ITEMS = (
     PromptItem("i1", "what is the capital of france", "paris", kind="short_answer",
@@ -218,7 +213,7 @@ class TestInputs:
 
 
     def test_states_beyond_float16_range_are_clipped_and_counted(self, tiny, tmp_path, monkeypatch):
-        monkeypatch.setattr(study_mod, "F16_MAX", 0.5)
+        monkeypatch.setattr(runner_mod, "F16_MAX", 0.5)
         run = run_study(tiny, ITEMS[:2], ["direct"], tmp_path / "clip", generate=False)
         assert float(np.abs(run.hidden.astype(np.float32)).max()) == 0.5
         assert run.manifest["n_state_values_clipped"] > 0
@@ -379,7 +374,7 @@ class TestCli:
 
 
 def test_module_constants():
-    assert study_mod.COT_MIN_NEW_TOKENS == 192 and study_mod.MAX_LIMIT == 1000
+    assert COT_MIN_NEW_TOKENS == 192 and MAX_LIMIT == 1000
 
 
 @pytest.mark.model
@@ -402,7 +397,7 @@ class TestResumeRunAndReport:
         run_study(tiny, ITEMS, ["direct", "babble"], out, limit=4, gen_config=FAST, batch_size=3,
                   cancel=lambda: (out / "states" / "shard-00000.npz").exists(), dataset_name="tiny-set")
         assert (out / "dataset.jsonl").read_text().count("\n") == 4
-        done = study_mod.resume_run(tiny, out)
+        done = resume_run(tiny, out)
         assert done.status == "complete"
         _same_runs(done, full_run)
 
@@ -411,10 +406,10 @@ class TestResumeRunAndReport:
 
         other = type(tiny)(ModelSpec(source="local", name="other"), tiny.model, tiny.tokenizer)
         with pytest.raises(DataError, match="load that model"):
-            study_mod.resume_run(other, full_run.path)
+            resume_run(other, full_run.path)
 
     def test_html_report_is_self_contained_and_escaped(self, tiny, tmp_path):
-        from ic_core.report import build_report
+        from ic_core.study.report import build_report
 
         items = [PromptItem(f"x{i}", q, "paris") for i, q in enumerate(
             ["what is <script>alert(1)</script> capital", "what is the capital of france", "what is 12 plus 7",
@@ -441,7 +436,7 @@ class TestLock:
         out = tmp_path / "locked"
         shutil.copytree(full_run.path, out)
         self._lock(out, os.getppid())  # a live process that is not this one
-        assert study_mod.run_in_progress(out) and list_runs(tmp_path)[0].in_progress
+        assert run_in_progress(out) and list_runs(tmp_path)[0].in_progress
         with pytest.raises(DataError, match=f"being written by process {os.getppid()}"):
             run_study(tiny, ITEMS, ["direct", "babble"], out, limit=4, gen_config=FAST, batch_size=3,
                       dataset_name="tiny-set")
@@ -456,15 +451,15 @@ class TestLock:
         proc = subprocess.Popen(["true"])
         proc.wait()
         self._lock(out, proc.pid)  # that process has exited
-        assert not study_mod.run_in_progress(out)
+        assert not run_in_progress(out)
         run_study(tiny, ITEMS, ["direct", "babble"], out, limit=4, gen_config=FAST, batch_size=3, dataset_name="tiny-set")
         assert not (out / "run.lock").exists()
         self._lock(out, os.getpid())  # left by an interrupted thread of this process
-        assert not study_mod.run_in_progress(out)
+        assert not run_in_progress(out)
 
     def test_lock_is_held_while_running(self, tiny, tmp_path):
         out = tmp_path / "live"
         seen = []
         run_study(tiny, ITEMS[:2], ["direct"], out, generate=False,
-                  progress=lambda *a: seen.append(study_mod.run_in_progress(out)))
-        assert seen and all(seen) and not study_mod.run_in_progress(out)
+                  progress=lambda *a: seen.append(run_in_progress(out)))
+        assert seen and all(seen) and not run_in_progress(out)

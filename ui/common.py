@@ -1,7 +1,8 @@
-"""Shared app state: the model (one per process, keyed by its full spec), settings, errors.
+"""Shared app state: the model (one per process, keyed by its full spec), runs, settings, errors.
 
-Pages call :func:`get_loaded` for the model the sidebar picked, :func:`gen_config` for the
-generation settings, and :func:`show_error` to turn engine errors into ``st.error``.
+Pages call :func:`get_loaded` for the model the sidebar picked, :func:`cached_run` for a saved
+run, :func:`gen_config` for the generation settings, and :func:`show_error` to turn engine
+errors into ``st.error``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,22 @@ import streamlit as st
 from ic_core.errors import ICError
 from ic_core.generate import GenerationConfig
 from ic_core.models import LoadedModel, ModelSpec, load_model
+from ic_core.runs.store import StudyRun, load_run
 
 SPEC_KEY = "model_spec"
 INJECTED_KEY = "_injected_model"
 """Tests may put a LoadedModel here (AppTest) to run the pages on a tiny model."""
+
+
+@st.cache_resource(max_entries=3, show_spinner="Opening the run…")
+def cached_run(path: str, mtime: float) -> StudyRun:
+    """The run folder at ``path``, loaded once per (path, mtime) and shared read-only by every page.
+
+    ``cache_resource`` hands out the same object (no copy of the state array per call, as
+    ``cache_data`` would make); ``mtime`` (:attr:`ic_core.runs.store.RunInfo.mtime`) changes
+    as a run grows, so a growing or re-run folder is read again.
+    """
+    return load_run(path)
 
 
 @st.cache_resource(max_entries=1, show_spinner=False)

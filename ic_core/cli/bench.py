@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ic_core.bench import quick_or_full, run_benchmark
+from ic_core.bench.harness import quick_or_full, run_benchmark
 from ic_core.cli.common import add_model_options, model_from_args, print_json
 from ic_core.errors import ICError
 

@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from ic_core.cli.common import print_json
-from ic_core.gate import gate_check, resolve_answer_prefix
+from ic_core.governance.gate import gate_check, resolve_answer_prefix
+from ic_core.governance.policy import Policy, check_model_spec
 from ic_core.models import ModelSpec, get_model
-from ic_core.policy import Policy, check_model_spec
 from ic_core.prompts import TASK_KINDS
 
 
@@ -42,7 +42,7 @@ def _spec(args: argparse.Namespace, policy: Policy) -> ModelSpec:
 def _load_probe(policy: Policy, path: str | None):
     if not policy.uses_probe:
         return None
-    from ic_core.probes import SavedProbe
+    from ic_core.probes.saved import SavedProbe
 
     return SavedProbe.load(path or policy.probe["path"])
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ic_core.cli.common import print_json
 from ic_core.errors import DataError
-from ic_core.policy import Policy, fit_policy_on_run, with_probe_path
+from ic_core.governance.fit import fit_policy_on_run, with_probe_path
+from ic_core.governance.policy import Policy
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_fit(args: argparse.Namespace) -> int:
     """Execute ``policy fit``."""
-    from ic_core.study import load_run
+    from ic_core.runs.store import load_run
 
     out = Path(args.out)
     if out.is_dir():
@@ -44,7 +45,7 @@ def run_fit(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     probe = None
     if args.probe:
-        from ic_core.probes import SavedProbe
+        from ic_core.probes.saved import SavedProbe
 
         probe = SavedProbe.load(args.probe)
     fit = fit_policy_on_run(

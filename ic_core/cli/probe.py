@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ic_core.cli.common import print_json
 from ic_core.errors import DataError
-from ic_core.probes import LAST_K, N_BOOT, N_SHUFFLES, N_SHUFFLES_PER_LAYER
+from ic_core.probes.cv import LAST_K, N_SHUFFLES_PER_LAYER
+from ic_core.stats.auroc import N_BOOT, N_SHUFFLES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_folder(text: str) -> Path:
-    from ic_core.study import run_path
+    from ic_core.runs.store import run_path
 
     path = Path(text).expanduser()
     if path.is_dir():
@@ -46,8 +47,9 @@ def _run_folder(text: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``probe``."""
-    from ic_core.probes import default_probe_path, fit_saved_probe_for_run, recoverability
-    from ic_core.study import load_run
+    from ic_core.probes.report import recoverability
+    from ic_core.probes.saved import default_probe_path, fit_saved_probe_for_run
+    from ic_core.runs.store import load_run
 
     for name in ("n_boot", "shuffles", "layer_shuffles", "last_k"):
         if getattr(args, name) < (1 if name in ("n_boot", "last_k") else 0):

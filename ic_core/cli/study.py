@@ -17,7 +17,9 @@ from ic_core.cli.common import (
 from ic_core.datasets import bundled_sets, load_bundled, load_items
 from ic_core.errors import DataError
 from ic_core.prompts import REGIMES
-from ic_core.study import default_run_name, metrics_json, run_path, run_study
+from ic_core.runs.store import default_run_name, run_path
+from ic_core.study.export import metrics_json
+from ic_core.study.runner import run_study
 
 
 def register(sub: argparse._SubParsersAction) -> None:

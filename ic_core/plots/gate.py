@@ -1,6 +1,6 @@
 """Figures for the governance gate: risk–coverage, confusion matrix, score histograms.
 
-Pure functions: plain arrays and :mod:`ic_core.policy` results in, ``go.Figure`` out.
+Pure functions: plain arrays and :mod:`ic_core.stats.gating` results in, ``go.Figure`` out.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from ic_core.policy import Confusion, RiskCoverage
+from ic_core.stats.gating import Confusion, RiskCoverage
 
 SIGNAL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
 RIGHT_COLOUR, WRONG_COLOUR = "#2ca02c", "#d62728"

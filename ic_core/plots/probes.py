@@ -1,6 +1,6 @@
 """Figures for recoverability: AUROC by layer with CI and shuffle bands, ROC curves, baselines.
 
-Pure functions: :class:`ic_core.probes.ProbeResult` objects in, ``go.Figure`` out. A result
+Pure functions: :class:`ic_core.stats.auroc.ProbeResult` objects in, ``go.Figure`` out. A result
 without an AUROC (``reason`` set) is never drawn as a value: it is marked with its reason.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from ic_core.probes import ProbeResult
+from ic_core.stats.auroc import ProbeResult
 
 PROBE_COLOUR = "#1f77b4"
 SHUFFLE_COLOUR = "#7f7f7f"

@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ic_core.metrics import DimEff
+from ic_core.stats.geometry import DimEff
 
 REGIME_COLOURS = {"direct": "#1f77b4", "cot": "#2ca02c", "babble": "#d62728", "custom": "#9467bd"}
 CORRECT_COLOURS = {"correct": "#1a9850", "wrong": "#d73027", "not graded": "#9e9e9e"}
@@ -37,7 +37,7 @@ def accuracy_figure(per_regime: pd.DataFrame) -> go.Figure:
 
     Args:
         per_regime: Columns ``regime``, ``n_graded``, ``accuracy``, ``accuracy_ci_low``,
-            ``accuracy_ci_high`` (as in :attr:`ic_core.study.RegimeComparison.per_regime`);
+            ``accuracy_ci_high`` (as in :attr:`ic_core.study.compare.RegimeComparison.per_regime`);
             regimes without graded rows are drawn as an annotated gap.
 
     """

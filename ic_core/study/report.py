@@ -20,15 +20,15 @@ from ic_core.plots.study import (
     lens_curves_figure,
     pca_figure,
 )
-from ic_core.study import (
+from ic_core.runs.store import StudyRun
+from ic_core.study.compare import (
     RegimeComparison,
-    StudyRun,
     default_pca_layer,
     dim_eff_by_regime,
-    frame_records,
     pca_of_layer,
     regime_comparison,
 )
+from ic_core.study.export import frame_records
 
 MAX_TABLE_ROWS = 500
 """Rows of the per-item table written into the report (the CSV export has them all)."""
@@ -109,8 +109,8 @@ def build_report(
         run: A loaded study run.
         extra_sections: ``(title, figure or HTML fragment)`` pairs appended at the end (e.g. the
             recoverability results). Titles are escaped; HTML fragments are inserted as given.
-        comparison: A precomputed :func:`ic_core.study.regime_comparison` (computed if omitted).
-        dim_effs: A precomputed :func:`ic_core.study.dim_eff_by_regime` (computed if omitted).
+        comparison: A precomputed :func:`ic_core.study.compare.regime_comparison` (computed if omitted).
+        dim_effs: A precomputed :func:`ic_core.study.compare.dim_eff_by_regime` (computed if omitted).
 
     """
     figs = _Figures()

@@ -1,0 +1,1 @@
+"""The governance gate: policy documents, fitting, the gate, signal comparison, the audit log."""

@@ -1,0 +1,1 @@
+"""Recoverability probes: nested CV, baselines, scores from arrays, saved probes, reports."""

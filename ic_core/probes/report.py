@@ -1,0 +1,196 @@
+"""One selection of a study run → probe AUROC by layer, the last-layers probe and its baselines."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ic_core.errors import DataError
+from ic_core.runs.schema import graded_mask
+from ic_core.stats.geometry import constant_layers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ic_core.runs.store import StudyRun
+from ic_core.probes.baselines import _signal_label, baselines_for
+from ic_core.probes.cv import (
+    C_GRID,
+    LAST_K,
+    N_INNER,
+    N_SHUFFLES_PER_LAYER,
+    _as_states,
+    last_layer_indices,
+    probe_by_layer,
+    probe_last_layers,
+)
+from ic_core.stats.auroc import N_BOOT, N_OUTER, N_SHUFFLES, AurocDifference, ProbeResult, _round, auroc_difference
+
+# --------------------------------------------------------------------------------------
+# A study run → the full report
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class RecoverabilityReport:
+    """Everything the Recoverability page and ``python -m ic_core probe`` show for one selection."""
+
+    run_path: str
+    selection: str
+    """A regime name, or ``"pooled"`` (all regimes; folds keep each item's rows together)."""
+    n_rows: int
+    """Rows in the selection, graded or not."""
+    n_ungraded: int
+    """Rows left out because their answer could not be graded (correct = None)."""
+    n: int
+    n_pos: int
+    signal_name: str
+    """``"H_int"``, ``"H_slot"`` or ``"mixed"``: what the table's ``h_int_bits`` column holds here."""
+    constant_layers: tuple[int, ...]
+    by_layer: tuple[ProbeResult, ...]
+    """L + 1 results, index = ``hidden_states`` index (0 = embeddings)."""
+    last_layers: ProbeResult
+    last_layer_indices: tuple[int, ...]
+    baselines: tuple[ProbeResult, ...]
+    differences: tuple[AurocDifference, ...] = ()
+    """The last-layers probe minus each baseline scored on the same rows (paired bootstrap CI)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    @property
+    def accuracy(self) -> float | None:
+        """Share of graded rows answered correctly."""
+        return self.n_pos / self.n if self.n else None
+
+    def baseline(self, key: str) -> ProbeResult | None:
+        """The baseline whose name starts with ``key`` (e.g. ``"−H"``, ``"prompt length"``)."""
+        return next((b for b in self.baselines if b.name.startswith(key)), None)
+
+    def difference(self, baseline_name: str) -> AurocDifference | None:
+        """The probe-minus-baseline comparison for one baseline, if both have an AUROC."""
+        return next((d for d in self.differences if d.b == baseline_name), None)
+
+    def best_layer(self) -> ProbeResult | None:
+        """Layer with the highest pooled AUROC (descriptive: picking it on these folds is optimistic)."""
+        ok = [r for r in self.by_layer if r.ok]
+        return max(ok, key=lambda r: r.auroc_pooled) if ok else None
+
+    def to_json(self) -> dict[str, Any]:
+        """One JSON-ready object (no per-item scores)."""
+        best = self.best_layer()
+        return {
+            "run": self.run_path, "selection": self.selection, "n_rows": self.n_rows,
+            "n_ungraded_excluded": self.n_ungraded, "n": self.n, "n_correct": self.n_pos,
+            "accuracy": _round(self.accuracy), "signal": self.signal_name,
+            "constant_layers": list(self.constant_layers),
+            "by_layer": [dict(layer=i, **r.to_json()) for i, r in enumerate(self.by_layer)],
+            "best_layer": None if best is None else {
+                "layer": self.by_layer.index(best), "auroc_pooled": _round(best.auroc_pooled),
+                "note": "chosen after looking at all layers on the same folds: optimistic; the last-layers probe is the fixed choice",
+            },
+            "last_layers": dict(layers=list(self.last_layer_indices), **self.last_layers.to_json()),
+            "baselines": [b.to_json() for b in self.baselines],
+            "probe_minus_baseline": [d.to_json() for d in self.differences],
+            "settings": self.settings, "elapsed_s": round(self.elapsed_s, 2),
+        }
+
+
+def graded_selection(run: StudyRun, regime: str | None = None, pooled: bool = False) -> tuple[Any, str, int]:
+    """Rows of ``run.table`` to probe: (graded rows, selection label, rows before excluding ungraded).
+
+    Raises:
+        DataError: unknown regime, or several regimes and neither a regime nor ``pooled`` given.
+
+    """
+    table = run.table
+    regimes = list(dict.fromkeys(table["regime"].tolist()))
+    if pooled:
+        sub, label = table, "pooled"
+    else:
+        if regime is None:
+            if len(regimes) != 1:
+                raise DataError(
+                    f"This run has regimes {', '.join(regimes)}: choose one (--regime) or pool them (--pooled)."
+                )
+            regime = regimes[0]
+        if regime not in regimes:
+            raise DataError(f"Regime {regime!r} is not in this run (it has {', '.join(regimes) or 'no rows'}).")
+        sub, label = table[table["regime"] == regime], regime
+    graded = sub[graded_mask(sub)]
+    return graded, label, len(sub)
+
+
+def recoverability(
+    run: StudyRun, regime: str | None = None, pooled: bool = False, *, k: int = LAST_K, n_boot: int = N_BOOT,
+    n_shuffles: int = N_SHUFFLES, n_shuffles_per_layer: int = N_SHUFFLES_PER_LAYER, seed: int = 0,
+    pca_components: int | None = None, progress: Callable[[int, int, str], None] | None = None,
+) -> RecoverabilityReport:
+    """Probe AUROC by layer, the last-``k``-layers probe and all baselines on one selection of a run.
+
+    Args:
+        run: a loaded study run (``ic_core.runs.store.load_run``).
+        regime: one regime; ``None`` means the only regime of a single-regime run.
+        pooled: all regimes together (each item's rows kept in one fold).
+        progress: optional callback (done, total, label).
+
+    """
+    t0 = time.perf_counter()
+    graded, label, n_rows = graded_selection(run, regime, pooled)
+    rows = graded["row"].to_numpy(int)
+    y = np.asarray([bool(v) for v in graded["correct"]], dtype=int)
+    groups = graded["item_id"].astype(str).to_numpy() if pooled else None
+    hidden = _as_states(np.asarray(run.hidden)[rows])
+    lens = np.asarray(run.lens_entropy_bits, dtype=np.float64)[rows]
+    common = dict(groups=groups, n_boot=n_boot, seed=seed)
+    n_layer_steps = hidden.shape[1]
+    total = n_layer_steps + 2
+
+    def tick(done: int, _total: int, name: str) -> None:
+        if progress:
+            progress(done, total, name)
+
+    const = tuple(constant_layers(hidden)) if len(rows) >= 2 else ()
+    by_layer = probe_by_layer(hidden, y, n_shuffles=n_shuffles_per_layer, progress=tick,
+                              pca_components=pca_components, **common)
+    last_idx = last_layer_indices(hidden.shape[1], k)
+    last = probe_last_layers(hidden, y, k=k, n_shuffles=n_shuffles, pca_components=pca_components, **common)
+    tick(n_layer_steps + 1, total, last.name)
+    baselines = baselines_for(graded, lens, n_shuffles=n_shuffles, **common) if len(rows) else []
+    differences = tuple(d for d in (auroc_difference(last, b, n_boot=n_boot, seed=seed, groups=groups)
+                                    for b in baselines) if d is not None)
+    tick(total, total, "baselines")
+    settings = {
+        "C_grid": list(C_GRID), "outer_folds": N_OUTER, "inner_folds": N_INNER, "n_bootstrap": n_boot,
+        "shuffles_per_layer": n_shuffles_per_layer, "shuffles": n_shuffles, "seed": seed,
+        "pca_components": pca_components, "grouped_by_item": bool(pooled),
+        "score_scale": "each outer fold's test scores standardised by its training fold's decision values",
+    }
+    return RecoverabilityReport(
+        run_path=str(run.path), selection=label, n_rows=n_rows, n_ungraded=n_rows - len(rows), n=int(y.size),
+        n_pos=int(y.sum()), signal_name=_signal_label(graded["signal"].tolist()) if len(rows) else "H_int",
+        constant_layers=const, by_layer=tuple(by_layer), last_layers=last, last_layer_indices=last_idx,
+        baselines=tuple(baselines), differences=differences, settings=settings, elapsed_s=time.perf_counter() - t0,
+    )
+
+
+def probe_column(run: StudyRun, *, k: int = LAST_K, n_boot: int = N_BOOT, n_shuffles: int = N_SHUFFLES,
+                 seed: int = 0) -> dict[str, ProbeResult]:
+    """Last-``k``-layers probe per regime, for the paper-form regime comparison table."""
+    out = {}
+    for regime in dict.fromkeys(run.table["regime"].tolist()):
+        graded, _, _ = graded_selection(run, regime)
+        rows = graded["row"].to_numpy(int)
+        y = np.asarray([bool(v) for v in graded["correct"]], dtype=int)
+        out[regime] = probe_last_layers(np.asarray(run.hidden)[rows], y, k=k, n_boot=n_boot,
+                                        n_shuffles=n_shuffles, seed=seed)
+    return out
+
+
+def probe_column_text(results: dict[str, ProbeResult], k: int = LAST_K) -> dict[str, dict[str, str]]:
+    """``{column: {regime: "0.78 [0.72, 0.83]"}}`` for ``ic_core.study.compare.regime_comparison(extra_columns=...)``.
+
+    A regime without an AUROC shows its reason (e.g. ``"n too small"``), never a number.
+    """
+    return {f"Probe AUROC, last {k} layers [95 % CI]": {regime: r.ci_text() for regime, r in results.items()}}

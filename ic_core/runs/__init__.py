@@ -1,0 +1,1 @@
+"""Run folders: the typed row schema, the folder store and the writer's lock."""

@@ -1,0 +1,324 @@
+"""Study runs: a prompt set × regimes → states, outputs and grades, saved to a run folder.
+
+A run folder (format version :data:`FORMAT_VERSION`) holds::
+
+    manifest.json        what was run: model spec, regimes, templates, dataset hash,
+                         generation config, seed, library versions, status
+    dataset.jsonl        the items used (after the limit), so the run can be resumed or audited
+    items.jsonl          one JSON object per finished (item, regime) row, appended per batch
+    states/shard-KKKKK.npz   per batch k: rows (B,) int64, hidden (B, L+1, d) float16,
+                             lens_entropy_bits (B, L) float32
+    run.lock             only while a process writes the run (pid, host): a second writer is refused
+
+Rows are planned up front: row ``r`` is item ``r // len(regimes)`` in regime
+``regimes[r % len(regimes)]``, and batch ``k`` is rows ``[k·B, (k+1)·B)`` with the batch size
+``B`` stored in the manifest. A batch's shard is written atomically (temporary file, then
+``os.replace``) *before* its rows are appended to ``items.jsonl``, so a row counts as
+finished only when both exist. Calling :func:`run_study` again on the same folder with the
+same settings redoes only unfinished batches, with the same batch composition, so the result
+equals an uninterrupted run. Only the last prompt token's state is kept (float16), never
+whole sequences. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ic_core.errors import DataError
+from ic_core.io import atomic_write_npz
+from ic_core.runs.lock import run_in_progress
+from ic_core.runs.schema import _table
+
+FORMAT_VERSION = 1
+RUN_KIND = "ic_core.study_run"
+MANIFEST_FILE = "manifest.json"
+ITEMS_FILE = "items.jsonl"
+DATASET_FILE = "dataset.jsonl"
+STATES_DIR = "states"
+F16_MAX = float(np.finfo(np.float16).max)
+"""States are stored as float16; larger magnitudes are clipped and counted in the manifest."""
+RUNS_ENV = "IC_RUNS_DIR"
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+# ---------------------------------------------------------------- run folders and names
+
+
+def runs_root() -> Path:
+    """Where saved runs live: ``$IC_RUNS_DIR`` or ``./runs``."""
+    return Path(os.environ.get(RUNS_ENV) or "runs")
+
+
+def sanitize_name(name: str) -> str:
+    """A safe single folder name: letters, digits, ``.``, ``_``, ``-`` (no separators, no ``..``).
+
+    Raises:
+        DataError: nothing usable is left.
+
+    """
+    cleaned = _SAFE_NAME.sub("-", (name or "").strip()).strip(".-")
+    cleaned = re.sub(r"\.{2,}", ".", cleaned)[:80]
+    if not cleaned:
+        raise DataError(f"Run name {name!r} has no usable characters; use letters, digits, '-', '_' or '.'.")
+    return cleaned
+
+
+def run_path(name: str, root: Path | None = None) -> Path:
+    """The folder of run ``name`` under ``root`` (default :func:`runs_root`), name sanitised."""
+    return (root or runs_root()) / sanitize_name(name)
+
+
+def default_run_name(dataset_name: str, regimes: Sequence[str], n_items: int) -> str:
+    """``capitals-direct-cot-n20-20260101-120000`` (UTC time), already sanitised."""
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return sanitize_name(f"{dataset_name}-{'-'.join(regimes)}-n{n_items}-{stamp}")
+
+
+# ---------------------------------------------------------------- the loaded run
+
+
+@dataclass(frozen=True, eq=False)
+class StudyRun:
+    """A study run folder, loaded.
+
+    ``table`` has one row per finished (item, regime) pair, in plan order; its ``row`` column
+    indexes ``hidden`` and ``lens_entropy_bits`` (``plan_row`` is the row's place in the plan).
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+    table: pd.DataFrame
+    """Columns :data:`TABLE_COLUMNS` first, then ``plan_row``, ``output_source``, ``choices``, …"""
+    hidden: np.ndarray
+    """(N, L + 1, d) float16 read-out state per layer (index 0 = embeddings)."""
+    lens_entropy_bits: np.ndarray
+    """(N, L) float32 logit-lens entropy per layer 1..L (the last column is H_int)."""
+
+    def __post_init__(self) -> None:
+        n = len(self.table)
+        assert self.hidden.dtype == np.float16 and self.hidden.ndim == 3 and self.hidden.shape[0] == n
+        assert self.lens_entropy_bits.dtype == np.float32 and self.lens_entropy_bits.shape == (n, self.hidden.shape[1] - 1)
+
+    @property
+    def name(self) -> str:
+        """The folder name."""
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        """``running``, ``complete`` or ``cancelled``."""
+        return str(self.manifest.get("status", "unknown"))
+
+    @property
+    def regimes(self) -> tuple[str, ...]:
+        """Regimes in the order they were run."""
+        return tuple(self.manifest["regimes"])
+
+    @property
+    def n_layers(self) -> int:
+        """L (``hidden`` has L + 1 layers)."""
+        return int(self.manifest["n_layers"])
+
+    @property
+    def n_planned(self) -> int:
+        """Rows planned (items × regimes)."""
+        return int(self.manifest.get("n_rows_planned", len(self.table)))
+
+    def states(self, layer: int, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """(n, d) float32 states of one layer for the given table rows (all rows by default)."""
+        idx = self.table["row"].to_numpy() if rows is None else np.asarray(rows, dtype=np.int64)
+        return self.hidden[idx, layer, :].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A saved run, as listed without loading its states."""
+
+    name: str
+    path: Path
+    status: str
+    created: str
+    model_label: str
+    dataset_name: str
+    regimes: tuple[str, ...]
+    n_rows_done: int
+    n_rows_planned: int
+    mtime: float
+    """Modification time of ``items.jsonl`` (or the manifest): a cache key that changes as the run grows."""
+    in_progress: bool = False
+    """A live process on this machine is writing the run right now."""
+
+
+def _write_shard(path: Path, rows: np.ndarray, hidden: np.ndarray, lens: np.ndarray) -> None:
+    atomic_write_npz(path, rows=rows.astype(np.int64), hidden=hidden.astype(np.float16),
+                     lens_entropy_bits=lens.astype(np.float32))
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    """The manifest of a run folder, checked for kind and format version.
+
+    Raises:
+        DataError: no manifest, unreadable, another kind of folder or another format version.
+
+    """
+    folder = Path(path)
+    file = folder / MANIFEST_FILE
+    if not folder.is_dir():
+        raise DataError(f"Run folder {str(folder)!r} does not exist.")
+    if not file.is_file():
+        raise DataError(f"{str(folder)!r} is not a study run folder: it has no {MANIFEST_FILE}.")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"The manifest of {folder.name!r} is not valid JSON ({exc}); the run folder is damaged.") from exc
+    if not isinstance(manifest, dict) or manifest.get("kind") != RUN_KIND:
+        raise DataError(f"{folder.name!r} is not a study run folder (its manifest is not a {RUN_KIND} manifest).")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DataError(
+            f"Run {folder.name!r} has format version {version!r}; this version of the app reads version "
+            f"{FORMAT_VERSION}. Re-run the study (or open it with the version that wrote it)."
+        )
+    for key in ("regimes", "n_layers", "d_model"):
+        if key not in manifest:
+            raise DataError(f"The manifest of {folder.name!r} lacks {key!r}; the run folder is damaged.")
+    return manifest
+
+
+def _read_rows(folder: Path) -> tuple[dict[int, dict[str, Any]], bool]:
+    """Rows of items.jsonl by plan row; the flag says the last line was cut off (crash mid-write)."""
+    file = folder / ITEMS_FILE
+    rows: dict[int, dict[str, Any]] = {}
+    if not file.is_file():
+        return rows, False
+    lines = file.read_text(encoding="utf-8", errors="replace").split("\n")
+    truncated = False
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            plan_row = int(record["row"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            if number == len(lines) or (number == len(lines) - 1 and not lines[-1].strip()):
+                truncated = True  # an append interrupted half-way: that batch is redone
+                continue
+            raise DataError(f"{ITEMS_FILE} of {folder.name!r} is damaged at line {number} ({exc}).") from exc
+        rows[plan_row] = record
+    return rows, truncated
+
+
+def _shard_files(folder: Path) -> list[Path]:
+    return sorted((folder / STATES_DIR).glob("shard-*.npz"))
+
+
+def _read_shard(file: Path, n_layers: int, d_model: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            rows, hidden, lens = data["rows"], data["hidden"], data["lens_entropy_bits"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"State file {file.name} is damaged or not a study shard ({exc}).") from exc
+    b = rows.shape[0]
+    if hidden.shape != (b, n_layers + 1, d_model) or lens.shape != (b, n_layers) or hidden.dtype != np.float16:
+        raise DataError(
+            f"State file {file.name} has shapes {hidden.shape}/{lens.shape} ({hidden.dtype}); the manifest says "
+            f"L={n_layers}, d={d_model}, float16. The run folder is damaged."
+        )
+    return rows.astype(np.int64), hidden, lens.astype(np.float32)
+
+
+def _shard_rows(file: Path) -> np.ndarray:
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            return data["rows"].astype(np.int64)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return np.zeros(0, dtype=np.int64)
+
+
+def load_run(path: Path | str) -> StudyRun:
+    """Open a run folder (complete, cancelled or still running) without recomputing anything.
+
+    Only rows whose states and record both exist are included.
+
+    Raises:
+        DataError: not a run folder, another format version, or damaged files.
+
+    """
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    n_layers, d_model = int(manifest["n_layers"]), int(manifest["d_model"])
+    records, _ = _read_rows(folder)
+    hidden_parts, lens_parts, row_parts = [], [], []
+    for file in _shard_files(folder):
+        rows, hidden, lens = _read_shard(file, n_layers, d_model)
+        keep = np.array([int(r) in records for r in rows], dtype=bool)
+        row_parts.append(rows[keep])
+        hidden_parts.append(hidden[keep])
+        lens_parts.append(lens[keep])
+    if row_parts:
+        plan_rows = np.concatenate(row_parts)
+        hidden = np.concatenate(hidden_parts)
+        lens = np.concatenate(lens_parts)
+    else:
+        plan_rows = np.zeros(0, dtype=np.int64)
+        hidden = np.zeros((0, n_layers + 1, d_model), dtype=np.float16)
+        lens = np.zeros((0, n_layers), dtype=np.float32)
+    missing = sorted(set(records) - set(plan_rows.tolist()))
+    if missing:
+        raise DataError(
+            f"{ITEMS_FILE} of {folder.name!r} lists {len(missing)} row(s) whose states are missing "
+            f"(first: row {missing[0]}); a state file was deleted. Re-run the study to restore them."
+        )
+    if len(np.unique(plan_rows)) != len(plan_rows):
+        raise DataError(f"Run {folder.name!r} stores some rows twice; the run folder is damaged.")
+    order = np.argsort(plan_rows, kind="stable")
+    plan_rows, hidden, lens = plan_rows[order], hidden[order], lens[order]
+    table = _table([records[int(r)] for r in plan_rows])
+    return StudyRun(folder, manifest, table, np.ascontiguousarray(hidden), np.ascontiguousarray(lens))
+
+
+def list_runs(root: Path | str | None = None) -> list[RunInfo]:
+    """Run folders under ``root`` (default :func:`runs_root`), newest first; damaged ones are skipped."""
+    base = Path(root) if root is not None else runs_root()
+    if not base.is_dir():
+        return []
+    out = []
+    for folder in base.iterdir():
+        if not folder.is_dir():
+            continue
+        try:
+            m = read_manifest(folder)
+        except DataError:
+            continue
+        items = folder / ITEMS_FILE
+        stamp = max((items.stat().st_mtime if items.exists() else 0.0), (folder / MANIFEST_FILE).stat().st_mtime)
+        out.append(RunInfo(
+            name=folder.name, path=folder, status=str(m.get("status", "unknown")), created=str(m.get("created", "")),
+            model_label=str(m.get("model_label", "")), dataset_name=str(m.get("dataset", {}).get("name", "")),
+            regimes=tuple(m["regimes"]), n_rows_done=int(m.get("n_rows_done", 0)),
+            n_rows_planned=int(m.get("n_rows_planned", 0)), mtime=stamp, in_progress=run_in_progress(folder),
+        ))
+    return sorted(out, key=lambda r: r.mtime, reverse=True)
+
+
+def _shard_index(file: Path) -> int:
+    try:
+        return int(file.stem.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _shard_path(folder: Path, k: int) -> Path:
+    return folder / STATES_DIR / f"shard-{k:05d}.npz"

@@ -1,0 +1,1 @@
+"""Statistics on plain arrays: AUROC estimates, gating, geometry, entropies. Imports nothing above it."""

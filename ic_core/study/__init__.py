@@ -1,0 +1,1 @@
+"""Studies: the runner, regime comparisons and exports."""

@@ -1,0 +1,293 @@
+"""Summaries of a study: accuracy and entropy per regime, paired regime tests, dim_eff, PCA and placement."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ic_core.errors import DataError
+from ic_core.runs.schema import READOUT_NAMES, graded_correct
+from ic_core.runs.store import StudyRun
+
+# ---------------------------------------------------------------- summaries and comparisons
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """Wilson score 95 % interval of a proportion k/n; None when n = 0."""
+    if n <= 0:
+        return None
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def summarize(run: StudyRun) -> pd.DataFrame:
+    """Per regime: n, n_graded, accuracy, mean/median H_int, mean top-100 H_int, mean token entropy.
+
+    Accuracy is NaN when no row of the regime was graded.
+    """
+    out = []
+    for regime in run.regimes:
+        frame = run.table[run.table["regime"] == regime]
+        graded = graded_correct(frame)
+        out.append({
+            "regime": regime,
+            "n": len(frame),
+            "n_graded": len(graded),
+            "accuracy": float(graded.mean()) if len(graded) else math.nan,
+            "mean_h_int_bits": float(frame["h_int_bits"].mean()) if len(frame) else math.nan,
+            "median_h_int_bits": float(frame["h_int_bits"].median()) if len(frame) else math.nan,
+            "mean_h_int_top100_bits": float(frame["h_int_top100_bits"].mean()) if len(frame) else math.nan,
+            "mean_token_entropy_bits": float(frame["mean_token_entropy_bits"].mean()) if frame["mean_token_entropy_bits"].notna().any() else math.nan,
+        })
+    return pd.DataFrame(out, columns=["regime", "n", "n_graded", "accuracy", "mean_h_int_bits", "median_h_int_bits",
+                                      "mean_h_int_top100_bits", "mean_token_entropy_bits"])
+
+
+MIN_PAIRS = 6
+"""Fewer paired items than this: the Wilcoxon test is not reported (its smallest p is ≥ 0.03)."""
+
+
+@dataclass(frozen=True, eq=False)
+class RegimeComparison:
+    """The paper-form comparison of regimes on one study."""
+
+    per_regime: pd.DataFrame
+    """One row per regime: n, n_graded, accuracy, accuracy_ci_low/high (Wilson 95 %), mean_h_int_bits,
+    mean_h_int_top100_bits, dim_eff_weighted_pr, dim_eff_rank_cap, plus any extra columns."""
+    pairs: pd.DataFrame
+    """One row per pair of regimes: regime_a, regime_b, n_pairs, mean_diff_bits (b − a), median_diff_bits,
+    wilcoxon_statistic, p_value (NaN with a ``note`` when not computable)."""
+
+    def paper_table(self) -> pd.DataFrame:
+        """Formatted strings, one column per regime (accuracy [CI], H_int, dim_eff, extras)."""
+        rows: dict[str, dict[str, str]] = {}
+        base = {"regime", "signal", "n", "n_graded", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "mean_h_int_bits",
+                "mean_h_int_top100_bits", "dim_eff_weighted_pr", "dim_eff_rank_cap"}
+        for _, r in self.per_regime.iterrows():
+            acc = ("n/a (not graded)" if math.isnan(r["accuracy"])
+                   else f"{100 * r['accuracy']:.1f} % [{100 * r['accuracy_ci_low']:.1f}, {100 * r['accuracy_ci_high']:.1f}]")
+            col = {
+                "n": str(int(r["n"])),
+                "Accuracy [95 % CI]": acc,
+                "Read-out": READOUT_NAMES.get(r.get("signal"), "mixed (H_int and H_slot rows)"),
+                "Mean entropy at the read-out (bits)": _fmt(r["mean_h_int_bits"], 2),
+                "Same, top-100 variant (bits)": _fmt(r["mean_h_int_top100_bits"], 2),
+                "dim_eff (weighted PR)": _fmt(r["dim_eff_weighted_pr"], 1)
+                + ("" if math.isnan(r["dim_eff_weighted_pr"]) else f" (cap {int(r['dim_eff_rank_cap'])})"),
+            }
+            for c in self.per_regime.columns:
+                if c not in base:
+                    col[c] = "n/a" if r[c] is None or (isinstance(r[c], float) and math.isnan(r[c])) else str(r[c])
+            rows[str(r["regime"])] = col
+        return pd.DataFrame(rows)
+
+
+def _fmt(x: float, digits: int) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def regime_comparison(
+    run: StudyRun, extra_columns: Mapping[str, Mapping[str, Any]] | None = None,
+    dim_effs: Mapping[str, Any] | None = None,
+) -> RegimeComparison:
+    """Accuracy, H_int and dim_eff per regime, and paired Wilcoxon tests of H_int between regimes.
+
+    Args:
+        run: A loaded study.
+        extra_columns: ``{column: {regime: value}}`` merged into ``per_regime`` (e.g. the
+            probes page's ``{"Probe AUROC [95 % CI]": {"direct": "0.78 [0.72, 0.83]"}}``).
+        dim_effs: :func:`dim_eff_by_regime` of this run, if already computed.
+
+    """
+    from scipy.stats import wilcoxon
+
+    dims = dim_effs if dim_effs is not None else dim_eff_by_regime(run)
+    per = []
+    for regime in run.regimes:
+        frame = run.table[run.table["regime"] == regime]
+        graded = graded_correct(frame)
+        ci = wilson_interval(int(graded.sum()), len(graded))
+        d = dims.get(regime)
+        pr = d.weighted_participation_ratio if d is not None else None
+        cap = d.rank_cap if d is not None else max(0, len(frame) - 1)
+        signals = set(frame["signal"].dropna()) if "signal" in frame else set()
+        row: dict[str, Any] = {
+            "regime": regime, "signal": signals.pop() if len(signals) == 1 else "mixed",
+            "n": len(frame), "n_graded": len(graded),
+            "accuracy": float(graded.mean()) if len(graded) else math.nan,
+            "accuracy_ci_low": ci[0] if ci else math.nan, "accuracy_ci_high": ci[1] if ci else math.nan,
+            "mean_h_int_bits": float(frame["h_int_bits"].mean()) if len(frame) else math.nan,
+            "mean_h_int_top100_bits": float(frame["h_int_top100_bits"].mean()) if len(frame) else math.nan,
+            "dim_eff_weighted_pr": math.nan if pr is None else pr, "dim_eff_rank_cap": cap,
+        }
+        for column, values in (extra_columns or {}).items():
+            row[column] = values.get(regime)
+        per.append(row)
+    wide = run.table.pivot_table(index="item_id", columns="regime", values="h_int_bits", aggfunc="first")
+    pairs = []
+    for i, a in enumerate(run.regimes):
+        for b in run.regimes[i + 1:]:
+            both = wide[[a, b]].dropna() if a in wide and b in wide else pd.DataFrame(columns=[a, b])
+            diff = (both[b] - both[a]).to_numpy(dtype=float)
+            entry: dict[str, Any] = {
+                "regime_a": a, "regime_b": b, "n_pairs": len(diff),
+                "mean_diff_bits": float(diff.mean()) if len(diff) else math.nan,
+                "median_diff_bits": float(np.median(diff)) if len(diff) else math.nan,
+                "wilcoxon_statistic": math.nan, "p_value": math.nan, "note": "",
+            }
+            if len(diff) < MIN_PAIRS:
+                entry["note"] = f"n too small ({len(diff)} paired items; need ≥ {MIN_PAIRS})"
+            elif np.all(diff == 0):
+                entry["note"] = "all differences are zero"
+            else:
+                res = wilcoxon(diff, zero_method="wilcox", alternative="two-sided")
+                entry.update(wilcoxon_statistic=float(res.statistic), p_value=float(res.pvalue))
+            pairs.append(entry)
+    pair_cols = ["regime_a", "regime_b", "n_pairs", "mean_diff_bits", "median_diff_bits", "wilcoxon_statistic",
+                 "p_value", "note"]
+    return RegimeComparison(pd.DataFrame(per), pd.DataFrame(pairs, columns=pair_cols))
+
+
+# ---------------------------------------------------------------- placing a new prompt on the study
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one new state falls relative to a study's states at one layer (PCA of the study)."""
+
+    layer: int
+    scores: np.ndarray
+    """(N, 2) the study rows' first two principal-component scores."""
+    point: np.ndarray
+    """(2,) the new state's scores."""
+    explained_ratio: np.ndarray
+    """(2,) variance fraction of the two components."""
+    n_components: int
+    """Components k used for distances (≤ N − 1, ≤ 10)."""
+    nearest_distance: float
+    """Euclidean distance, in the k-component PCA space, from the new state to its nearest study row."""
+    nearest_row: int
+    """Table row of that nearest study item."""
+    study_nn_distances: np.ndarray
+    """(N,) each study row's distance to its own nearest other row (same space)."""
+    mahalanobis: float
+    """sqrt(Σ score_j² / var_j) over the k components: how many 'standard deviations' away."""
+    nn_percentile: float
+    """Share (0–100) of study rows whose own nearest-neighbour distance is below ``nearest_distance``."""
+
+    @property
+    def outside(self) -> bool:
+        """True when the new state is farther from the study than 95 % of study items are from each other."""
+        return self.nn_percentile > 95.0
+
+
+def place_state(run: StudyRun, hidden: np.ndarray, layer: int, rows: Sequence[int] | None = None) -> Placement:
+    """Project one (L + 1, d) state onto the study's PCA at ``layer`` and say how far it lies.
+
+    Raises:
+        DataError: the state's shape does not match the study's model, fewer than 3 rows, or the layer is constant.
+
+    """
+    hidden = np.asarray(hidden)
+    if hidden.shape != run.hidden.shape[1:]:
+        raise DataError(
+            f"This state has shape {hidden.shape} but the study's model gives {run.hidden.shape[1:]}: "
+            "analyse the prompt with the model the study used."
+        )
+    idx = run.table["row"].to_numpy() if rows is None else np.asarray(rows, dtype=np.int64)
+    if len(idx) < 3:
+        raise DataError(f"n too small: placing a prompt needs at least 3 study rows (have {len(idx)}).")
+    x = run.hidden[idx, layer, :].astype(np.float64)
+    mean = x.mean(axis=0)
+    centred = x - mean
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    var = s**2 / (len(idx) - 1)
+    k = int(min(10, len(idx) - 1, int((var > var[0] * 1e-9).sum()) if var.size and var[0] > 0 else 0))
+    if k < 1:
+        raise DataError(f"Layer {layer} is constant across the study's items: there is no spread to place a prompt in.")
+    scores = centred @ vt[:k].T
+    point = (hidden[layer].astype(np.float16).astype(np.float64) - mean) @ vt[:k].T
+    d_all = np.sqrt(((scores[:, None, :] - scores[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(d_all, np.inf)
+    study_nn = d_all.min(axis=1)
+    d_new = np.sqrt(((scores - point) ** 2).sum(-1))
+    nearest = int(np.argmin(d_new))
+    total = float(var.sum())
+    ratio = var[:2] / total if total > 0 else np.zeros(2)
+    two = np.zeros((len(idx), 2))
+    two[:, : min(2, k)] = scores[:, : min(2, k)]
+    p2 = np.zeros(2)
+    p2[: min(2, k)] = point[: min(2, k)]
+    return Placement(
+        layer=layer, scores=two, point=p2, explained_ratio=np.pad(ratio, (0, 2 - len(ratio))),
+        n_components=k, nearest_distance=float(d_new[nearest]), nearest_row=int(idx[nearest]),
+        study_nn_distances=study_nn, mahalanobis=float(np.sqrt((point**2 / var[:k]).sum())),
+        nn_percentile=float(100.0 * (study_nn < d_new[nearest]).mean()),
+    )
+
+
+# ---------------------------------------------------------------- per-layer views of the states
+
+
+def dim_eff_by_regime(run: StudyRun) -> dict[str, Any]:
+    """``{regime: DimEff}`` over each regime's rows (regimes with fewer than 2 rows are left out)."""
+    from ic_core.stats.geometry import dim_eff
+
+    out = {}
+    for regime in run.regimes:
+        rows = run.table.loc[run.table["regime"] == regime, "row"].to_numpy()
+        if len(rows) >= 2:
+            out[regime] = dim_eff(run.hidden[rows].astype(np.float32))
+    return out
+
+
+def default_pca_layer(n_layers: int) -> int:
+    """A late-middle layer (about two thirds of the depth), where states separate items best."""
+    return max(1, round(2 * n_layers / 3))
+
+
+@dataclass(frozen=True)
+class StudyPCA:
+    """First two principal components of one layer's states over some study rows."""
+
+    layer: int
+    rows: np.ndarray
+    """(n,) table rows, in the order of ``scores``."""
+    scores: np.ndarray
+    """(n, 2) PC1/PC2 scores."""
+    explained_ratio: np.ndarray
+    """(2,) variance fraction of PC1 and PC2."""
+
+
+def pca_of_layer(run: StudyRun, layer: int, rows: Sequence[int] | np.ndarray | None = None) -> StudyPCA:
+    """PCA of the states at ``layer`` (all rows by default).
+
+    Raises:
+        DataError: fewer than 3 rows, a layer out of range, or a constant layer (PCA undefined).
+
+    """
+    from ic_core.stats.geometry import constant_layers, pca
+
+    if not 0 <= layer <= run.n_layers:
+        raise DataError(f"Layer {layer} is out of range: the model has layers 0..{run.n_layers}.")
+    idx = run.table["row"].to_numpy() if rows is None else np.asarray(rows, dtype=np.int64)
+    if len(idx) < 3:
+        raise DataError(f"n too small: a PCA needs at least 3 rows (have {len(idx)}).")
+    x = run.hidden[idx, layer, :].astype(np.float32)
+    if constant_layers(x[:, None, :]):
+        raise DataError(
+            f"Layer {layer} is identical for every item (e.g. the embedding of the same last token): "
+            "its PCA is undefined. Pick a later layer."
+        )
+    scores, _, _, ratio = pca(x, 2)
+    two = np.zeros((len(idx), 2))
+    two[:, : scores.shape[1]] = scores
+    return StudyPCA(layer, idx, two, np.pad(ratio, (0, 2 - len(ratio))))

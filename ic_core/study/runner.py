@@ -1,0 +1,426 @@
+"""Running a study: a prompt set × regimes → states, outputs and grades, written batch by batch and resumable."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ic_core.datasets import PromptItem, items_jsonl, items_sha256, load_items
+from ic_core.errors import DataError, ICError
+from ic_core.generate import MAX_NEW_TOKENS_LIMIT, GenerationConfig
+from ic_core.io import atomic_write_bytes, atomic_write_json
+from ic_core.prompts import REGIMES, PromptTemplate, RenderedPrompt, render, template_for
+from ic_core.runs.lock import _acquire_lock, _release_lock
+from ic_core.runs.schema import _finite
+from ic_core.runs.store import (
+    DATASET_FILE,
+    F16_MAX,
+    FORMAT_VERSION,
+    ITEMS_FILE,
+    MANIFEST_FILE,
+    RUN_KIND,
+    STATES_DIR,
+    StudyRun,
+    _read_rows,
+    _shard_files,
+    _shard_index,
+    _shard_path,
+    _shard_rows,
+    _write_shard,
+    load_run,
+    read_manifest,
+)
+
+COT_MIN_NEW_TOKENS = 192
+"""Chain of thought needs room to reason before its ``####`` line."""
+MAX_LIMIT = 1000
+"""Most items per study in the app (the engine accepts more)."""
+IDENTITY_KEYS: tuple[str, ...] = (
+    "model", "regimes", "templates", "use_item_prefix", "answer_prefix", "dataset_items_sha256",
+    "n_items", "generation", "generate", "seed",
+)
+"""Manifest fields that must match for :func:`run_study` to resume a folder."""
+
+ProgressFn = Callable[[int, int, float | None, str], None]
+CancelFn = Callable[[], bool]
+
+
+# ---------------------------------------------------------------- running a study
+
+
+@dataclass(frozen=True)
+class _Planned:
+    row: int
+    item: PromptItem
+    regime: str
+    rendered: RenderedPrompt
+    item_prefix_used: bool
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    import ic_core
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "numpy": np.__version__, "ic_core": ic_core.__version__,
+    }
+
+
+def _prefix_for(item: PromptItem, regime: str, use_item_prefix: bool, answer_prefix: str | None) -> tuple[str | None, bool]:
+    """Forced prefixes apply to the direct regime only (CoT must reason first; babble must not answer)."""
+    if regime != "direct":
+        return None, False
+    if use_item_prefix and item.answer_prefix:
+        return item.answer_prefix, True
+    return (answer_prefix or "").strip() or None, False
+
+
+def _templates(items: Sequence[PromptItem], regimes: Sequence[str], answer_prefix: str | None) -> dict[str, Any]:
+    kinds = sorted({it.kind for it in items})
+    out: dict[str, Any] = {}
+    for regime in regimes:
+        out[regime] = {}
+        for kind in kinds:
+            t = template_for(regime, kind, answer_prefix if regime == "direct" else None)
+            out[regime][kind] = {"user": t.user, "system": t.system, "answer_prefix": t.answer_prefix}
+    return out
+
+
+def _gen_by_regime(config: GenerationConfig, regimes: Sequence[str]) -> dict[str, int]:
+    cot = min(MAX_NEW_TOKENS_LIMIT, max(config.max_new_tokens, COT_MIN_NEW_TOKENS))
+    return {r: (cot if r == "cot" else config.max_new_tokens) for r in regimes}
+
+
+def _plan(
+    loaded: Any, items: Sequence[PromptItem], regimes: Sequence[str], use_item_prefix: bool, answer_prefix: str | None
+) -> list[_Planned]:
+    max_ctx = getattr(loaded.model.config, "max_position_embeddings", None)
+    plan, problems = [], []
+    for item in items:
+        for regime in regimes:
+            prefix, used = _prefix_for(item, regime, use_item_prefix, answer_prefix)
+            template: PromptTemplate = template_for(regime, item.kind, prefix)
+            try:
+                rendered = render(loaded.tokenizer, item.question, template, item.choices, "last", max_ctx)
+            except ICError as exc:
+                problems.append(f"{item.id} ({regime}): {exc}")
+                continue
+            plan.append(_Planned(len(plan), item, regime, rendered, used))
+    if problems:
+        raise DataError(f"{len(problems)} prompt(s) cannot be rendered; fix or remove them: " + "; ".join(problems[:5]))
+    return plan
+
+
+def _new_manifest(
+    loaded: Any, items: Sequence[PromptItem], regimes: Sequence[str], config: GenerationConfig, *, folder: Path,
+    dataset_name: str, dataset_sha256: str | None, n_items_in_set: int, limit: int | None, use_item_prefix: bool,
+    answer_prefix: str | None, batch_size: int, generate: bool, seed: int, n_rows: int,
+) -> dict[str, Any]:
+    manifest = {
+        "kind": RUN_KIND,
+        "format_version": FORMAT_VERSION,
+        "name": folder.name,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "model": loaded.spec.to_dict(),
+        "model_label": loaded.spec.label,
+        "n_layers": loaded.n_layers,
+        "d_model": loaded.d_model,
+        "vocab_size": loaded.vocab_size,
+        "chat_template_used": loaded.has_chat_template,
+        "regimes": list(regimes),
+        "templates": _templates(items, regimes, answer_prefix),
+        "use_item_prefix": use_item_prefix,
+        "answer_prefix": (answer_prefix or "").strip() or None,
+        "dataset": {"name": dataset_name, "sha256": dataset_sha256, "n_items_in_set": n_items_in_set, "limit": limit},
+        "dataset_items_sha256": items_sha256(items),
+        "n_items": len(items),
+        "generation": {"config": asdict(config), "max_new_tokens_by_regime": _gen_by_regime(config, regimes)},
+        "generate": generate,
+        "seed": seed,
+        "batch_size": batch_size,
+        "state_dtype": "float16",
+        "versions": _versions(),
+        "n_rows_planned": n_rows,
+        "n_rows_done": 0,
+        "elapsed_s": 0.0,
+        "status": "running",
+    }
+    return json.loads(json.dumps(manifest))  # the same types a re-read manifest has
+
+
+def _open_folder(folder: Path, manifest: dict[str, Any], items: Sequence[PromptItem]) -> dict[str, Any]:
+    """Start a new run folder, or check that an existing one is the same study and return its manifest."""
+    if (folder / MANIFEST_FILE).exists():
+        old = read_manifest(folder)
+        diff = [k for k in IDENTITY_KEYS if old.get(k) != manifest.get(k)]
+        if diff:
+            raise DataError(
+                f"Run folder {folder.name!r} holds a different study (differs in: {', '.join(diff)}). "
+                "Choose another run name, or repeat the original settings to resume it."
+            )
+        return old
+    if folder.exists() and any(folder.iterdir()):
+        raise DataError(f"{str(folder)!r} exists and is not a study run folder; choose another name.")
+    (folder / STATES_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / DATASET_FILE, items_jsonl(items).encode("utf-8"))
+    atomic_write_json(folder / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def _finished_batches(folder: Path, n_rows: int, batch_size: int) -> set[int]:
+    """Batches whose every row has its record and states; unfinished leftovers are removed."""
+    records, truncated = _read_rows(folder)
+    in_shards: set[int] = set()
+    for file in _shard_files(folder):
+        in_shards.update(int(r) for r in _shard_rows(file))
+    done_rows = set(records) & in_shards
+    n_batches = math.ceil(n_rows / batch_size)
+    done = {k for k in range(n_batches) if all(r in done_rows for r in range(k * batch_size, min(n_rows, (k + 1) * batch_size)))}
+    keep = {r: rec for r, rec in records.items() if r // batch_size in done}
+    if truncated or len(keep) != len(records):
+        lines = "".join(json.dumps(keep[r], ensure_ascii=False, allow_nan=False) + "\n" for r in sorted(keep))
+        atomic_write_bytes(folder / ITEMS_FILE, lines.encode("utf-8"))
+    for file in _shard_files(folder):
+        if _shard_index(file) not in done:
+            file.unlink()
+    return done
+
+
+def _record(p: _Planned, state: Any, tokenizer: Any, gen: Any, output: str | None, source: str | None,
+            grade_result: Any, max_new: int | None) -> dict[str, Any]:
+    item = p.item
+    top = [[tokenizer.decode([int(i)]), float(q)] for i, q in zip(state.top_ids[:5], state.top_probs[:5])]
+    return {
+        "row": p.row,
+        "item_id": item.id,
+        "regime": p.regime,
+        "question": item.question,
+        "kind": item.kind,
+        "expected": item.answer,
+        "aliases": list(item.aliases),
+        "choices": list(item.choices),
+        "tags": list(item.tags),
+        "output_text": output,
+        "output_source": source,
+        "extracted_answer": grade_result.extracted if grade_result else None,
+        "correct": grade_result.correct if grade_result else None,
+        "grade_rule": grade_result.rule if grade_result else None,
+        "h_int_bits": _finite(state.h_int_bits),
+        "h_int_top100_bits": _finite(state.h_int_top100_bits),
+        "top1_prob": _finite(state.top1_prob),
+        "top_tokens": top,
+        "mean_token_entropy_bits": _finite(gen.mean_entropy_bits) if gen is not None else None,
+        "generated_tokens": list(gen.tokens) if gen is not None else None,
+        "token_entropies_bits": [round(float(h), 4) for h in gen.entropy_bits] if gen is not None else None,
+        "n_generated_tokens": len(gen.token_ids) if gen is not None else None,
+        "stop_reason": gen.stop_reason if gen is not None else None,
+        "max_new_tokens": max_new,
+        "generate_s": gen.elapsed_s if gen is not None else None,
+        "n_prompt_tokens": p.rendered.n_tokens,
+        "readout_index": p.rendered.readout_index,
+        "readout_token": p.rendered.readout_token,
+        "readout_is_formatting": p.rendered.readout_is_formatting,
+        "skipped_tokens": [tokenizer.decode([i]) for i in state.skipped_ids],
+        "signal": "H_slot" if p.rendered.answer_prefix else "H_int",
+        "answer_prefix": p.rendered.answer_prefix,
+        "item_prefix_used": p.item_prefix_used,
+        "user_text": p.rendered.user_text,
+    }
+
+
+def run_study(
+    loaded: Any,
+    items: Sequence[PromptItem],
+    regimes: Sequence[str],
+    out_dir: Path | str,
+    limit: int | None = None,
+    gen_config: GenerationConfig | None = None,
+    use_item_prefix: bool = True,
+    answer_prefix: str | None = None,
+    batch_size: int = 8,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    generate: bool = True,
+    seed: int = 0,
+    dataset_name: str = "custom",
+    dataset_sha256: str | None = None,
+) -> StudyRun:
+    """Run (or resume) a study and return it loaded from its folder.
+
+    For every item (the first ``limit``) and regime: render the prompt, read the state with
+    one batched forward pass, then generate (greedy unless configured; CoT gets at least
+    :data:`COT_MIN_NEW_TOKENS` new tokens) and grade. Items that carry an ``output`` are
+    graded from it, without generating. Results are written after every batch.
+
+    Args:
+        loaded: The model (a :class:`ic_core.models.LoadedModel`).
+        items: The prompt set.
+        regimes: Subset of :data:`ic_core.prompts.REGIMES`, in the order to run them.
+        out_dir: The run folder (created; or resumed when it holds the same study).
+        limit: Use only the first ``limit`` items.
+        gen_config: Decoding settings (default: greedy, 64 new tokens).
+        use_item_prefix: In the direct regime, read the state after each item's
+            ``answer_prefix`` (H_slot) instead of at the end of the prompt.
+        answer_prefix: A forced prefix for direct-regime items without their own.
+        batch_size: Rows per batch (one forward pass and one shard each). A resumed run keeps
+            the batch size it was started with, so the batches are the same.
+        progress: Called as ``progress(done_rows, total_rows, eta_s, message)``.
+        cancel: Polled between generations; when it returns True the run stops, keeping
+            every finished row (status ``cancelled``).
+        generate: False reads states (and grades dataset outputs) without generating.
+        seed: Seed of sampling (row ``r`` uses ``seed + r``); recorded in the manifest.
+        dataset_name: Name recorded in the manifest.
+        dataset_sha256: Hash of the source file, recorded in the manifest.
+
+    Raises:
+        DataError: unknown regimes, no items, unrenderable prompts, or a folder holding another study.
+
+    """
+    regimes = list(dict.fromkeys(regimes))
+    bad = [r for r in regimes if r not in REGIMES]
+    if not regimes or bad:
+        raise DataError(f"Choose regimes among {', '.join(REGIMES)} (got {', '.join(regimes) or 'none'}).")
+    if limit is not None and limit < 1:
+        raise DataError(f"The item limit must be at least 1 (got {limit}).")
+    if batch_size < 1:
+        raise DataError(f"The batch size must be at least 1 (got {batch_size}).")
+    n_in_set = len(items)
+    items = list(items)[: limit] if limit is not None else list(items)
+    if not items:
+        raise DataError("The prompt set has no items to run.")
+    config = gen_config or GenerationConfig()
+    folder = Path(out_dir)
+    plan = _plan(loaded, items, regimes, use_item_prefix, answer_prefix)
+    manifest = _open_folder(folder, _new_manifest(
+        loaded, items, regimes, config, folder=folder, dataset_name=dataset_name, dataset_sha256=dataset_sha256,
+        n_items_in_set=n_in_set, limit=limit, use_item_prefix=use_item_prefix, answer_prefix=answer_prefix,
+        batch_size=batch_size, generate=generate, seed=seed, n_rows=len(plan),
+    ), items)
+    _acquire_lock(folder)
+    try:
+        return _run_batches(loaded, folder, manifest, plan, config, progress, cancel, generate, seed)
+    finally:
+        _release_lock(folder)
+
+
+def _run_batches(
+    loaded: Any, folder: Path, manifest: dict[str, Any], plan: list[_Planned], config: GenerationConfig,
+    progress: ProgressFn | None, cancel: CancelFn | None, generate: bool, seed: int,
+) -> StudyRun:
+    """The batch loop of :func:`run_study` (the folder is open and locked)."""
+    from ic_core.capture import capture_batch
+
+    batch_size = int(manifest["batch_size"])
+    max_new = {r: int(n) for r, n in manifest["generation"]["max_new_tokens_by_regime"].items()}
+    done_batches = _finished_batches(folder, len(plan), batch_size)
+    total = len(plan)
+    done_rows = sum(min(total, (k + 1) * batch_size) - k * batch_size for k in done_batches)
+    manifest.update(status="running", n_rows_done=done_rows)
+    atomic_write_json(folder / MANIFEST_FILE, manifest)
+    start, processed, cancelled = time.perf_counter(), 0, False
+    prior_s = float(manifest.get("elapsed_s", 0.0))
+
+    def report(message: str) -> None:
+        if progress is not None:
+            rate = (time.perf_counter() - start) / processed if processed else None
+            progress(done_rows, total, None if rate is None else rate * (total - done_rows), message)
+
+    report("resuming" if done_rows else "starting")
+    for k in range(math.ceil(total / batch_size)):
+        if k in done_batches:
+            continue
+        if cancel is not None and cancel():
+            cancelled = True
+            break
+        batch = plan[k * batch_size:(k + 1) * batch_size]
+        states = capture_batch(loaded, [p.rendered for p in batch], batch_size=batch_size)
+        records, finished = [], []
+        for p, state in zip(batch, states):
+            if records and cancel is not None and cancel():
+                cancelled = True
+                break
+            records.append(_run_row(loaded, p, state, config, max_new[p.regime], generate, seed))
+            finished.append(state)
+            processed += 1
+            done_rows += 1
+            report(f"{p.item.id} · {p.regime}")
+        rows = np.array([p.row for p in batch[: len(finished)]], dtype=np.int64)
+        hidden32 = np.stack([s.hidden for s in finished])
+        clipped = int((np.abs(hidden32) > F16_MAX).sum())
+        if clipped:  # some models have activations beyond float16's range: clip them, and say so
+            manifest["n_state_values_clipped"] = int(manifest.get("n_state_values_clipped", 0)) + clipped
+        hidden = np.clip(hidden32, -F16_MAX, F16_MAX).astype(np.float16)
+        lens = np.stack([s.lens.entropy_bits[0] for s in finished]).astype(np.float32)
+        _write_shard(_shard_path(folder, k), rows, hidden, lens)
+        with open(folder / ITEMS_FILE, "a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records))
+            fh.flush()
+            os.fsync(fh.fileno())
+        manifest.update(n_rows_done=done_rows, elapsed_s=round(prior_s + time.perf_counter() - start, 3))
+        atomic_write_json(folder / MANIFEST_FILE, manifest)
+        if cancelled:
+            break
+    manifest.update(
+        status="cancelled" if cancelled else "complete", n_rows_done=done_rows,
+        elapsed_s=round(prior_s + time.perf_counter() - start, 3),
+        finished=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    )
+    atomic_write_json(folder / MANIFEST_FILE, manifest)
+    report("cancelled" if cancelled else "complete")
+    return load_run(folder)
+
+
+def resume_run(loaded: Any, path: Path | str, progress: ProgressFn | None = None,
+               cancel: CancelFn | None = None) -> StudyRun:
+    """Finish an interrupted or cancelled run with its own items and settings (from its folder).
+
+    Raises:
+        DataError: not a run folder, its item file is missing, or ``loaded`` is not the run's model.
+
+    """
+    folder = Path(path)
+    m = read_manifest(folder)
+    if loaded.spec.to_dict() != m["model"]:
+        raise DataError(
+            f"Run {folder.name!r} was made with {m.get('model_label')}; load that model (sidebar or --model) to resume it."
+        )
+    if not (folder / DATASET_FILE).is_file():
+        raise DataError(f"Run {folder.name!r} has no {DATASET_FILE}: run the study again from its prompt set.")
+    items = load_items(folder / DATASET_FILE).items
+    config = GenerationConfig(**m["generation"]["config"])
+    return run_study(
+        loaded, items, m["regimes"], folder, gen_config=config, use_item_prefix=m["use_item_prefix"],
+        answer_prefix=m["answer_prefix"], batch_size=int(m["batch_size"]), progress=progress, cancel=cancel,
+        generate=m["generate"], seed=int(m["seed"]), dataset_name=m["dataset"]["name"], dataset_sha256=m["dataset"]["sha256"],
+    )
+
+
+def _run_row(loaded: Any, p: _Planned, state: Any, config: GenerationConfig, max_new: int, generate: bool,
+             seed: int) -> dict[str, Any]:
+    from ic_core.generate import generate as generate_fn
+    from ic_core.grading import grade
+
+    item, gen, source, output = p.item, None, None, None
+    if item.output is not None:
+        output, source = item.output, "dataset"
+    elif generate:
+        row_config = replace(config, max_new_tokens=max_new, seed=seed + p.row)
+        gen = generate_fn(loaded, p.rendered, row_config)
+        output, source = gen.answer_text, "generated"
+    result = None
+    if output is not None:
+        result = grade(output, item.answer, item.kind, item.aliases, item.choices, item.question)
+    return _record(p, state, loaded.tokenizer, gen, output, source, result, max_new if gen is not None else None)
