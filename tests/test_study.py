@@ -19,8 +19,18 @@ from ic_core.generate import GenerationConfig
 from ic_core.grading import grade
 from ic_core.prompts import render, template_for
 from ic_core.runs.lock import run_in_progress
-from ic_core.runs.schema import TABLE_COLUMNS
-from ic_core.runs.store import FORMAT_VERSION, StudyRun, list_runs, load_run, run_path, runs_root, sanitize_name
+from ic_core.runs.schema import TABLE_COLUMNS, RunRow, signal_label, table_from_rows, verdict_label
+from ic_core.runs.store import (
+    FORMAT_VERSION,
+    StudyRun,
+    list_runs,
+    load_run,
+    read_rows,
+    run_mtime,
+    run_path,
+    runs_root,
+    sanitize_name,
+)
 from ic_core.study.compare import (
     dim_eff_by_regime,
     pca_of_layer,
@@ -271,6 +281,79 @@ class TestFolders:
         with np.load(full_run.path / "states" / "shard-00000.npz", allow_pickle=False) as z:
             assert sorted(z.files) == ["hidden", "lens_entropy_bits", "rows"]
             assert z["rows"].tolist() == [0, 1, 2] and z["hidden"].dtype == np.float16
+
+
+class TestRunRow:
+    """The typed row of items.jsonl: exact round trip, typed validation, the table built from rows."""
+
+    def test_round_trip_is_byte_identical_and_builds_the_loaded_table(self, full_run):
+        """Every written line parses to a RunRow whose to_json() writes the same bytes; the table equals load_run's."""
+        lines = (full_run.path / "items.jsonl").read_text(encoding="utf-8").splitlines()
+        rows = [RunRow.from_json(json.loads(line)) for line in lines]
+        again = [json.dumps(r.to_json(), ensure_ascii=False, allow_nan=False) for r in rows]
+        assert again == lines and [r.row for r in rows] == list(range(8))
+        assert isinstance(rows[0].aliases, tuple) and isinstance(rows[0].to_json()["aliases"], list)
+        assert rows[0].signal == "H_slot" and rows[0].answer_prefix == "the capital of france is"
+        pd.testing.assert_frame_equal(table_from_rows(rows), full_run.table)
+
+    def _line(self, full_run) -> dict:
+        return json.loads((full_run.path / "items.jsonl").read_text(encoding="utf-8").splitlines()[0])
+
+    @pytest.mark.parametrize(("key", "value", "message"), [
+        ("correct", "yes", "'correct' must be true, false or null, got 'yes'"),
+        ("row", True, "'row' must be an integer, got True"),
+        ("row", "3", "'row' must be an integer, got '3'"),
+        ("h_int_bits", "2.5", "'h_int_bits' must be a finite number or null"),
+        ("h_int_bits", float("nan"), "'h_int_bits' must be a finite number or null, got nan"),
+        ("top_tokens", [["a", 0.5, 1]], "'top_tokens' must be a list of \\[token, probability\\] pairs"),
+        ("tags", ["ok", 3], "'tags' must be a list of texts"),
+        ("signal", "H_other", "'signal' must be 'H_int' or 'H_slot'"),
+    ])
+    def test_wrong_types_are_refused_by_name(self, full_run, key, value, message):
+        with pytest.raises(DataError, match=message):
+            RunRow.from_json({**self._line(full_run), key: value})
+
+    def test_missing_keys_and_non_objects_are_refused(self, full_run):
+        line = self._line(full_run)
+        del line["user_text"]
+        with pytest.raises(DataError, match="lacks 'user_text'"):
+            RunRow.from_json(line)
+        with pytest.raises(DataError, match="must be a JSON object, got list"):
+            RunRow.from_json([1, 2])
+        extra = RunRow.from_json({**self._line(full_run), "later_key": 1})  # unknown keys are ignored
+        assert "later_key" not in extra.to_json() and extra.to_json() == self._line(full_run)
+
+    def test_a_mistyped_line_is_damage_except_as_the_torn_last_line(self, full_run, tmp_path):
+        out = tmp_path / "typed"
+        shutil.copytree(full_run.path, out)
+        lines = (out / "items.jsonl").read_text(encoding="utf-8").splitlines()
+        bad = json.dumps({**json.loads(lines[1]), "correct": "yes"})
+        (out / "items.jsonl").write_text("\n".join([lines[0], bad, *lines[2:]]) + "\n", encoding="utf-8")
+        with pytest.raises(DataError, match="damaged at line 2 \\('correct' must be true, false or null"):
+            load_run(out)
+        last = json.dumps({**json.loads(lines[7]), "correct": "yes"})
+        (out / "items.jsonl").write_text("\n".join([*lines[:7], last]) + "\n", encoding="utf-8")
+        rows, truncated = read_rows(out)
+        assert truncated and sorted(rows) == list(range(7))
+
+    def test_verdict_and_signal_labels(self):
+        assert [verdict_label(v) for v in (True, False, None, np.bool_(True), math.nan)] == [
+            "correct", "wrong", "not graded", "correct", "not graded"]
+        assert signal_label(["H_slot", "H_slot"]) == "H_slot"
+        assert signal_label(["H_int", "H_slot"]) == "H_int / H_slot"
+        assert signal_label(["H_int"]) == "H_int" and signal_label([]) == "H_int"
+
+    def test_run_mtime_follows_the_newest_of_manifest_and_items(self, full_run, tmp_path):
+        import os
+
+        out = tmp_path / "m"
+        shutil.copytree(full_run.path, out)
+        os.utime(out / "manifest.json", (100.0, 100.0))
+        os.utime(out / "items.jsonl", (200.0, 200.0))
+        assert run_mtime(out) == 200.0 and list_runs(tmp_path)[0].mtime == 200.0
+        (out / "items.jsonl").unlink()
+        assert run_mtime(out) == 100.0
+        assert run_mtime(tmp_path / "none") == 0.0
 
 
 def _synthetic_run(tmp_path, n_items=12, seed=0, constant_layer0=True) -> StudyRun:

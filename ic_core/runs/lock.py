@@ -46,7 +46,13 @@ def run_in_progress(path: Path | str) -> bool:
     return _lock_owner(Path(path)) is not None
 
 
-def _acquire_lock(folder: Path) -> None:
+def acquire_lock(folder: Path) -> None:
+    """Take the writer's lock of a run folder for this process and thread.
+
+    Raises:
+        DataError: another live process (or a thread of this one) holds it; the message names it.
+
+    """
     with _ACTIVE_LOCK:
         owner = _lock_owner(folder)
         if owner is not None:
@@ -60,7 +66,8 @@ def _acquire_lock(folder: Path) -> None:
         _ACTIVE.add(str(folder.resolve()))
 
 
-def _release_lock(folder: Path) -> None:
+def release_lock(folder: Path) -> None:
+    """Give the lock back (remove ``run.lock``); safe to call when it is already gone."""
     with _ACTIVE_LOCK:
         _ACTIVE.discard(str(folder.resolve()))
         (folder / LOCK_FILE).unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Study runs: a prompt set × regimes → states, outputs and grades, saved to a run folder.
+"""The run-folder format: its files, writing and reading them, loading and listing runs.
 
 A run folder (format version :data:`FORMAT_VERSION`) holds::
 
@@ -14,7 +14,7 @@ Rows are planned up front: row ``r`` is item ``r // len(regimes)`` in regime
 ``regimes[r % len(regimes)]``, and batch ``k`` is rows ``[k·B, (k+1)·B)`` with the batch size
 ``B`` stored in the manifest. A batch's shard is written atomically (temporary file, then
 ``os.replace``) *before* its rows are appended to ``items.jsonl``, so a row counts as
-finished only when both exist. Calling :func:`run_study` again on the same folder with the
+finished only when both exist. Calling :func:`ic_core.study.runner.run_study` again on the same folder with the
 same settings redoes only unfinished batches, with the same batch composition, so the result
 equals an uninterrupted run. Only the last prompt token's state is kept (float16), never
 whole sequences. Nothing is pickled.
@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 
 from ic_core.errors import DataError
-from ic_core.io import atomic_write_npz
+from ic_core.io import atomic_write_bytes, atomic_write_npz
 from ic_core.runs.lock import run_in_progress
-from ic_core.runs.schema import _table
+from ic_core.runs.schema import RunRow, table_from_rows
 
 FORMAT_VERSION = 1
 RUN_KIND = "ic_core.study_run"
@@ -161,7 +161,16 @@ class RunInfo:
     """A live process on this machine is writing the run right now."""
 
 
-def _write_shard(path: Path, rows: np.ndarray, hidden: np.ndarray, lens: np.ndarray) -> None:
+def write_shard(path: Path, rows: np.ndarray, hidden: np.ndarray, lens: np.ndarray) -> None:
+    """Write one batch's shard atomically.
+
+    Args:
+        path: The shard file (:func:`shard_path`).
+        rows: (B,) plan rows of the batch.
+        hidden: (B, L + 1, d) states, stored as float16.
+        lens: (B, L) logit-lens entropy per layer, bits, stored as float32.
+
+    """
     atomic_write_npz(path, rows=rows.astype(np.int64), hidden=hidden.astype(np.float16),
                      lens_entropy_bits=lens.astype(np.float32))
 
@@ -197,10 +206,18 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
     return manifest
 
 
-def _read_rows(folder: Path) -> tuple[dict[int, dict[str, Any]], bool]:
-    """Rows of items.jsonl by plan row; the flag says the last line was cut off (crash mid-write)."""
+def read_rows(folder: Path) -> tuple[dict[int, RunRow], bool]:
+    """The rows of a folder's ``items.jsonl`` by plan row, and whether its last line was cut off.
+
+    A bad last line is an append interrupted half-way (a crash mid-write): it is skipped and
+    flagged, so that batch is redone. A bad line anywhere else is damage.
+
+    Raises:
+        DataError: a line before the last is not JSON or not a valid :class:`RunRow` (named with its number).
+
+    """
     file = folder / ITEMS_FILE
-    rows: dict[int, dict[str, Any]] = {}
+    rows: dict[int, RunRow] = {}
     if not file.is_file():
         return rows, False
     lines = file.read_text(encoding="utf-8", errors="replace").split("\n")
@@ -209,18 +226,35 @@ def _read_rows(folder: Path) -> tuple[dict[int, dict[str, Any]], bool]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-            plan_row = int(record["row"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            record = RunRow.from_json(json.loads(line))
+        except (json.JSONDecodeError, DataError) as exc:
             if number == len(lines) or (number == len(lines) - 1 and not lines[-1].strip()):
                 truncated = True  # an append interrupted half-way: that batch is redone
                 continue
             raise DataError(f"{ITEMS_FILE} of {folder.name!r} is damaged at line {number} ({exc}).") from exc
-        rows[plan_row] = record
+        rows[record.row] = record
     return rows, truncated
 
 
-def _shard_files(folder: Path) -> list[Path]:
+def _jsonl(rows: Sequence[RunRow]) -> bytes:
+    return "".join(json.dumps(r.to_json(), ensure_ascii=False, allow_nan=False) + "\n" for r in rows).encode("utf-8")
+
+
+def append_rows(folder: Path, rows: Sequence[RunRow]) -> None:
+    """Append rows to ``items.jsonl`` as one write, flushed and fsynced before returning."""
+    with open(folder / ITEMS_FILE, "ab") as fh:
+        fh.write(_jsonl(rows))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def rewrite_rows(folder: Path, rows: Sequence[RunRow]) -> None:
+    """Replace ``items.jsonl`` atomically with exactly these rows (in the given order)."""
+    atomic_write_bytes(folder / ITEMS_FILE, _jsonl(rows))
+
+
+def shard_files(folder: Path) -> list[Path]:
+    """The folder's shard files, in index order."""
     return sorted((folder / STATES_DIR).glob("shard-*.npz"))
 
 
@@ -239,7 +273,8 @@ def _read_shard(file: Path, n_layers: int, d_model: int) -> tuple[np.ndarray, np
     return rows.astype(np.int64), hidden, lens.astype(np.float32)
 
 
-def _shard_rows(file: Path) -> np.ndarray:
+def shard_rows(file: Path) -> np.ndarray:
+    """(B,) int64 plan rows a shard holds; empty when the shard is unreadable (it is then redone)."""
     try:
         with np.load(file, allow_pickle=False) as data:
             return data["rows"].astype(np.int64)
@@ -259,9 +294,9 @@ def load_run(path: Path | str) -> StudyRun:
     folder = Path(path)
     manifest = read_manifest(folder)
     n_layers, d_model = int(manifest["n_layers"]), int(manifest["d_model"])
-    records, _ = _read_rows(folder)
+    records, _ = read_rows(folder)
     hidden_parts, lens_parts, row_parts = [], [], []
-    for file in _shard_files(folder):
+    for file in shard_files(folder):
         rows, hidden, lens = _read_shard(file, n_layers, d_model)
         keep = np.array([int(r) in records for r in rows], dtype=bool)
         row_parts.append(rows[keep])
@@ -285,7 +320,7 @@ def load_run(path: Path | str) -> StudyRun:
         raise DataError(f"Run {folder.name!r} stores some rows twice; the run folder is damaged.")
     order = np.argsort(plan_rows, kind="stable")
     plan_rows, hidden, lens = plan_rows[order], hidden[order], lens[order]
-    table = _table([records[int(r)] for r in plan_rows])
+    table = table_from_rows([records[int(r)] for r in plan_rows])
     return StudyRun(folder, manifest, table, np.ascontiguousarray(hidden), np.ascontiguousarray(lens))
 
 
@@ -302,8 +337,7 @@ def list_runs(root: Path | str | None = None) -> list[RunInfo]:
             m = read_manifest(folder)
         except DataError:
             continue
-        items = folder / ITEMS_FILE
-        stamp = max((items.stat().st_mtime if items.exists() else 0.0), (folder / MANIFEST_FILE).stat().st_mtime)
+        stamp = run_mtime(folder)
         out.append(RunInfo(
             name=folder.name, path=folder, status=str(m.get("status", "unknown")), created=str(m.get("created", "")),
             model_label=str(m.get("model_label", "")), dataset_name=str(m.get("dataset", {}).get("name", "")),
@@ -313,12 +347,24 @@ def list_runs(root: Path | str | None = None) -> list[RunInfo]:
     return sorted(out, key=lambda r: r.mtime, reverse=True)
 
 
-def _shard_index(file: Path) -> int:
+def run_mtime(path: Path | str) -> float:
+    """Latest modification time of a run's ``items.jsonl`` and manifest (0.0 if neither exists).
+
+    It changes as a run grows, so it is the cache key of a loaded run (:attr:`RunInfo.mtime`).
+    """
+    folder = Path(path)
+    files = (folder / MANIFEST_FILE, folder / ITEMS_FILE)
+    return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
+
+
+def shard_index(file: Path) -> int:
+    """The batch index ``k`` of ``shard-KKKKK.npz`` (−1 for a file not named so)."""
     try:
         return int(file.stem.split("-", 1)[1])
     except (IndexError, ValueError):
         return -1
 
 
-def _shard_path(folder: Path, k: int) -> Path:
+def shard_path(folder: Path, k: int) -> Path:
+    """The shard file of batch ``k``."""
     return folder / STATES_DIR / f"shard-{k:05d}.npz"

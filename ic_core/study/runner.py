@@ -5,13 +5,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,26 +19,33 @@ from ic_core.errors import DataError, ICError
 from ic_core.generate import MAX_NEW_TOKENS_LIMIT, GenerationConfig
 from ic_core.io import atomic_write_bytes, atomic_write_json
 from ic_core.prompts import REGIMES, PromptTemplate, RenderedPrompt, render, template_for
-from ic_core.runs.lock import _acquire_lock, _release_lock
-from ic_core.runs.schema import _finite
+from ic_core.runs.lock import acquire_lock, release_lock
+from ic_core.runs.schema import RunRow, finite_or_none
 from ic_core.runs.store import (
     DATASET_FILE,
     F16_MAX,
     FORMAT_VERSION,
-    ITEMS_FILE,
     MANIFEST_FILE,
     RUN_KIND,
     STATES_DIR,
     StudyRun,
-    _read_rows,
-    _shard_files,
-    _shard_index,
-    _shard_path,
-    _shard_rows,
-    _write_shard,
+    append_rows,
     load_run,
     read_manifest,
+    read_rows,
+    rewrite_rows,
+    shard_files,
+    shard_index,
+    shard_path,
+    shard_rows,
+    write_shard,
 )
+
+if TYPE_CHECKING:
+    from ic_core.capture import IntentionState
+    from ic_core.generate import Generation
+    from ic_core.grading import Grade
+    from ic_core.models import LoadedModel
 
 COT_MIN_NEW_TOKENS = 192
 """Chain of thought needs room to reason before its ``####`` line."""
@@ -105,7 +111,7 @@ def _gen_by_regime(config: GenerationConfig, regimes: Sequence[str]) -> dict[str
 
 
 def _plan(
-    loaded: Any, items: Sequence[PromptItem], regimes: Sequence[str], use_item_prefix: bool, answer_prefix: str | None
+    loaded: LoadedModel, items: Sequence[PromptItem], regimes: Sequence[str], use_item_prefix: bool, answer_prefix: str | None
 ) -> list[_Planned]:
     max_ctx = getattr(loaded.model.config, "max_position_embeddings", None)
     plan, problems = [], []
@@ -125,7 +131,7 @@ def _plan(
 
 
 def _new_manifest(
-    loaded: Any, items: Sequence[PromptItem], regimes: Sequence[str], config: GenerationConfig, *, folder: Path,
+    loaded: LoadedModel, items: Sequence[PromptItem], regimes: Sequence[str], config: GenerationConfig, *, folder: Path,
     dataset_name: str, dataset_sha256: str | None, n_items_in_set: int, limit: int | None, use_item_prefix: bool,
     answer_prefix: str | None, batch_size: int, generate: bool, seed: int, n_rows: int,
 ) -> dict[str, Any]:
@@ -182,67 +188,67 @@ def _open_folder(folder: Path, manifest: dict[str, Any], items: Sequence[PromptI
 
 def _finished_batches(folder: Path, n_rows: int, batch_size: int) -> set[int]:
     """Batches whose every row has its record and states; unfinished leftovers are removed."""
-    records, truncated = _read_rows(folder)
+    records, truncated = read_rows(folder)
     in_shards: set[int] = set()
-    for file in _shard_files(folder):
-        in_shards.update(int(r) for r in _shard_rows(file))
+    for file in shard_files(folder):
+        in_shards.update(int(r) for r in shard_rows(file))
     done_rows = set(records) & in_shards
     n_batches = math.ceil(n_rows / batch_size)
     done = {k for k in range(n_batches) if all(r in done_rows for r in range(k * batch_size, min(n_rows, (k + 1) * batch_size)))}
     keep = {r: rec for r, rec in records.items() if r // batch_size in done}
     if truncated or len(keep) != len(records):
-        lines = "".join(json.dumps(keep[r], ensure_ascii=False, allow_nan=False) + "\n" for r in sorted(keep))
-        atomic_write_bytes(folder / ITEMS_FILE, lines.encode("utf-8"))
-    for file in _shard_files(folder):
-        if _shard_index(file) not in done:
+        rewrite_rows(folder, [keep[r] for r in sorted(keep)])
+    for file in shard_files(folder):
+        if shard_index(file) not in done:
             file.unlink()
     return done
 
 
-def _record(p: _Planned, state: Any, tokenizer: Any, gen: Any, output: str | None, source: str | None,
-            grade_result: Any, max_new: int | None) -> dict[str, Any]:
+def _record(p: _Planned, state: IntentionState, tokenizer: Any, gen: Generation | None, output: str | None,
+            source: str | None, grade_result: Grade | None, max_new: int | None) -> RunRow:
+    """The row of one planned prompt; ``tokenizer`` (a Hugging Face tokenizer) decodes token ids to text."""
     item = p.item
-    top = [[tokenizer.decode([int(i)]), float(q)] for i, q in zip(state.top_ids[:5], state.top_probs[:5])]
-    return {
-        "row": p.row,
-        "item_id": item.id,
-        "regime": p.regime,
-        "question": item.question,
-        "kind": item.kind,
-        "expected": item.answer,
-        "aliases": list(item.aliases),
-        "choices": list(item.choices),
-        "tags": list(item.tags),
-        "output_text": output,
-        "output_source": source,
-        "extracted_answer": grade_result.extracted if grade_result else None,
-        "correct": grade_result.correct if grade_result else None,
-        "grade_rule": grade_result.rule if grade_result else None,
-        "h_int_bits": _finite(state.h_int_bits),
-        "h_int_top100_bits": _finite(state.h_int_top100_bits),
-        "top1_prob": _finite(state.top1_prob),
-        "top_tokens": top,
-        "mean_token_entropy_bits": _finite(gen.mean_entropy_bits) if gen is not None else None,
-        "generated_tokens": list(gen.tokens) if gen is not None else None,
-        "token_entropies_bits": [round(float(h), 4) for h in gen.entropy_bits] if gen is not None else None,
-        "n_generated_tokens": len(gen.token_ids) if gen is not None else None,
-        "stop_reason": gen.stop_reason if gen is not None else None,
-        "max_new_tokens": max_new,
-        "generate_s": gen.elapsed_s if gen is not None else None,
-        "n_prompt_tokens": p.rendered.n_tokens,
-        "readout_index": p.rendered.readout_index,
-        "readout_token": p.rendered.readout_token,
-        "readout_is_formatting": p.rendered.readout_is_formatting,
-        "skipped_tokens": [tokenizer.decode([i]) for i in state.skipped_ids],
-        "signal": "H_slot" if p.rendered.answer_prefix else "H_int",
-        "answer_prefix": p.rendered.answer_prefix,
-        "item_prefix_used": p.item_prefix_used,
-        "user_text": p.rendered.user_text,
-    }
+    top = tuple((tokenizer.decode([int(i)]), float(q)) for i, q in zip(state.top_ids[:5], state.top_probs[:5]))
+    return RunRow(
+        row=p.row,
+        item_id=item.id,
+        regime=p.regime,
+        question=item.question,
+        kind=item.kind,
+        expected=item.answer,
+        aliases=tuple(item.aliases),
+        choices=tuple(item.choices),
+        tags=tuple(item.tags),
+        output_text=output,
+        output_source=source,
+        extracted_answer=grade_result.extracted if grade_result else None,
+        correct=grade_result.correct if grade_result else None,
+        grade_rule=grade_result.rule if grade_result else None,
+        h_int_bits=finite_or_none(state.h_int_bits),
+        h_int_top100_bits=finite_or_none(state.h_int_top100_bits),
+        top1_prob=finite_or_none(state.top1_prob),
+        top_tokens=top,
+        mean_token_entropy_bits=finite_or_none(gen.mean_entropy_bits) if gen is not None else None,
+        generated_tokens=tuple(gen.tokens) if gen is not None else None,
+        token_entropies_bits=tuple(round(float(h), 4) for h in gen.entropy_bits) if gen is not None else None,
+        n_generated_tokens=len(gen.token_ids) if gen is not None else None,
+        stop_reason=gen.stop_reason if gen is not None else None,
+        max_new_tokens=max_new,
+        generate_s=gen.elapsed_s if gen is not None else None,
+        n_prompt_tokens=p.rendered.n_tokens,
+        readout_index=p.rendered.readout_index,
+        readout_token=p.rendered.readout_token,
+        readout_is_formatting=p.rendered.readout_is_formatting,
+        skipped_tokens=tuple(tokenizer.decode([i]) for i in state.skipped_ids),
+        signal="H_slot" if p.rendered.answer_prefix else "H_int",
+        answer_prefix=p.rendered.answer_prefix,
+        item_prefix_used=p.item_prefix_used,
+        user_text=p.rendered.user_text,
+    )
 
 
 def run_study(
-    loaded: Any,
+    loaded: LoadedModel,
     items: Sequence[PromptItem],
     regimes: Sequence[str],
     out_dir: Path | str,
@@ -309,15 +315,15 @@ def run_study(
         n_items_in_set=n_in_set, limit=limit, use_item_prefix=use_item_prefix, answer_prefix=answer_prefix,
         batch_size=batch_size, generate=generate, seed=seed, n_rows=len(plan),
     ), items)
-    _acquire_lock(folder)
+    acquire_lock(folder)
     try:
         return _run_batches(loaded, folder, manifest, plan, config, progress, cancel, generate, seed)
     finally:
-        _release_lock(folder)
+        release_lock(folder)
 
 
 def _run_batches(
-    loaded: Any, folder: Path, manifest: dict[str, Any], plan: list[_Planned], config: GenerationConfig,
+    loaded: LoadedModel, folder: Path, manifest: dict[str, Any], plan: list[_Planned], config: GenerationConfig,
     progress: ProgressFn | None, cancel: CancelFn | None, generate: bool, seed: int,
 ) -> StudyRun:
     """The batch loop of :func:`run_study` (the folder is open and locked)."""
@@ -364,11 +370,8 @@ def _run_batches(
             manifest["n_state_values_clipped"] = int(manifest.get("n_state_values_clipped", 0)) + clipped
         hidden = np.clip(hidden32, -F16_MAX, F16_MAX).astype(np.float16)
         lens = np.stack([s.lens.entropy_bits[0] for s in finished]).astype(np.float32)
-        _write_shard(_shard_path(folder, k), rows, hidden, lens)
-        with open(folder / ITEMS_FILE, "a", encoding="utf-8") as fh:
-            fh.write("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records))
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_shard(shard_path(folder, k), rows, hidden, lens)
+        append_rows(folder, records)
         manifest.update(n_rows_done=done_rows, elapsed_s=round(prior_s + time.perf_counter() - start, 3))
         atomic_write_json(folder / MANIFEST_FILE, manifest)
         if cancelled:
@@ -383,7 +386,7 @@ def _run_batches(
     return load_run(folder)
 
 
-def resume_run(loaded: Any, path: Path | str, progress: ProgressFn | None = None,
+def resume_run(loaded: LoadedModel, path: Path | str, progress: ProgressFn | None = None,
                cancel: CancelFn | None = None) -> StudyRun:
     """Finish an interrupted or cancelled run with its own items and settings (from its folder).
 
@@ -408,8 +411,8 @@ def resume_run(loaded: Any, path: Path | str, progress: ProgressFn | None = None
     )
 
 
-def _run_row(loaded: Any, p: _Planned, state: Any, config: GenerationConfig, max_new: int, generate: bool,
-             seed: int) -> dict[str, Any]:
+def _run_row(loaded: LoadedModel, p: _Planned, state: IntentionState, config: GenerationConfig, max_new: int,
+             generate: bool, seed: int) -> RunRow:
     from ic_core.generate import generate as generate_fn
     from ic_core.grading import grade
 
