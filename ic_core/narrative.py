@@ -7,6 +7,27 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     pass
 from ic_core.probes.report import RecoverabilityReport
+from ic_core.stats.auroc import AurocEstimate
+
+
+def auroc_text(estimate: AurocEstimate) -> str:
+    """``"0.71 [0.58, 0.83]"``; ``"0.71 [CI n/a]"`` without a CI; the reason when there is no AUROC."""
+    if estimate.auroc_pooled is None:
+        return estimate.reason or "n/a"
+    ci = estimate.ci95
+    return f"{estimate.auroc_pooled:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else " [CI n/a]")
+
+
+def signal_verdict(estimate: AurocEstimate) -> str:
+    """What a held-out AUROC says about a gating signal, read from its 95 % CI against chance (0.5)."""
+    ci = estimate.ci95
+    if estimate.auroc_pooled is None or ci is None:
+        return "cannot tell (" + (estimate.reason or "CI not available") + ")"
+    if ci[0] > 0.5:
+        return "ranks right answers above wrong ones better than chance"
+    if ci[1] < 0.5:
+        return "ranks them the wrong way round"
+    return "no evidence of any signal (the CI includes 0.5)"
 
 
 def reading(report: RecoverabilityReport) -> list[str]:

@@ -14,7 +14,7 @@ from ic_core.probes.cv import C_GRID, N_INNER, N_SHUFFLES_PER_LAYER
 from ic_core.probes.report import RecoverabilityReport, recoverability
 from ic_core.probes.saved import default_probe_path, fit_saved_probe_for_run
 from ic_core.runs.store import list_runs, load_run, runs_root
-from ic_core.stats.auroc import N_BOOT, N_OUTER, N_SHUFFLES, ProbeResult
+from ic_core.stats.auroc import N_BOOT, N_OUTER, N_SHUFFLES, AurocEstimate
 from ui.common import json_download, require_router, show_error
 
 PROBE_KEY = "probe"  # where Explore and the Governance gate look for a loaded probe
@@ -36,7 +36,7 @@ def cached_report(path: str, mtime: float, regime: str | None, pooled: bool, n_b
                           n_shuffles=n_shuffles, n_shuffles_per_layer=n_layer_shuffles, seed=seed)
 
 
-def baselines_table(results: list[ProbeResult]) -> pd.DataFrame:
+def baselines_table(results: list[AurocEstimate]) -> pd.DataFrame:
     rows = []
     for r in results:
         rows.append({

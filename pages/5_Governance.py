@@ -19,6 +19,7 @@ from ic_core.governance.fit import ProbeScores, RunSignals, fit_policy_on_run, p
 from ic_core.governance.gate import gate_check
 from ic_core.governance.policy import ENTROPY_NAMES, Policy, check_model, probe_entry
 from ic_core.models import LoadedModel, ModelSpec
+from ic_core.narrative import auroc_text, signal_verdict
 from ic_core.plots.gate import confusion_figure, risk_coverage_figure, score_histogram_figure
 from ic_core.runs.store import runs_root
 from ic_core.stats.gating import (
@@ -93,23 +94,6 @@ def ci_text(value: float | None, ci: tuple[float, float] | None) -> str:
 
 def ci_only(ci: tuple[float, float] | None) -> str:
     return f"95 % CI [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else "95 % CI n/a (too few items)"
-
-
-def auroc_text(a: Any) -> str:
-    if a.auroc is None:
-        return a.reason or "n/a"
-    ci = f" [{a.ci95[0]:.2f}, {a.ci95[1]:.2f}]" if a.ci95 else " [CI n/a]"
-    return f"{a.auroc:.2f}{ci}"
-
-
-def signal_verdict(a: Any) -> str:
-    if a.auroc is None or a.ci95 is None:
-        return "cannot tell (" + (a.reason or "CI not available") + ")"
-    if a.ci95[0] > 0.5:
-        return "ranks right answers above wrong ones better than chance"
-    if a.ci95[1] < 0.5:
-        return "ranks them the wrong way round"
-    return "no evidence of any signal (the CI includes 0.5)"
 
 
 def items_frame(sig: RunSignals, idx: np.ndarray, extra: dict[str, np.ndarray]) -> pd.DataFrame:

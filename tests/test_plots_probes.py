@@ -7,16 +7,16 @@ import plotly.graph_objects as go
 import pytest
 
 from ic_core.plots.probes import auroc_by_layer_figure, baselines_figure, roc_figure, roc_points
-from ic_core.stats.auroc import REASON_CONSTANT, REASON_SMALL, ProbeResult, auroc
+from ic_core.stats.auroc import REASON_CONSTANT, REASON_SMALL, AurocEstimate, auroc
 
 
 def result(name, a, lo=None, hi=None, kind="probe", reason=None, seed=0):
     if reason:
-        return ProbeResult(name, None, None, None, None, None, None, None, 50, 20, reason=reason, kind=kind)
+        return AurocEstimate(name, None, None, None, None, None, None, None, 50, 20, reason=reason, kind=kind)
     rng = np.random.default_rng(seed)
     labels = (rng.random(60) < 0.4).astype(np.int8)
     scores = labels * (a - 0.5) * 4 + rng.normal(size=60)
-    return ProbeResult(name, a, a - 0.01, lo if lo is not None else a - 0.1, hi if hi is not None else a + 0.1,
+    return AurocEstimate(name, a, a - 0.01, lo if lo is not None else a - 0.1, hi if hi is not None else a + 0.1,
                        0.5, 0.45, 0.55, 60, int(labels.sum()), scores=scores, labels=labels, kind=kind)
 
 
@@ -46,7 +46,7 @@ class TestAurocByLayer:
 
     def test_no_shuffle_band_without_shuffles(self):
         r = result("layer 1", 0.6)
-        r = ProbeResult(**{**r.__dict__, "shuffle_mean": None, "shuffle_min": None, "shuffle_max": None})
+        r = AurocEstimate(**{**r.__dict__, "shuffle_mean": None, "shuffle_min": None, "shuffle_max": None})
         fig = auroc_by_layer_figure([r])
         assert not any(t.name and t.name.startswith("shuffled") for t in fig.data)
 

@@ -19,6 +19,7 @@ from ic_core.probes.cv import choose_C, probe_auroc, probe_by_layer, probe_last_
 from ic_core.probes.report import probe_column, probe_column_text, recoverability
 from ic_core.probes.saved import SavedProbe, fit_saved_probe, fit_saved_probe_for_run
 from ic_core.stats.auroc import (
+    N_SHUFFLES_HELD_OUT,
     REASON_CONSTANT,
     REASON_MISSING,
     REASON_ONE_CLASS,
@@ -26,6 +27,8 @@ from ic_core.stats.auroc import (
     auroc,
     auroc_difference,
     bootstrap_ci,
+    held_out_auroc,
+    label_permutations,
     label_reason,
     make_folds,
 )
@@ -88,6 +91,55 @@ class TestAuroc:
         assert not auroc_difference(strong, same, n_boot=300).clear
         missing = probe_auroc(np.zeros((200, 2)), np.zeros(200, int))
         assert auroc_difference(strong, missing) is None
+
+    def test_held_out_auroc_scores_only_the_given_items(self):
+        """A fixed score judged on held-out rows: the training rows cannot move it."""
+        rng = np.random.default_rng(5)
+        y = (rng.random(120) < 0.5).astype(int)
+        s = y + rng.normal(size=120)
+        test = np.arange(60, 120)
+        est = held_out_auroc("sig", s, y.astype(bool), test, n_boot=300, seed=2, description="d")
+        assert est.kind == "held_out" and est.n == 60 and est.n_pos == int(y[test].sum())
+        assert est.auroc_pooled == pytest.approx(roc_auc_score(y[test], s[test]))
+        assert (est.ci_low, est.ci_high, est.n_boot_used) == bootstrap_ci(s[test], y[test], n_boot=300, seed=2)
+        assert est.ci95 == (est.ci_low, est.ci_high) and est.ci_low < est.auroc_pooled < est.ci_high
+        assert est.fold_aurocs == () and est.auroc_fold_mean is None and est.description == "d"
+        np.testing.assert_array_equal(est.scores, s[test])
+        s2 = s.copy()
+        s2[:60] = rng.normal(size=60) * 100  # change every training row's score
+        again = held_out_auroc("sig", s2, y, test, n_boot=300, seed=2)
+        assert (again.auroc_pooled, again.ci95, again.shuffle_mean) == (est.auroc_pooled, est.ci95, est.shuffle_mean)
+
+    def test_held_out_shuffle_uses_the_shared_permutations(self):
+        """One seed convention: the held-out shuffle control draws the same permutations as the baselines."""
+        rng = np.random.default_rng(6)
+        y = (rng.random(80) < 0.4).astype(int)
+        s = 2 * y + rng.normal(size=80)
+        idx = np.arange(80)
+        est = held_out_auroc("sig", s, y, idx, n_boot=200, seed=3)
+        expected = [auroc(s, yp) for yp in label_permutations(y, N_SHUFFLES_HELD_OUT, 3)]
+        assert est.n_shuffles == N_SHUFFLES_HELD_OUT == 20
+        assert est.shuffle_mean == pytest.approx(np.mean(expected))
+        assert est.shuffle_range == (pytest.approx(min(expected)), pytest.approx(max(expected)))
+        direct = np.random.default_rng(3 + 10_007)
+        np.testing.assert_array_equal(label_permutations(y, 2, 3)[1],
+                                      [direct.permutation(y) for _ in range(2)][1])
+        base = score_auroc(s, y, name="sig", description="d", n_boot=200, n_shuffles=20, seed=3)
+        assert base.shuffle_mean == pytest.approx(est.shuffle_mean)  # the same permutations as score_auroc
+        assert base.ci95 == est.ci95  # and the same bootstrap
+
+    def test_held_out_auroc_reasons_and_nan_rows(self):
+        y = np.array([1, 0] * 20)
+        s = np.linspace(0, 1, 40)
+        one = held_out_auroc("sig", s, y, np.arange(0, 40, 2))
+        assert one.reason == REASON_ONE_CLASS and one.auroc_pooled is None and one.ci95 is None
+        assert one.shuffle_range is None and one.n == 20 and one.kind == "held_out"
+        s_nan = s.copy()
+        s_nan[[0, 1, 2]] = np.nan
+        est = held_out_auroc("sig", s_nan, y, np.arange(40), n_boot=100)
+        assert est.n == 37 and "3 held-out rows" in est.note
+        assert est.auroc_pooled == pytest.approx(roc_auc_score(y[3:], s[3:]))
+        assert held_out_auroc("sig", np.full(40, np.nan), y, np.arange(40)).reason == REASON_MISSING
 
     def test_label_reason(self):
         assert label_reason([1] * 30) == REASON_ONE_CLASS

@@ -10,10 +10,10 @@ import numpy as np
 
 from ic_core.errors import ICError
 from ic_core.governance.fit import RunSignals, probe_scores, run_signals
-from ic_core.governance.heldout import SignalAuroc, held_out_auroc
 from ic_core.governance.policy import check_spec_matches
 from ic_core.models import LoadedModel
 from ic_core.prompts import render, template_for
+from ic_core.stats.auroc import N_BOOT, AurocEstimate, held_out_auroc
 from ic_core.stats.gating import (
     HeldOutReport,
     RiskCoverage,
@@ -64,8 +64,8 @@ class SignalResult:
     description: str
     risk: np.ndarray
     """Larger = more likely wrong (entropy in bits, or ``-P(correct)``)."""
-    auroc: SignalAuroc
-    """Held-out AUROC of ``-risk`` for correctness, with CI and shuffle control."""
+    auroc: AurocEstimate
+    """Held-out AUROC of ``-risk`` for correctness, with CI and shuffle control (``kind="held_out"``)."""
     fit: ThresholdFit
     escalate: np.ndarray
     held_out: HeldOutReport
@@ -102,7 +102,7 @@ def _signal_result(key: str, name: str, description: str, risk: np.ndarray, sig:
     escalate = np.ones(risk.size, bool) if fit.threshold is None else risk > fit.threshold
     return SignalResult(
         key, name, description, risk,
-        held_out_auroc(name, -risk, sig.correct, sig.test_idx, n_boot=n_boot, seed=sig.seed),
+        held_out_auroc(name, -risk, sig.correct, sig.test_idx, n_boot=n_boot, seed=sig.seed, description=description),
         fit, escalate, evaluate_held_out(escalate, sig.correct, sig.test_idx, n_boot=n_boot, seed=sig.seed),
         risk_coverage(risk[sig.test_idx], sig.correct[sig.test_idx]),
     )
@@ -118,7 +118,7 @@ def compare_signals(
     seed: int = 0,
     signals: RunSignals | None = None,
     scores: Any = None,
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
 ) -> SignalComparison:
     """Raw H_int, H_slot and a probe on one run: same split, same target, held-out figures.
 

@@ -1,6 +1,6 @@
 """Figures for recoverability: AUROC by layer with CI and shuffle bands, ROC curves, baselines.
 
-Pure functions: :class:`ic_core.stats.auroc.ProbeResult` objects in, ``go.Figure`` out. A result
+Pure functions: :class:`ic_core.stats.auroc.AurocEstimate` objects in, ``go.Figure`` out. A result
 without an AUROC (``reason`` set) is never drawn as a value: it is marked with its reason.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from ic_core.stats.auroc import ProbeResult
+from ic_core.stats.auroc import AurocEstimate
 
 PROBE_COLOUR = "#1f77b4"
 SHUFFLE_COLOUR = "#7f7f7f"
@@ -23,7 +23,7 @@ def _opt(values: Sequence[float | None]) -> list[float | None]:
 
 
 def auroc_by_layer_figure(
-    results: Sequence[ProbeResult], last_layers: ProbeResult | None = None, title: str = "Which layer knows?"
+    results: Sequence[AurocEstimate], last_layers: AurocEstimate | None = None, title: str = "Which layer knows?"
 ) -> go.Figure:
     """Probe AUROC per ``hidden_states`` index with its bootstrap 95 % CI band and the shuffle control.
 
@@ -92,7 +92,7 @@ def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     return fpr, tpr
 
 
-def roc_figure(results: Sequence[ProbeResult], title: str = "ROC: predicting a correct answer") -> go.Figure:
+def roc_figure(results: Sequence[AurocEstimate], title: str = "ROC: predicting a correct answer") -> go.Figure:
     """One ROC curve per result with an AUROC (out-of-fold probe scores or the baseline score).
 
     Results without an AUROC are listed in the legend with their reason, no curve.
@@ -120,7 +120,7 @@ def roc_figure(results: Sequence[ProbeResult], title: str = "ROC: predicting a c
     return fig
 
 
-def baselines_figure(results: Sequence[ProbeResult], title: str = "Probe and baselines on the same items") -> go.Figure:
+def baselines_figure(results: Sequence[AurocEstimate], title: str = "Probe and baselines on the same items") -> go.Figure:
     """Horizontal bars of AUROC with bootstrap 95 % CI error bars, chance line at 0.5.
 
     Results without an AUROC get no bar; their reason is written at 0.5 instead.

@@ -15,20 +15,20 @@ from ic_core.stats.auroc import (
     N_OUTER,
     N_SHUFFLES,
     REASON_MISSING,
-    ProbeResult,
-    _missing,
-    _permutations,
-    _summarise,
+    AurocEstimate,
     auroc,
+    label_permutations,
     label_reason,
     make_folds,
+    missing_estimate,
+    summarise_estimate,
 )
 
 
 def score_auroc(
     score: Any, y: Any, *, name: str, description: str, groups: Any = None, n_folds: int = N_OUTER,
     n_boot: int = N_BOOT, n_shuffles: int = N_SHUFFLES, seed: int = 0,
-) -> ProbeResult:
+) -> AurocEstimate:
     """A fixed score (larger = more likely correct) on the same items, folds and permutations as the probes.
 
     Rows where the score is NaN are left out and counted in the note.
@@ -38,23 +38,23 @@ def score_auroc(
     keep = np.isfinite(s)
     note = "" if keep.all() else f"{int((~keep).sum())} rows without this score left out"
     if not keep.any():
-        return _missing(name, REASON_MISSING, y.size, int(y.sum()), kind="score", description=description)
+        return missing_estimate(name, REASON_MISSING, y.size, int(y.sum()), kind="score", description=description)
     s, y = s[keep], y[keep]
     g = None if groups is None else np.asarray(groups)[keep]
     reason = label_reason(y, n_folds)
     if reason:
-        return _missing(name, reason, y.size, int(y.sum()), kind="score", description=description)
+        return missing_estimate(name, reason, y.size, int(y.sum()), kind="score", description=description)
     folds = make_folds(y, n_folds=n_folds, seed=seed, groups=g)
     fold_aurocs = [auroc(s[te], y[te]) for _, te in folds]
-    shuffled = [auroc(s, yp) for yp in _permutations(y, n_shuffles, seed)]
-    return _summarise(name, s, y, fold_aurocs, shuffled, n_boot=n_boot, seed=seed, groups=g, kind="score",
+    shuffled = [auroc(s, yp) for yp in label_permutations(y, n_shuffles, seed)]
+    return summarise_estimate(name, s, y, fold_aurocs, shuffled, n_boot=n_boot, seed=seed, groups=g, kind="score",
                       description=description, note=note)
 
 
 def signed_score_auroc(
     value: Any, y: Any, *, name: str, description: str, groups: Any = None, n_folds: int = N_OUTER,
     n_boot: int = N_BOOT, n_shuffles: int = N_SHUFFLES, seed: int = 0,
-) -> ProbeResult:
+) -> AurocEstimate:
     """A raw quantity (e.g. prompt length) whose direction is chosen on each **training** fold.
 
     Each outer fold: sign = +1 if the value's training-fold AUROC ≥ 0.5 else −1; the test
@@ -63,10 +63,10 @@ def signed_score_auroc(
     v = np.asarray(value, dtype=np.float64)
     y = np.asarray(y).astype(int)
     if not np.isfinite(v).all():
-        return _missing(name, REASON_MISSING, y.size, int(y.sum()), kind="score", description=description)
+        return missing_estimate(name, REASON_MISSING, y.size, int(y.sum()), kind="score", description=description)
     reason = label_reason(y, n_folds)
     if reason:
-        return _missing(name, reason, y.size, int(y.sum()), kind="score", description=description)
+        return missing_estimate(name, reason, y.size, int(y.sum()), kind="score", description=description)
 
     def run(labels: np.ndarray) -> tuple[np.ndarray, list[float | None], list[int]]:
         scores = np.zeros(labels.size)
@@ -82,16 +82,17 @@ def signed_score_auroc(
 
     scores, fold_aurocs, signs = run(y)
     shuffled = []
-    for yp in _permutations(y, n_shuffles, seed):
+    for yp in label_permutations(y, n_shuffles, seed):
         shuffled.append(auroc(run(yp)[0], yp))
     n_up = sum(1 for s in signs if s > 0)
     note = (f"direction chosen on training folds: larger value → predicted correct in {n_up} of {len(signs)} folds, "
             f"smaller in {len(signs) - n_up}")
-    return _summarise(name, scores, y, fold_aurocs, shuffled, n_boot=n_boot, seed=seed, groups=groups, kind="score",
+    return summarise_estimate(name, scores, y, fold_aurocs, shuffled, n_boot=n_boot, seed=seed, groups=groups, kind="score",
                       description=description, note=note)
 
 
-def _signal_label(signals: Sequence[str]) -> str:
+def readout_signal_label(signals: Sequence[str]) -> str:
+    """The read-out of a selection's rows: ``"H_int"``/``"H_slot"`` when all agree, else ``"mixed"``."""
     kinds = set(signals)
     return kinds.pop() if len(kinds) == 1 else "mixed"
 
@@ -106,7 +107,7 @@ def _entropy_name(signal: str) -> tuple[str, str]:
 
 
 def baselines_for(graded: Any, lens_entropy_bits: np.ndarray, *, groups: Any = None, n_boot: int = N_BOOT,
-                  n_shuffles: int = N_SHUFFLES, seed: int = 0, n_folds: int = N_OUTER) -> list[ProbeResult]:
+                  n_shuffles: int = N_SHUFFLES, seed: int = 0, n_folds: int = N_OUTER) -> list[AurocEstimate]:
     """Baselines on the same rows as the probes.
 
     Entropy at the read-out, top-1 probability, lens-entropy probe, post-generation mean token
@@ -119,7 +120,7 @@ def baselines_for(graded: Any, lens_entropy_bits: np.ndarray, *, groups: Any = N
     """
     y = np.asarray([bool(v) for v in graded["correct"]], dtype=int)
     kw = dict(groups=groups, n_boot=n_boot, n_shuffles=n_shuffles, seed=seed, n_folds=n_folds)
-    signal = _signal_label(graded["signal"].tolist()) if "signal" in graded else "H_int"
+    signal = readout_signal_label(graded["signal"].tolist()) if "signal" in graded else "H_int"
     ename, edesc = _entropy_name(signal)
     out = [score_auroc(-graded["h_int_bits"].to_numpy(float), y, name=ename, description=edesc, **kw)]
     if "h_int_top100_bits" in graded:

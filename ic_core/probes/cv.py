@@ -44,13 +44,13 @@ from ic_core.stats.auroc import (
     N_OUTER,
     N_SHUFFLES,
     REASON_CONSTANT,
-    ProbeResult,
-    _missing,
-    _permutations,
-    _summarise,
+    AurocEstimate,
     auroc,
+    label_permutations,
     label_reason,
     make_folds,
+    missing_estimate,
+    summarise_estimate,
 )
 
 C_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -104,7 +104,7 @@ def _set_C(model: Any, C: float) -> Any:
     return model.set_params(logreg__C=C)
 
 
-class _FitCounter:
+class FitCounter:
     """Counts lbfgs non-convergence instead of hiding or spamming the warning."""
 
     def __init__(self) -> None:
@@ -112,6 +112,7 @@ class _FitCounter:
         self.not_converged = 0
 
     def fit(self, model: Any, X: Any, y: np.ndarray) -> Any:
+        """Fit ``model`` on ``(X, y)``, counting the fit and whether lbfgs failed to converge."""
         from sklearn.exceptions import ConvergenceWarning
 
         with warnings.catch_warnings(record=True) as caught:
@@ -128,7 +129,7 @@ class _FitCounter:
 
 def choose_C(
     make_model: ModelFactory, X_train: Any, y_train: np.ndarray, *, groups_train: Any = None,
-    Cs: Sequence[float] = C_GRID, n_inner: int = N_INNER, seed: int = 0, counter: _FitCounter | None = None,
+    Cs: Sequence[float] = C_GRID, n_inner: int = N_INNER, seed: int = 0, counter: FitCounter | None = None,
 ) -> float:
     """Pick C by a stratified inner CV on **training rows only** (mean inner AUROC, ties → smaller C).
 
@@ -139,7 +140,7 @@ def choose_C(
         groups_train: (n_train,) group ids (rows of one item stay in one inner fold), or None.
 
     """
-    counter = counter or _FitCounter()
+    counter = counter or FitCounter()
     Cs = sorted(Cs)
     n_inner = max(2, min(n_inner, int(np.bincount(y_train, minlength=2).min())))
     folds = make_folds(y_train, n_folds=n_inner, seed=seed + 1, groups=groups_train)
@@ -186,7 +187,7 @@ def nested_cv(
         groups: optional (n,) group ids kept within one fold (the same item in several regimes).
 
     """
-    with _single_threaded():
+    with single_threaded():
         return _nested_cv(make_model, X, y, groups=groups, Cs=Cs, n_folds=n_folds, n_inner=n_inner, seed=seed)
 
 
@@ -196,7 +197,7 @@ def _nested_cv(
 ) -> NestedCV:
     y = np.asarray(y).astype(int)
     groups_arr = None if groups is None else np.asarray(groups)
-    counter = _FitCounter()
+    counter = FitCounter()
     scores = np.zeros(y.size)
     fold_aurocs: list[float | None] = []
     chosen: list[float] = []
@@ -217,30 +218,30 @@ def fitted_auroc(
     make_model: ModelFactory, X: Any, y: Any, *, name: str = "probe", description: str = "", groups: Any = None,
     Cs: Sequence[float] = C_GRID, n_folds: int = N_OUTER, n_inner: int = N_INNER, n_boot: int = N_BOOT,
     n_shuffles: int = N_SHUFFLES, seed: int = 0,
-) -> ProbeResult:
+) -> AurocEstimate:
     """Nested-CV AUROC of any C-parametrised model, with bootstrap CI and shuffle control."""
     from sklearn import config_context
 
     y = np.asarray(y).astype(int)
     reason = label_reason(y, n_folds)
     if reason:
-        return _missing(name, reason, y.size, int(y.sum()), description=description)
+        return missing_estimate(name, reason, y.size, int(y.sum()), description=description)
     kw = dict(groups=groups, Cs=Cs, n_folds=n_folds, n_inner=n_inner, seed=seed)
-    permuted = _permutations(y, n_shuffles, seed)
-    with _single_threaded(), config_context(assume_finite=True, skip_parameter_validation=True):  # finiteness is checked once by the callers
+    permuted = label_permutations(y, n_shuffles, seed)
+    with single_threaded(), config_context(assume_finite=True, skip_parameter_validation=True):  # finiteness is checked once by the callers
         real = _nested_cv(make_model, X, y, **kw)
         shuffled = [_nested_cv(make_model, X, yp, **kw) for yp in permuted]
     fits = real.n_fits + sum(s.n_fits for s in shuffled)
     bad = real.n_not_converged + sum(s.n_not_converged for s in shuffled)
     note = f"lbfgs reached max_iter in {bad} of {fits} fits" if bad else ""
-    return _summarise(
+    return summarise_estimate(
         name, real.scores, y, real.fold_aurocs, [auroc(s.scores, yp) for s, yp in zip(shuffled, permuted)],
         n_boot=n_boot, seed=seed, groups=groups, kind="probe", description=description, note=note,
         chosen_C=real.chosen_C,
     )
 
 
-def _single_threaded() -> Any:
+def single_threaded() -> Any:
     """One BLAS/OpenMP thread for the fits.
 
     These matrices are tiny, and threads contending on a busy CPU made lbfgs ~40× slower in our
@@ -268,7 +269,7 @@ def probe_auroc(
     X: Any, y: Any, *, name: str = "probe", description: str = "linear probe on the given features",
     groups: Any = None, Cs: Sequence[float] = C_GRID, n_folds: int = N_OUTER, n_inner: int = N_INNER,
     n_boot: int = N_BOOT, n_shuffles: int = N_SHUFFLES, seed: int = 0, pca_components: int | None = None,
-) -> ProbeResult:
+) -> AurocEstimate:
     """Recov of features ``X`` (n, f) for labels ``y`` (n,) 0/1: nested-CV linear probe AUROC.
 
     Args:
@@ -288,7 +289,7 @@ def probe_auroc(
                         n_inner=n_inner, n_boot=n_boot, n_shuffles=n_shuffles, seed=seed)
 
 
-def text_probe_auroc(texts: Sequence[str], y: Any, *, name: str = "question text only (TF-IDF)", **kw: Any) -> ProbeResult:
+def text_probe_auroc(texts: Sequence[str], y: Any, *, name: str = "question text only (TF-IDF)", **kw: Any) -> AurocEstimate:
     """Shortcut check: the same nested protocol on TF-IDF features of the question text alone."""
     X = np.asarray([str(t) for t in texts], dtype=object)
     description = "TF-IDF of the question's words (1–2-grams) + L2 logistic regression, no model state"
@@ -298,7 +299,7 @@ def text_probe_auroc(texts: Sequence[str], y: Any, *, name: str = "question text
 def probe_by_layer(
     hidden: Any, y: Any, *, n_shuffles: int = N_SHUFFLES_PER_LAYER,
     progress: Callable[[int, int, str], None] | None = None, **kw: Any,
-) -> list[ProbeResult]:
+) -> list[AurocEstimate]:
     """The "which layer knows?" curve: one probe per ``hidden_states`` index.
 
     Args:
@@ -310,7 +311,7 @@ def probe_by_layer(
         L + 1 results; constant layers carry ``reason="constant state"`` and no AUROC.
 
     """
-    hidden = _as_states(hidden)
+    hidden = as_states(hidden)
     y = np.asarray(y).astype(int)
     constant = set(constant_layers(hidden)) if hidden.shape[0] >= 2 else set()
     out = []
@@ -319,7 +320,7 @@ def probe_by_layer(
         name = f"layer {layer}"
         desc = f"linear probe on the read-out state after block {layer}" if layer else "linear probe on the embeddings"
         if layer in constant:
-            out.append(_missing(name, REASON_CONSTANT, y.size, int(y.sum()), description=desc))
+            out.append(missing_estimate(name, REASON_CONSTANT, y.size, int(y.sum()), description=desc))
         else:
             out.append(probe_auroc(hidden[:, layer, :], y, name=name, description=desc, n_shuffles=n_shuffles, **kw))
         if progress:
@@ -333,7 +334,7 @@ def last_layer_indices(n_states: int, k: int = LAST_K) -> tuple[int, ...]:
     return tuple(range(n_states - k, n_states))
 
 
-def probe_last_layers(hidden: Any, y: Any, k: int = LAST_K, **kw: Any) -> ProbeResult:
+def probe_last_layers(hidden: Any, y: Any, k: int = LAST_K, **kw: Any) -> AurocEstimate:
     """Probe on the concatenated states of the last ``k`` layers (the paper's choice).
 
     Args:
@@ -341,14 +342,20 @@ def probe_last_layers(hidden: Any, y: Any, k: int = LAST_K, **kw: Any) -> ProbeR
         y: (N,) 0/1.
 
     """
-    hidden = _as_states(hidden)
+    hidden = as_states(hidden)
     layers = last_layer_indices(hidden.shape[1], k)
     X = hidden[:, list(layers), :].reshape(hidden.shape[0], -1)
     desc = f"linear probe on the concatenated states of layers {layers[0]}–{layers[-1]} ({len(layers) * hidden.shape[2]} features)"
     return probe_auroc(X, y, name=f"last {len(layers)} layers", description=desc, **kw)
 
 
-def _as_states(hidden: Any) -> np.ndarray:
+def as_states(hidden: Any) -> np.ndarray:
+    """``hidden`` as an (N, L + 1, d) array of finite states.
+
+    Raises:
+        DataError: another shape, or inf/NaN values.
+
+    """
     hidden = np.asarray(hidden)
     if hidden.ndim != 3:
         raise DataError(f"States must be (N, L + 1, d), got shape {hidden.shape}.")

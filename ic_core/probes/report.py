@@ -15,18 +15,26 @@ from ic_core.stats.geometry import constant_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     from ic_core.runs.store import StudyRun
-from ic_core.probes.baselines import _signal_label, baselines_for
+from ic_core.probes.baselines import baselines_for, readout_signal_label
 from ic_core.probes.cv import (
     C_GRID,
     LAST_K,
     N_INNER,
     N_SHUFFLES_PER_LAYER,
-    _as_states,
+    as_states,
     last_layer_indices,
     probe_by_layer,
     probe_last_layers,
 )
-from ic_core.stats.auroc import N_BOOT, N_OUTER, N_SHUFFLES, AurocDifference, ProbeResult, _round, auroc_difference
+from ic_core.stats.auroc import (
+    N_BOOT,
+    N_OUTER,
+    N_SHUFFLES,
+    AurocDifference,
+    AurocEstimate,
+    auroc_difference,
+    round_or_none,
+)
 
 # --------------------------------------------------------------------------------------
 # A study run → the full report
@@ -49,11 +57,11 @@ class RecoverabilityReport:
     signal_name: str
     """``"H_int"``, ``"H_slot"`` or ``"mixed"``: what the table's ``h_int_bits`` column holds here."""
     constant_layers: tuple[int, ...]
-    by_layer: tuple[ProbeResult, ...]
+    by_layer: tuple[AurocEstimate, ...]
     """L + 1 results, index = ``hidden_states`` index (0 = embeddings)."""
-    last_layers: ProbeResult
+    last_layers: AurocEstimate
     last_layer_indices: tuple[int, ...]
-    baselines: tuple[ProbeResult, ...]
+    baselines: tuple[AurocEstimate, ...]
     differences: tuple[AurocDifference, ...] = ()
     """The last-layers probe minus each baseline scored on the same rows (paired bootstrap CI)."""
     settings: dict[str, Any] = field(default_factory=dict)
@@ -64,7 +72,7 @@ class RecoverabilityReport:
         """Share of graded rows answered correctly."""
         return self.n_pos / self.n if self.n else None
 
-    def baseline(self, key: str) -> ProbeResult | None:
+    def baseline(self, key: str) -> AurocEstimate | None:
         """The baseline whose name starts with ``key`` (e.g. ``"−H"``, ``"prompt length"``)."""
         return next((b for b in self.baselines if b.name.startswith(key)), None)
 
@@ -72,7 +80,7 @@ class RecoverabilityReport:
         """The probe-minus-baseline comparison for one baseline, if both have an AUROC."""
         return next((d for d in self.differences if d.b == baseline_name), None)
 
-    def best_layer(self) -> ProbeResult | None:
+    def best_layer(self) -> AurocEstimate | None:
         """Layer with the highest pooled AUROC (descriptive: picking it on these folds is optimistic)."""
         ok = [r for r in self.by_layer if r.ok]
         return max(ok, key=lambda r: r.auroc_pooled) if ok else None
@@ -83,11 +91,11 @@ class RecoverabilityReport:
         return {
             "run": self.run_path, "selection": self.selection, "n_rows": self.n_rows,
             "n_ungraded_excluded": self.n_ungraded, "n": self.n, "n_correct": self.n_pos,
-            "accuracy": _round(self.accuracy), "signal": self.signal_name,
+            "accuracy": round_or_none(self.accuracy), "signal": self.signal_name,
             "constant_layers": list(self.constant_layers),
             "by_layer": [dict(layer=i, **r.to_json()) for i, r in enumerate(self.by_layer)],
             "best_layer": None if best is None else {
-                "layer": self.by_layer.index(best), "auroc_pooled": _round(best.auroc_pooled),
+                "layer": self.by_layer.index(best), "auroc_pooled": round_or_none(best.auroc_pooled),
                 "note": "chosen after looking at all layers on the same folds: optimistic; the last-layers probe is the fixed choice",
             },
             "last_layers": dict(layers=list(self.last_layer_indices), **self.last_layers.to_json()),
@@ -141,7 +149,7 @@ def recoverability(
     rows = graded["row"].to_numpy(int)
     y = np.asarray([bool(v) for v in graded["correct"]], dtype=int)
     groups = graded["item_id"].astype(str).to_numpy() if pooled else None
-    hidden = _as_states(np.asarray(run.hidden)[rows])
+    hidden = as_states(np.asarray(run.hidden)[rows])
     lens = np.asarray(run.lens_entropy_bits, dtype=np.float64)[rows]
     common = dict(groups=groups, n_boot=n_boot, seed=seed)
     n_layer_steps = hidden.shape[1]
@@ -169,14 +177,14 @@ def recoverability(
     }
     return RecoverabilityReport(
         run_path=str(run.path), selection=label, n_rows=n_rows, n_ungraded=n_rows - len(rows), n=int(y.size),
-        n_pos=int(y.sum()), signal_name=_signal_label(graded["signal"].tolist()) if len(rows) else "H_int",
+        n_pos=int(y.sum()), signal_name=readout_signal_label(graded["signal"].tolist()) if len(rows) else "H_int",
         constant_layers=const, by_layer=tuple(by_layer), last_layers=last, last_layer_indices=last_idx,
         baselines=tuple(baselines), differences=differences, settings=settings, elapsed_s=time.perf_counter() - t0,
     )
 
 
 def probe_column(run: StudyRun, *, k: int = LAST_K, n_boot: int = N_BOOT, n_shuffles: int = N_SHUFFLES,
-                 seed: int = 0) -> dict[str, ProbeResult]:
+                 seed: int = 0) -> dict[str, AurocEstimate]:
     """Last-``k``-layers probe per regime, for the paper-form regime comparison table."""
     out = {}
     for regime in dict.fromkeys(run.table["regime"].tolist()):
@@ -188,7 +196,7 @@ def probe_column(run: StudyRun, *, k: int = LAST_K, n_boot: int = N_BOOT, n_shuf
     return out
 
 
-def probe_column_text(results: dict[str, ProbeResult], k: int = LAST_K) -> dict[str, dict[str, str]]:
+def probe_column_text(results: dict[str, AurocEstimate], k: int = LAST_K) -> dict[str, dict[str, str]]:
     """``{column: {regime: "0.78 [0.72, 0.83]"}}`` for ``ic_core.study.compare.regime_comparison(extra_columns=...)``.
 
     A regime without an AUROC shows its reason (e.g. ``"n too small"``), never a number.

@@ -21,15 +21,15 @@ if TYPE_CHECKING:  # pragma: no cover
 from ic_core.probes.cv import (
     C_GRID,
     LAST_K,
-    _as_states,
-    _FitCounter,
-    _single_threaded,
+    FitCounter,
+    as_states,
     choose_C,
     last_layer_indices,
+    single_threaded,
     state_model,
 )
 from ic_core.probes.report import graded_selection
-from ic_core.stats.auroc import N_OUTER, ProbeResult, label_reason
+from ic_core.stats.auroc import N_OUTER, AurocEstimate, label_reason
 
 FORMAT_VERSION = 1
 
@@ -198,7 +198,7 @@ def _probe_paths(path: str | Path) -> tuple[Path, Path]:
 
 def fit_saved_probe(
     hidden: Any, y: Any, *, layers: Sequence[int] | None = None, k: int = LAST_K, model_spec: dict[str, Any],
-    run_path: str = "", selection: str = "", cv_result: ProbeResult | None = None, groups: Any = None,
+    run_path: str = "", selection: str = "", cv_result: AurocEstimate | None = None, groups: Any = None,
     Cs: Sequence[float] = C_GRID, n_folds: int = N_OUTER, seed: int = 0,
 ) -> SavedProbe:
     """Fit the final probe on all rows; C chosen by a stratified CV over all rows.
@@ -215,16 +215,16 @@ def fit_saved_probe(
     """
     from sklearn import config_context
 
-    hidden = _as_states(hidden)
+    hidden = as_states(hidden)
     y = np.asarray(y).astype(int)
     reason = label_reason(y, n_folds)
     if reason:
         raise DataError(f"Cannot fit a probe: {reason} ({y.size} graded rows, {int(y.sum())} correct).")
     chosen = tuple(layers) if layers is not None else last_layer_indices(hidden.shape[1], k)
     X = hidden[:, list(chosen), :].reshape(hidden.shape[0], -1).astype(np.float64)
-    with _single_threaded(), config_context(assume_finite=True, skip_parameter_validation=True):
+    with single_threaded(), config_context(assume_finite=True, skip_parameter_validation=True):
         C = choose_C(state_model, X, y, groups_train=groups, Cs=Cs, n_inner=n_folds, seed=seed)
-        model = _FitCounter().fit(state_model(C), X, y)
+        model = FitCounter().fit(state_model(C), X, y)
     scaler, logreg = model.named_steps["scale"], model.named_steps["logreg"]
     choice = f"fixed: last {len(chosen)} layers" if layers is None else f"given: layers {list(chosen)}"
     return SavedProbe(
@@ -240,7 +240,7 @@ def fit_saved_probe(
 
 
 def fit_saved_probe_for_run(run: StudyRun, regime: str | None = None, pooled: bool = False, *, k: int = LAST_K,
-                            cv_result: ProbeResult | None = None, seed: int = 0) -> SavedProbe:
+                            cv_result: AurocEstimate | None = None, seed: int = 0) -> SavedProbe:
     """The last-``k``-layers probe of one selection of a run, fitted on all its graded rows."""
     graded, label, _ = graded_selection(run, regime, pooled)
     rows = graded["row"].to_numpy(int)

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
-
 
 N_OUTER = 5
 """Outer (reported) folds."""
@@ -19,6 +15,8 @@ N_BOOT = 1000
 """Bootstrap resamples for the 95 % CI."""
 N_SHUFFLES = 10
 """Label permutations for the shuffle control of a single probe."""
+N_SHUFFLES_HELD_OUT = 20
+"""Label permutations for the shuffle control of a fixed score on held-out items (no refitting: cheap)."""
 MIN_TOTAL = 10
 """Fewer graded rows than this → "n too small"."""
 
@@ -34,18 +32,22 @@ REASON_MISSING = "not recorded in this run"
 
 
 @dataclass(frozen=True, eq=False)
-class ProbeResult:
-    """Out-of-fold AUROC of one probe or one single-score baseline on N labelled rows.
+class AurocEstimate:
+    """AUROC of one score for correctness on N labelled rows, with bootstrap CI and shuffle control.
 
-    AUROC fields are ``None`` exactly when ``reason`` says why (never a stand-in 0.5).
+    The one result type for every AUROC the engine reports: a probe's out-of-fold scores
+    (nested CV), a single-score baseline on the same folds, or a fixed score judged on
+    held-out items (the governance comparison). AUROC fields are ``None`` exactly when
+    ``reason`` says why (never a stand-in 0.5).
     """
 
     name: str
     """Short label, e.g. ``"layer 12"``, ``"last 5 layers"``, ``"−H_int"``."""
     auroc_pooled: float | None
-    """AUROC of the pooled out-of-fold scores (each fold on its training fold's scale)."""
+    """AUROC of the pooled scores: out-of-fold (each fold on its training fold's scale) for probes,
+    the score itself for fixed scores and held-out items."""
     auroc_fold_mean: float | None
-    """Mean of the per-fold AUROCs."""
+    """Mean of the per-fold AUROCs (``None`` for held-out items: no folds)."""
     ci_low: float | None
     """Lower end of the bootstrap 95 % CI of ``auroc_pooled``."""
     ci_high: float | None
@@ -53,7 +55,9 @@ class ProbeResult:
     shuffle_mean: float | None
     """Mean pooled AUROC over label permutations (same protocol); ≈ 0.5 when nothing leaks."""
     shuffle_min: float | None
+    """Lowest AUROC over the label permutations."""
     shuffle_max: float | None
+    """Highest AUROC over the label permutations."""
     n: int
     """Rows used (graded, both classes counted)."""
     n_pos: int
@@ -69,12 +73,14 @@ class ProbeResult:
     reason: str | None = None
     """Why the AUROC is missing (``"n too small"``, ``"only one class"``, ``"constant state"``, …)."""
     kind: str = "probe"
-    """``"probe"`` (fitted in nested CV) or ``"score"`` (a fixed score, no fitting)."""
+    """``"probe"`` (fitted in nested CV), ``"score"`` (a fixed score, no fitting) or ``"held_out"``
+    (a fixed score judged on held-out items only, see :func:`held_out_auroc`)."""
     description: str = ""
     """What is computed, in words."""
     note: str = ""
     """Caveats (e.g. lbfgs non-convergence, sign choices, shuffle count)."""
     n_shuffles: int = 0
+    """Label permutations behind the ``shuffle_*`` fields."""
     n_boot_used: int = 0
     """Bootstrap resamples with both classes (the CI's denominator)."""
 
@@ -82,6 +88,20 @@ class ProbeResult:
     def ok(self) -> bool:
         """Whether an AUROC was computed."""
         return self.auroc_pooled is not None
+
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        """``(ci_low, ci_high)``, or ``None`` when the CI is not available."""
+        if self.ci_low is None or self.ci_high is None:
+            return None
+        return (self.ci_low, self.ci_high)
+
+    @property
+    def shuffle_range(self) -> tuple[float, float] | None:
+        """``(shuffle_min, shuffle_max)``, or ``None`` without a shuffle control."""
+        if self.shuffle_min is None or self.shuffle_max is None:
+            return None
+        return (self.shuffle_min, self.shuffle_max)
 
     def ci_text(self) -> str:
         """``"0.78 [0.72, 0.83]"`` or the reason."""
@@ -94,15 +114,15 @@ class ProbeResult:
     def to_json(self, include_scores: bool = False) -> dict[str, Any]:
         """JSON-ready figures (``None`` → ``null``, always with the reason)."""
         out: dict[str, Any] = {
-            "name": self.name, "kind": self.kind, "auroc_pooled": _round(self.auroc_pooled),
-            "auroc_fold_mean": _round(self.auroc_fold_mean),
-            "ci95": [_round(self.ci_low), _round(self.ci_high)] if self.ci_low is not None else None,
+            "name": self.name, "kind": self.kind, "auroc_pooled": round_or_none(self.auroc_pooled),
+            "auroc_fold_mean": round_or_none(self.auroc_fold_mean),
+            "ci95": [round_or_none(self.ci_low), round_or_none(self.ci_high)] if self.ci_low is not None else None,
             "shuffle": None if self.shuffle_mean is None else {
-                "mean": _round(self.shuffle_mean), "min": _round(self.shuffle_min), "max": _round(self.shuffle_max),
+                "mean": round_or_none(self.shuffle_mean), "min": round_or_none(self.shuffle_min), "max": round_or_none(self.shuffle_max),
                 "n_permutations": self.n_shuffles,
             },
             "n": self.n, "n_correct": self.n_pos, "chosen_C": list(self.chosen_C),
-            "fold_aurocs": [_round(a) for a in self.fold_aurocs], "reason": self.reason,
+            "fold_aurocs": [round_or_none(a) for a in self.fold_aurocs], "reason": self.reason,
             "description": self.description, "note": self.note,
         }
         if include_scores and self.scores is not None:
@@ -110,13 +130,17 @@ class ProbeResult:
         return out
 
 
-def _round(x: float | None, nd: int = 4) -> float | None:
+def round_or_none(x: float | None, nd: int = 4) -> float | None:
+    """``x`` rounded to ``nd`` decimals for JSON, ``None`` kept as ``None``."""
     return None if x is None else round(float(x), nd)
 
 
-def _missing(name: str, reason: str, n: int, n_pos: int, kind: str = "probe", description: str = "") -> ProbeResult:
-    return ProbeResult(name, None, None, None, None, None, None, None, n, n_pos, reason=reason, kind=kind,
-                       description=description)
+def missing_estimate(
+    name: str, reason: str, n: int, n_pos: int, kind: str = "probe", description: str = "", note: str = ""
+) -> AurocEstimate:
+    """An estimate without an AUROC: every figure ``None`` and ``reason`` saying why."""
+    return AurocEstimate(name, None, None, None, None, None, None, None, n, n_pos, reason=reason, kind=kind,
+                         description=description, note=note)
 
 
 # --------------------------------------------------------------------------------------
@@ -142,8 +166,16 @@ def auroc(scores: Any, labels: Any) -> float | None:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def _bootstrap_indices(n: int, n_boot: int, seed: int, groups: Any = None) -> Any:
-    """Yield ``n_boot`` resamples of row indices: rows with replacement, or whole groups when given."""
+def bootstrap_indices(n: int, n_boot: int, seed: int, groups: Any = None) -> Any:
+    """Yield ``n_boot`` resamples of row indices: rows with replacement, or whole groups when given.
+
+    Args:
+        n: Rows to resample.
+        n_boot: Resamples to yield.
+        seed: Seed of the resampling generator (the same seed gives the same resamples).
+        groups: Optional (n,) group ids; each resample then draws whole groups with replacement.
+
+    """
     rng = np.random.default_rng(seed)
     if groups is None:
         yield from rng.integers(0, n, size=(n_boot, n))
@@ -154,7 +186,15 @@ def _bootstrap_indices(n: int, n_boot: int, seed: int, groups: Any = None) -> An
         yield np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
 
 
-def _percentile_ci(values: list[float], n_boot: int, level: float) -> tuple[float | None, float | None]:
+def percentile_ci(values: list[float], n_boot: int, level: float) -> tuple[float | None, float | None]:
+    """Percentile interval of bootstrap ``values``; ``(None, None)`` if fewer than half the resamples counted.
+
+    Args:
+        values: The statistic on each usable resample.
+        n_boot: Resamples drawn (usable or not).
+        level: Coverage, e.g. 0.95.
+
+    """
     if len(values) < n_boot / 2:
         return None, None
     tail = (1.0 - level) / 2.0 * 100.0
@@ -175,11 +215,11 @@ def bootstrap_ci(
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels).astype(bool)
     values = []
-    for idx in _bootstrap_indices(s.size, n_boot, seed, groups):
+    for idx in bootstrap_indices(s.size, n_boot, seed, groups):
         a = auroc(s[idx], y[idx])
         if a is not None:
             values.append(a)
-    low, high = _percentile_ci(values, n_boot, level)
+    low, high = percentile_ci(values, n_boot, level)
     return low, high, len(values)
 
 
@@ -206,12 +246,12 @@ class AurocDifference:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready figures."""
-        return {"a": self.a, "b": self.b, "auroc_difference": _round(self.diff),
-                "ci95": None if self.ci_low is None else [_round(self.ci_low), _round(self.ci_high)], "n": self.n}
+        return {"a": self.a, "b": self.b, "auroc_difference": round_or_none(self.diff),
+                "ci95": None if self.ci_low is None else [round_or_none(self.ci_low), round_or_none(self.ci_high)], "n": self.n}
 
 
 def auroc_difference(
-    a: ProbeResult, b: ProbeResult, *, n_boot: int = N_BOOT, seed: int = 0, groups: Any = None
+    a: AurocEstimate, b: AurocEstimate, *, n_boot: int = N_BOOT, seed: int = 0, groups: Any = None
 ) -> AurocDifference | None:
     """Paired bootstrap of the AUROC difference of two results scored on the same rows (None otherwise)."""
     if not (a.ok and b.ok) or a.scores is None or b.scores is None or a.labels is None or b.labels is None:
@@ -220,11 +260,11 @@ def auroc_difference(
         return None
     y = a.labels.astype(bool)
     diffs = []
-    for idx in _bootstrap_indices(y.size, n_boot, seed, groups):
+    for idx in bootstrap_indices(y.size, n_boot, seed, groups):
         da, db = auroc(a.scores[idx], y[idx]), auroc(b.scores[idx], y[idx])
         if da is not None and db is not None:
             diffs.append(da - db)
-    low, high = _percentile_ci(diffs, n_boot, 0.95)
+    low, high = percentile_ci(diffs, n_boot, 0.95)
     assert a.auroc_pooled is not None and b.auroc_pooled is not None
     return AurocDifference(a.name, b.name, a.auroc_pooled - b.auroc_pooled, low, high, int(y.size))
 
@@ -256,14 +296,27 @@ def make_folds(
     return [(tr, te) for tr, te in splitter.split(dummy, y, np.asarray(groups))]
 
 
-def _summarise(
+def summarise_estimate(
     name: str, scores: np.ndarray, y: np.ndarray, fold_aurocs: Sequence[float | None], shuffled: list[float],
     *, n_boot: int, seed: int, groups: Any, kind: str, description: str, note: str = "",
     chosen_C: tuple[float, ...] = (),
-) -> ProbeResult:
+) -> AurocEstimate:
+    """The estimate of ``scores`` for labels ``y``: pooled AUROC, bootstrap CI, fold mean and shuffle summary.
+
+    Args:
+        name: Short label of the score.
+        scores: (n,) scores, larger = more likely correct.
+        y: (n,) 0/1 labels aligned with ``scores``.
+        fold_aurocs: AUROC of each outer test fold (empty without folds).
+        shuffled: The same protocol's AUROC on each label permutation (:func:`label_permutations`).
+        n_boot: Bootstrap resamples. seed: Bootstrap seed. groups: Optional (n,) group ids to resample whole.
+        kind: ``"probe"``, ``"score"`` or ``"held_out"``. description: What is computed, in words.
+        note: Caveats. chosen_C: C of each outer fold (probes).
+
+    """
     low, high, used = bootstrap_ci(scores, y, n_boot=n_boot, seed=seed, groups=groups)
     valid = [a for a in fold_aurocs if a is not None]
-    return ProbeResult(
+    return AurocEstimate(
         name=name, auroc_pooled=auroc(scores, y), auroc_fold_mean=float(np.mean(valid)) if valid else None,
         ci_low=low, ci_high=high,
         shuffle_mean=float(np.mean(shuffled)) if shuffled else None,
@@ -275,6 +328,48 @@ def _summarise(
     )
 
 
-def _permutations(y: np.ndarray, n_shuffles: int, seed: int) -> list[np.ndarray]:
+def label_permutations(y: np.ndarray, n_shuffles: int, seed: int) -> list[np.ndarray]:
+    """``n_shuffles`` permutations of the labels for the shuffle control: the one seed convention.
+
+    Probes, baselines and held-out scores all draw their permutations here, from ``seed + 10_007``
+    (apart from the fold and bootstrap streams, which use ``seed`` itself).
+    """
     rng = np.random.default_rng(seed + 10_007)
     return [rng.permutation(y) for _ in range(n_shuffles)]
+
+
+def held_out_auroc(
+    name: str, score_correct: Any, correct: Any, test_idx: Any, *, n_boot: int = N_BOOT,
+    n_shuffles: int = N_SHUFFLES_HELD_OUT, seed: int = 0, description: str = "",
+) -> AurocEstimate:
+    """AUROC of a fixed score on the given (held-out) items, with bootstrap CI and shuffle control.
+
+    The same bootstrap (:func:`bootstrap_ci`, ``seed``) and the same label permutations
+    (:func:`label_permutations`) as the probes and baselines; nothing is fitted, so there are no folds.
+    Rows whose score is not finite are left out and counted in the note.
+
+    Args:
+        name: Short label of the score.
+        score_correct: (n,) score for every item, larger = more likely correct.
+        correct: (n,) 0/1 or bool correctness of every item.
+        test_idx: Indices of the held-out items to judge the score on.
+        n_boot: Bootstrap resamples. n_shuffles: Label permutations. seed: Seed of both.
+        description: What the score is, in words.
+
+    Returns:
+        A ``kind="held_out"`` estimate; no AUROC (``reason`` set) when one class is missing.
+
+    """
+    idx = np.asarray(test_idx, dtype=np.int64)
+    s = np.asarray(score_correct, dtype=np.float64)[idx]
+    y = np.asarray(correct).astype(int)[idx]
+    keep = np.isfinite(s)
+    note = "" if keep.all() else f"{int((~keep).sum())} held-out rows without this score left out"
+    if not keep.any():
+        return missing_estimate(name, REASON_MISSING, int(y.size), int(y.sum()), "held_out", description, note)
+    s, y = s[keep], y[keep]
+    if y.all() or not y.any():
+        return missing_estimate(name, REASON_ONE_CLASS, int(y.size), int(y.sum()), "held_out", description, note)
+    shuffled = [auroc(s, yp) for yp in label_permutations(y, n_shuffles, seed)]
+    return summarise_estimate(name, s, y, (), [a for a in shuffled if a is not None], n_boot=n_boot, seed=seed,
+                              groups=None, kind="held_out", description=description, note=note)

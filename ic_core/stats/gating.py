@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 
 from ic_core.errors import DataError
+from ic_core.stats.auroc import N_BOOT
 
 MIN_ITEMS_PER_SPLIT = 10
 """Fewer graded items than this in the training or held-out share is refused as "n too small"."""
-N_BOOT = 1000
 
 
 # --------------------------------------------------------------------------------------
