@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from ic_core.errors import DataError
 from ic_core.stats.entropy import entropy_bits, entropy_top_k_bits, kl_bits
 from ic_core.stats.geometry import (
     constant_layers,
@@ -13,6 +14,8 @@ from ic_core.stats.geometry import (
     n_components_for_variance,
     participation_ratio,
     pca,
+    pca_fit,
+    place,
 )
 
 
@@ -95,3 +98,53 @@ class TestDimensionality:
         scores, comps, mean, ratio = pca(x, 2)
         assert scores.shape == (200, 2) and comps.shape == (2, 10)
         assert abs(comps[0, 4]) > 0.99 and ratio[0] > 0.99
+
+
+class TestPlacement:
+    """Placing one state on the PCA of N states: the same axes as :func:`pca`, distances in k components."""
+
+    def _states(self):
+        rng = np.random.default_rng(7)
+        return rng.normal(size=(15, 20)) * np.linspace(3.0, 0.1, 20)
+
+    def test_a_study_row_lands_on_its_own_pca_scores_signs_included(self):
+        x = self._states()
+        scores, _, _, ratio = pca(x, 2)
+        for i in (0, 6, 14):
+            p = place(x, x[i])
+            np.testing.assert_allclose(p.point, scores[i], rtol=0, atol=1e-12)
+            np.testing.assert_allclose(p.scores, scores, rtol=0, atol=1e-12)
+            assert p.nearest_index == i and p.nearest_distance == pytest.approx(0.0, abs=1e-12)
+            assert p.nn_percentile == 0.0 and not p.outside
+        np.testing.assert_allclose(p.explained_ratio, ratio)
+        assert p.n_components == 10  # min(10, N - 1 = 14)
+
+    def test_distances_and_mahalanobis_on_known_values(self):
+        x = self._states()
+        fit = pca_fit(x, 10)
+        new = x.mean(axis=0) + 2.0 * fit.components[0] * np.sqrt(fit.variance[0])
+        p = place(x, new)
+        assert p.mahalanobis == pytest.approx(2.0)  # two standard deviations along PC1 only
+        d = np.sqrt(((fit.scores - fit.transform(new)) ** 2).sum(-1))
+        assert p.nearest_distance == pytest.approx(d.min()) and p.nearest_index == int(np.argmin(d))
+        pair = np.sqrt(((fit.scores[:, None] - fit.scores[None]) ** 2).sum(-1)) + np.diag(np.full(15, np.inf))
+        np.testing.assert_allclose(p.study_nn_distances, pair.min(axis=1))
+        assert p.nn_percentile == pytest.approx(100.0 * (pair.min(axis=1) < d.min()).mean())
+        far = place(x, x[0] * 50)
+        assert far.outside and far.nn_percentile == 100.0
+
+    def test_rank_one_states_use_one_component(self):
+        t = np.arange(5.0)[:, None]
+        x = t * np.array([[1.0, 2.0, 0.0]])
+        p = place(x, np.array([0.5, 1.0, 0.0]))
+        assert p.n_components == 1 and p.scores[:, 1].tolist() == [0.0] * 5 and p.point[1] == 0.0
+        assert p.nearest_distance == pytest.approx(np.sqrt(5.0) / 2)
+
+    def test_refusals(self):
+        x = self._states()
+        with pytest.raises(ValueError, match="N ≥ 3"):
+            place(x[:2], x[0])
+        with pytest.raises(ValueError, match="got \\(15, 20\\) and \\(19,\\)"):
+            place(x, x[0, :19])
+        with pytest.raises(DataError, match="identical"):
+            place(np.ones((5, 4)), np.zeros(4))

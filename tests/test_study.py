@@ -429,6 +429,20 @@ class TestComparison:
         assert outside.outside and outside.nn_percentile == 100.0 and outside.mahalanobis > inside.mahalanobis
         with pytest.raises(DataError, match="model the study used"):
             place_state(run, np.zeros((5, 8)), layer=2)
+        with pytest.raises(DataError, match="Layer 0 is constant"):
+            place_state(run, run.hidden[3], layer=0)
+
+    def test_placed_study_row_is_on_the_plotted_pca_axes(self, tmp_path):
+        """place_state and pca_of_layer share one PCA: a study row lands on its plotted scores, signs included."""
+        run = _synthetic_run(tmp_path)
+        rows = run.table.loc[run.table["regime"] == "cot", "row"].to_numpy()
+        shown = pca_of_layer(run, 2, rows)
+        for i in (0, 5):
+            placed = place_state(run, run.hidden[rows[i]].astype(np.float32), layer=2, rows=rows)
+            np.testing.assert_allclose(placed.point, shown.scores[i], rtol=0, atol=1e-12)
+            np.testing.assert_allclose(placed.scores, shown.scores, rtol=0, atol=1e-12)
+            assert placed.nearest_row == rows[i] and placed.nearest_distance == pytest.approx(0.0, abs=1e-12)
+            assert placed.layer == 2
 
 
 class TestCli:

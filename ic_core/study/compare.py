@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ import pandas as pd
 from ic_core.errors import DataError
 from ic_core.runs.schema import READOUT_NAMES, graded_correct
 from ic_core.runs.store import StudyRun
+from ic_core.stats.geometry import DimEff, Placement, constant_layers, dim_eff, pca, place
 
 # ---------------------------------------------------------------- summaries and comparisons
 
@@ -96,7 +97,7 @@ def _fmt(x: float, digits: int) -> str:
 
 def regime_comparison(
     run: StudyRun, extra_columns: Mapping[str, Mapping[str, Any]] | None = None,
-    dim_effs: Mapping[str, Any] | None = None,
+    dim_effs: Mapping[str, DimEff] | None = None,
 ) -> RegimeComparison:
     """Accuracy, H_int and dim_eff per regime, and paired Wilcoxon tests of H_int between regimes.
 
@@ -159,38 +160,30 @@ def regime_comparison(
 # ---------------------------------------------------------------- placing a new prompt on the study
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where one new state falls relative to a study's states at one layer (PCA of the study)."""
+@dataclass(frozen=True, eq=False)
+class StudyPlacement(Placement):
+    """A :class:`ic_core.stats.geometry.Placement` on a study: its layer and the nearest row in the table."""
 
     layer: int
-    scores: np.ndarray
-    """(N, 2) the study rows' first two principal-component scores."""
-    point: np.ndarray
-    """(2,) the new state's scores."""
-    explained_ratio: np.ndarray
-    """(2,) variance fraction of the two components."""
-    n_components: int
-    """Components k used for distances (≤ N − 1, ≤ 10)."""
-    nearest_distance: float
-    """Euclidean distance, in the k-component PCA space, from the new state to its nearest study row."""
     nearest_row: int
-    """Table row of that nearest study item."""
-    study_nn_distances: np.ndarray
-    """(N,) each study row's distance to its own nearest other row (same space)."""
-    mahalanobis: float
-    """sqrt(Σ score_j² / var_j) over the k components: how many 'standard deviations' away."""
-    nn_percentile: float
-    """Share (0–100) of study rows whose own nearest-neighbour distance is below ``nearest_distance``."""
-
-    @property
-    def outside(self) -> bool:
-        """True when the new state is farther from the study than 95 % of study items are from each other."""
-        return self.nn_percentile > 95.0
+    """Table row of the nearest study item (``rows[nearest_index]``)."""
 
 
-def place_state(run: StudyRun, hidden: np.ndarray, layer: int, rows: Sequence[int] | None = None) -> Placement:
+def _layer_states(run: StudyRun, layer: int, idx: np.ndarray) -> np.ndarray:
+    """(n, d) float32 states of ``layer`` for table rows ``idx``: the one input of every PCA of the study."""
+    return run.hidden[idx, layer, :].astype(np.float32)
+
+
+def _rows(run: StudyRun, rows: Sequence[int] | np.ndarray | None) -> np.ndarray:
+    return run.table["row"].to_numpy() if rows is None else np.asarray(rows, dtype=np.int64)
+
+
+def place_state(run: StudyRun, hidden: np.ndarray, layer: int, rows: Sequence[int] | None = None) -> StudyPlacement:
     """Project one (L + 1, d) state onto the study's PCA at ``layer`` and say how far it lies.
+
+    The state is rounded to float16 as the study's states are, and placed with
+    :func:`ic_core.stats.geometry.place` on the same rows :func:`pca_of_layer` uses, so
+    ``point`` is on the axes (signs included) of ``pca_of_layer(run, layer, rows).scores``.
 
     Raises:
         DataError: the state's shape does not match the study's model, fewer than 3 rows, or the layer is constant.
@@ -202,45 +195,24 @@ def place_state(run: StudyRun, hidden: np.ndarray, layer: int, rows: Sequence[in
             f"This state has shape {hidden.shape} but the study's model gives {run.hidden.shape[1:]}: "
             "analyse the prompt with the model the study used."
         )
-    idx = run.table["row"].to_numpy() if rows is None else np.asarray(rows, dtype=np.int64)
+    idx = _rows(run, rows)
     if len(idx) < 3:
         raise DataError(f"n too small: placing a prompt needs at least 3 study rows (have {len(idx)}).")
-    x = run.hidden[idx, layer, :].astype(np.float64)
-    mean = x.mean(axis=0)
-    centred = x - mean
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    var = s**2 / (len(idx) - 1)
-    k = int(min(10, len(idx) - 1, int((var > var[0] * 1e-9).sum()) if var.size and var[0] > 0 else 0))
-    if k < 1:
-        raise DataError(f"Layer {layer} is constant across the study's items: there is no spread to place a prompt in.")
-    scores = centred @ vt[:k].T
-    point = (hidden[layer].astype(np.float16).astype(np.float64) - mean) @ vt[:k].T
-    d_all = np.sqrt(((scores[:, None, :] - scores[None, :, :]) ** 2).sum(-1))
-    np.fill_diagonal(d_all, np.inf)
-    study_nn = d_all.min(axis=1)
-    d_new = np.sqrt(((scores - point) ** 2).sum(-1))
-    nearest = int(np.argmin(d_new))
-    total = float(var.sum())
-    ratio = var[:2] / total if total > 0 else np.zeros(2)
-    two = np.zeros((len(idx), 2))
-    two[:, : min(2, k)] = scores[:, : min(2, k)]
-    p2 = np.zeros(2)
-    p2[: min(2, k)] = point[: min(2, k)]
-    return Placement(
-        layer=layer, scores=two, point=p2, explained_ratio=np.pad(ratio, (0, 2 - len(ratio))),
-        n_components=k, nearest_distance=float(d_new[nearest]), nearest_row=int(idx[nearest]),
-        study_nn_distances=study_nn, mahalanobis=float(np.sqrt((point**2 / var[:k]).sum())),
-        nn_percentile=float(100.0 * (study_nn < d_new[nearest]).mean()),
-    )
+    try:
+        geo = place(_layer_states(run, layer, idx), hidden[layer].astype(np.float16).astype(np.float32))
+    except DataError:
+        raise DataError(
+            f"Layer {layer} is constant across the study's items: there is no spread to place a prompt in."
+        ) from None
+    values = {f.name: getattr(geo, f.name) for f in fields(geo)}
+    return StudyPlacement(**values, layer=layer, nearest_row=int(idx[geo.nearest_index]))
 
 
 # ---------------------------------------------------------------- per-layer views of the states
 
 
-def dim_eff_by_regime(run: StudyRun) -> dict[str, Any]:
+def dim_eff_by_regime(run: StudyRun) -> dict[str, DimEff]:
     """``{regime: DimEff}`` over each regime's rows (regimes with fewer than 2 rows are left out)."""
-    from ic_core.stats.geometry import dim_eff
-
     out = {}
     for regime in run.regimes:
         rows = run.table.loc[run.table["regime"] == regime, "row"].to_numpy()
@@ -274,14 +246,12 @@ def pca_of_layer(run: StudyRun, layer: int, rows: Sequence[int] | np.ndarray | N
         DataError: fewer than 3 rows, a layer out of range, or a constant layer (PCA undefined).
 
     """
-    from ic_core.stats.geometry import constant_layers, pca
-
     if not 0 <= layer <= run.n_layers:
         raise DataError(f"Layer {layer} is out of range: the model has layers 0..{run.n_layers}.")
-    idx = run.table["row"].to_numpy() if rows is None else np.asarray(rows, dtype=np.int64)
+    idx = _rows(run, rows)
     if len(idx) < 3:
         raise DataError(f"n too small: a PCA needs at least 3 rows (have {len(idx)}).")
-    x = run.hidden[idx, layer, :].astype(np.float32)
+    x = _layer_states(run, layer, idx)
     if constant_layers(x[:, None, :]):
         raise DataError(
             f"Layer {layer} is identical for every item (e.g. the embedding of the same last token): "
