@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,3 +189,18 @@ def read_audit(path: str | os.PathLike[str], last_n: int | None = None) -> tuple
     if last_n is not None:
         records = records[-last_n:] if last_n > 0 else []
     return records, skipped
+
+
+def audit_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The audit records as display rows, newest first.
+
+    Each row has ``time``, ``decision``, ``reason``, ``policy_id``, ``model``, ``elapsed_s``, the
+    first 16 hex digits of ``prompt_sha256``, ``prompt`` (``"(not stored)"`` when the policy kept
+    only the hash) and ``signals`` as compact JSON text.
+    """
+    return [{
+        "time": r.get("time"), "decision": r.get("decision"), "reason": r.get("reason"),
+        "policy_id": r.get("policy_id"), "model": r.get("model"), "elapsed_s": r.get("elapsed_s"),
+        "prompt_sha256": str(r.get("prompt_sha256", ""))[:16], "prompt": r.get("prompt", "(not stored)"),
+        "signals": json.dumps(r.get("signals", {}), ensure_ascii=False),
+    } for r in reversed(records)]

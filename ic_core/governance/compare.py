@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ic_core.errors import ICError
-from ic_core.governance.fit import RunSignals, probe_scores, run_signals
+from ic_core.governance.fit import ProbeScores, probe_scores
 from ic_core.governance.policy import check_spec_matches
+from ic_core.governance.rule import escalate as rule_escalate
+from ic_core.governance.signals import RunSignals, run_signals
 from ic_core.models import LoadedModel
 from ic_core.prompts import render, template_for
 from ic_core.stats.auroc import N_BOOT, AurocEstimate, held_out_auroc
@@ -22,6 +24,9 @@ from ic_core.stats.gating import (
     fit_threshold,
     risk_coverage,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ic_core.runs.store import StudyRun
 
 # --------------------------------------------------------------------------------------
 # Comparing signals on one run (the governance demo)
@@ -96,10 +101,22 @@ class SignalComparison:
         return next((r for r in self.results if r.key == key), None)
 
 
+def risk_rule(key: str, risk: np.ndarray, threshold: float | None) -> np.ndarray:
+    """(n,) escalate flags of signal ``key``'s rule from a risk threshold (None: escalate everything).
+
+    The policy rule (:func:`ic_core.governance.rule.escalate`) in risk terms: ``risk > threshold``,
+    i.e. entropy above the threshold, or for the probe (risk ``-P(correct)``) P(correct) below
+    ``-threshold``.
+    """
+    if key == "probe":
+        return rule_escalate("probe", None, -risk, None, None if threshold is None else -threshold, threshold is None)
+    return rule_escalate(key, risk, None, threshold, None, threshold is None)  # key: h_int or h_slot
+
+
 def _signal_result(key: str, name: str, description: str, risk: np.ndarray, sig: RunSignals, target_error: float,
                    n_boot: int) -> SignalResult:
     fit = fit_threshold(risk, sig.correct, target_error, sig.train_idx)
-    escalate = np.ones(risk.size, bool) if fit.threshold is None else risk > fit.threshold
+    escalate = risk_rule(key, risk, fit.threshold)
     return SignalResult(
         key, name, description, risk,
         held_out_auroc(name, -risk, sig.correct, sig.test_idx, n_boot=n_boot, seed=sig.seed, description=description),
@@ -109,7 +126,7 @@ def _signal_result(key: str, name: str, description: str, risk: np.ndarray, sig:
 
 
 def compare_signals(
-    run: Any,
+    run: StudyRun,
     loaded: LoadedModel | None,
     target_error: float,
     *,
@@ -117,7 +134,7 @@ def compare_signals(
     holdout: float = 0.4,
     seed: int = 0,
     signals: RunSignals | None = None,
-    scores: Any = None,
+    scores: ProbeScores | None = None,
     n_boot: int = N_BOOT,
 ) -> SignalComparison:
     """Raw H_int, H_slot and a probe on one run: same split, same target, held-out figures.

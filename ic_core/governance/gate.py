@@ -12,14 +12,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ic_core.analysis import Analysis, analyze
 from ic_core.errors import DataError, PromptError
 from ic_core.governance.audit import append_record, make_record, prompt_sha256, resolve_audit_path
 from ic_core.governance.policy import Policy, calibration_of, check_model
+from ic_core.governance.rule import explain
 from ic_core.models import LoadedModel
 from ic_core.prompts import PromptTemplate, clean_prompt, custom_template, template_for
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ic_core.probes.saved import SavedProbe
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class Decision:
         return asdict(self)
 
 
-def _probe_identity(probe: Any) -> str | None:
+def _probe_identity(probe: object) -> str | None:
     for attr in ("probe_id", "id"):
         value = getattr(probe, attr, None)
         if isinstance(value, str) and value:
@@ -60,7 +64,7 @@ def _probe_identity(probe: Any) -> str | None:
     return None
 
 
-def check_probe(policy: Policy, probe: Any) -> None:
+def check_probe(policy: Policy, probe: SavedProbe | None) -> None:
     """Refuse a probe other than the one the policy was calibrated with.
 
     Raises:
@@ -80,7 +84,7 @@ def check_probe(policy: Policy, probe: Any) -> None:
         )
 
 
-def _signals(policy: Policy, analysis: Analysis, probe: Any) -> dict[str, Any]:
+def _signals(policy: Policy, analysis: Analysis, probe: SavedProbe | None) -> dict[str, Any]:
     state = analysis.state
     name = "h_slot" if analysis.rendered.answer_prefix else "h_int"
     signals: dict[str, Any] = {
@@ -119,29 +123,20 @@ def _check_readout(policy: Policy, analysis: Analysis) -> None:
 
 
 def _rule(policy: Policy, signals: dict[str, Any]) -> tuple[bool, str]:
-    if policy.escalate_all:
-        return True, "The policy escalates every prompt (its target error could not be met on its training items)."
-    fired, passed = [], []
-    if policy.signal in ("h_int", "h_slot", "combined") and policy.t_entropy_bits is not None:
+    """The policy's rule (:func:`ic_core.governance.rule.explain`) on the gate's read-out values."""
+    entropy = None
+    if policy.signal in ("h_int", "h_slot", "combined") and not policy.escalate_all:
         label = policy.entropy_name
-        value = signals.get("h_slot_bits" if label == "H_slot" else "h_int_bits")
-        if value is None:
+        entropy = signals.get("h_slot_bits" if label == "H_slot" else "h_int_bits")
+        if entropy is None:
             raise PromptError(f"Policy {policy.policy_id} needs {label}, which this read-out does not give.")
-        (fired if value > policy.t_entropy_bits else passed).append(
-            f"{label} {value:.2f} bits {'>' if value > policy.t_entropy_bits else '<='} "
-            f"threshold {policy.t_entropy_bits:.2f} bits"
-        )
-    if policy.uses_probe and policy.t_probe is not None:
-        p = signals["probe_p_correct"]
-        (fired if p < policy.t_probe else passed).append(
-            f"probe P(correct) {p:.2f} {'<' if p < policy.t_probe else '>='} threshold {policy.t_probe:.2f}"
-        )
-    if fired:
-        return True, "; ".join(fired) + "."
-    return False, "; ".join(passed) + "."
+    verdict = explain(policy, entropy, signals.get("probe_p_correct") if policy.uses_probe else None)
+    return verdict.escalate, verdict.reason
 
 
-def decide_for_analysis(policy: Policy, analysis: Analysis, probe: Any = None, elapsed_s: float | None = None) -> Decision:
+def decide_for_analysis(
+    policy: Policy, analysis: Analysis, probe: SavedProbe | None = None, elapsed_s: float | None = None
+) -> Decision:
     """Apply a policy to an existing analysis (no forward pass, no audit record).
 
     Args:
@@ -206,7 +201,7 @@ def gate_check(
     policy: Policy,
     prompt: str,
     kind: str | None = None,
-    probe: Any = None,
+    probe: SavedProbe | None = None,
     audit_log: str | os.PathLike[str] | None | Literal[False] = None,
     answer_prefix: str | None = None,
     choices: Sequence[str] = (),

@@ -9,16 +9,21 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ic_core.errors import DataError
 from ic_core.io import atomic_write_text
 from ic_core.stats.gating import PlattCalibration
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ic_core.models import LoadedModel, ModelSpec
+
 FORMAT_VERSION = 1
 SIGNALS: tuple[str, ...] = ("h_int", "h_slot", "probe", "combined")
 Signal = Literal["h_int", "h_slot", "probe", "combined"]
 PrefixMode = Literal["none", "fixed", "per_item"]
+ENTROPY_NAMES = {"h_int": "H_int", "h_slot": "H_slot"}
+"""Display name of each entropy read-out."""
 
 
 class ModelMismatchError(DataError):
@@ -246,7 +251,7 @@ def _validate(p: Policy) -> None:
             raise DataError(f"The policy's model entry needs a string {key!r} (a ModelSpec dict).")
 
 
-def check_spec_matches(want: dict[str, Any], spec: Any, what: str) -> None:
+def check_spec_matches(want: dict[str, Any], spec: ModelSpec, what: str) -> None:
     """Refuse a model spec whose source, name or dtype differs from ``want`` (the device may differ).
 
     Args:
@@ -269,12 +274,12 @@ def check_spec_matches(want: dict[str, Any], spec: Any, what: str) -> None:
         )
 
 
-def check_model_spec(policy: Policy, spec: Any) -> None:
+def check_model_spec(policy: Policy, spec: ModelSpec) -> None:
     """Refuse a model spec other than the policy's (see :func:`check_spec_matches`)."""
     check_spec_matches(policy.model, spec, f"Policy {policy.policy_id}")
 
 
-def check_model(policy: Policy, loaded: Any) -> None:
+def check_model(policy: Policy, loaded: LoadedModel) -> None:
     """Refuse a gate whose loaded model is not the one the policy was fitted on.
 
     Compares the specs (:func:`check_model_spec`) and, when the policy records them, the layer
@@ -304,9 +309,3 @@ def calibration_of(policy: Policy) -> PlattCalibration | None:
         return None
     return PlattCalibration(float(policy.probe["platt_coef"]), float(policy.probe["platt_intercept"]))
 
-
-# --------------------------------------------------------------------------------------
-# Fitting a policy on a saved study run
-# --------------------------------------------------------------------------------------
-
-ENTROPY_NAMES = {"h_int": "H_int", "h_slot": "H_slot"}
