@@ -1,19 +1,23 @@
 """One prompt end to end: render → capture I → (optionally) generate → grade.
 
-This is the call the CLI, the app's Explore page and the gate share.
+:func:`analyze` is the call the CLI, the app's pages and the gate share for the check;
+:func:`answer` is the one call that generates after a check: it continues from the check's
+KV cache (:class:`ic_core.capture.Prefill`, kept on the :class:`Analysis`) instead of
+reading the prompt again, and grades the answer when there is something to grade it by.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ic_core.capture import IntentionState, capture
+from ic_core.capture import IntentionState, Prefill, capture
+from ic_core.errors import PromptError
 from ic_core.generate import Generation, GenerationConfig, generate
 from ic_core.grading import Grade, grade
-from ic_core.models import LoadedModel
+from ic_core.models import LoadedModel, ModelSpec
 from ic_core.prompts import PromptTemplate, Readout, RenderedPrompt, render, template_for
 
 
@@ -34,6 +38,29 @@ class Analysis:
     generation: Generation | None = None
     grade: Grade | None = None
     expected: str | None = None
+    question: str = ""
+    """The question as the user gave it (what the grade compares the answer's wording with)."""
+    kind: str = "free_text"
+    """Task kind: picks the grading rule."""
+    choices: tuple[str, ...] = ()
+    """Option texts for multiple choice."""
+    aliases: tuple[str, ...] = ()
+    """Other accepted answers."""
+    model_spec: ModelSpec | None = None
+    """The model that made the read-out (:meth:`made_by` compares it)."""
+    prefill: Prefill | None = field(default=None, repr=False, compare=False)
+    """The check's KV cache, for :func:`answer`; one generation consumes it (None afterwards)."""
+
+    @property
+    def graded(self) -> bool:
+        """Whether an answer gets a grade: an expected answer is known, or the task kind grades without one."""
+        return self.expected is not None or self.kind != "free_text"
+
+    def made_by(self, loaded: LoadedModel) -> bool:
+        """Whether ``loaded`` is the model (same full spec) that made this read-out."""
+        if self.model_spec is not None:
+            return self.model_spec == loaded.spec
+        return self.model_label == loaded.spec.label
 
     @property
     def signal_name(self) -> str:
@@ -91,9 +118,47 @@ class Analysis:
         return out
 
 
-def _max_context(loaded: LoadedModel) -> int | None:
-    value = getattr(loaded.model.config, "max_position_embeddings", None)
-    return int(value) if value else None
+def check_choices(kind: str, choices: Sequence[str]) -> None:
+    """Refuse a multiple-choice question with fewer than two options.
+
+    Raises:
+        PromptError: ``kind`` is ``multiple_choice`` and ``choices`` has fewer than two entries.
+
+    """
+    if kind == "multiple_choice" and len(choices) < 2:
+        raise PromptError("A multiple-choice question needs at least two options: type them one per line.")
+
+
+def answer(loaded: LoadedModel, analysis: Analysis, gen_config: GenerationConfig | None = None) -> Analysis:
+    """Generate the answer to an analysed prompt from the check's KV cache, and grade it.
+
+    The check's :class:`~ic_core.capture.Prefill` serves one generation (it is extended in
+    place): the returned :class:`Analysis` drops it, and answering an analysis whose cache is
+    already used reads the prompt again (one more forward pass over it) instead of failing.
+
+    Args:
+        loaded: The model that made the read-out.
+        analysis: Output of :func:`analyze`.
+        gen_config: Decoding settings.
+
+    Returns:
+        A copy of ``analysis`` with ``generation`` and (when :attr:`Analysis.graded`) ``grade``.
+
+    Raises:
+        PromptError: ``loaded`` is not the model that made the read-out (read the state again).
+
+    """
+    if not analysis.made_by(loaded):
+        raise PromptError(
+            f"This read-out was made with {analysis.model_label}, not {loaded.spec.label} "
+            f"({loaded.spec.dtype}, {loaded.spec.device}): read the state again before generating."
+        )
+    generation = generate(loaded, analysis.rendered, gen_config, analysis.prefill)
+    result_grade = None
+    if analysis.graded:
+        result_grade = grade(generation.answer_text, analysis.expected, analysis.kind, analysis.aliases,
+                             analysis.choices, analysis.question)
+    return replace(analysis, generation=generation, grade=result_grade, prefill=None)
 
 
 def analyze(
@@ -123,27 +188,28 @@ def analyze(
         readout: Where I is read: ``last``, ``user_end`` or a token index.
         expected: Reference answer, to grade the generation.
         aliases: Other accepted answers.
-        do_generate: Generate an answer after the check (continuing from its cache).
+        do_generate: Generate an answer after the check (continuing from its cache; see :func:`answer`).
         gen_config: Decoding settings.
 
     Raises:
-        PromptError: bad prompt, template, read-out position or length.
+        PromptError: bad prompt, template, read-out position or length; a multiple-choice
+            question with fewer than two options.
 
     """
     start = time.perf_counter()
+    check_choices(kind, choices)
     template = template or template_for(regime, kind)
     if answer_prefix is not None:
         template = template.with_prefix(answer_prefix)
-    rendered = render(loaded.tokenizer, question, template, choices, readout, _max_context(loaded))
+    rendered = render(loaded.tokenizer, question, template, choices, readout, loaded.max_context)
     state, prefill = capture(loaded, rendered)
     tok = loaded.tokenizer
     top = tuple((tok.decode([int(i)]), float(p)) for i, p in zip(state.top_ids, state.top_probs))
     lens_top = tuple(tok.decode([int(i)]) for i in state.lens.top_ids[0, :, 0])
     skipped = tuple(tok.decode([i]) for i in state.skipped_ids)
     check_s = time.perf_counter() - start
-    generation = result_grade = None
-    if do_generate:
-        generation = generate(loaded, rendered, gen_config, prefill)
-        if expected is not None or kind != "free_text":
-            result_grade = grade(generation.answer_text, expected, kind, aliases, choices, question)
-    return Analysis(loaded.spec.label, rendered, state, top, lens_top, skipped, check_s, generation, result_grade, expected)
+    analysis = Analysis(
+        loaded.spec.label, rendered, state, top, lens_top, skipped, check_s, expected=expected, question=question,
+        kind=kind, choices=tuple(choices), aliases=tuple(aliases), model_spec=loaded.spec, prefill=prefill,
+    )
+    return answer(loaded, analysis, gen_config) if do_generate else analysis

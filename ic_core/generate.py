@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from ic_core.capture import Prefill
 from ic_core.errors import PromptError
@@ -14,6 +14,9 @@ from ic_core.prompts import RenderedPrompt
 
 MAX_NEW_TOKENS_LIMIT = 1024
 _ANSWER_LINE = re.compile(r"####[^\n]*\S[^\n]*\n")
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -67,16 +70,6 @@ class Generation:
         return sum(self.entropy_bits) / len(self.entropy_bits) if self.entropy_bits else None
 
 
-def _eos_ids(loaded: LoadedModel) -> set[int]:
-    ids: set[int] = set()
-    for source in (loaded.model.generation_config.eos_token_id, loaded.tokenizer.eos_token_id):
-        if isinstance(source, int):
-            ids.add(source)
-        elif source:
-            ids.update(int(i) for i in source)
-    return ids
-
-
 def _prefill(loaded: LoadedModel, rendered: RenderedPrompt, prefill: Prefill | None) -> Prefill:
     """Make sure the cache covers the whole prompt (a read-out may have stopped early)."""
     import torch
@@ -96,7 +89,8 @@ def _prefill(loaded: LoadedModel, rendered: RenderedPrompt, prefill: Prefill | N
     return Prefill(ids, out.past_key_values, out.logits[0, -1].float())
 
 
-def _choose(logits: Any, config: GenerationConfig, gen: Any) -> int:
+def _choose(logits: torch.Tensor, config: GenerationConfig, gen: torch.Generator) -> int:
+    """(V,) logits → the next token id (greedy, or sampled with temperature and top-p)."""
     import torch
 
     if not config.do_sample:
@@ -128,7 +122,7 @@ def generate(
 
     config = config or GenerationConfig()
     start = time.perf_counter()
-    eos = _eos_ids(loaded)
+    eos = loaded.eos_token_ids
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     with loaded.lock, torch.inference_mode():
         state = _prefill(loaded, rendered, prefill)

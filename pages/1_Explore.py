@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import streamlit as st
 
-from ic_core.analysis import Analysis, analyze
-from ic_core.errors import ICError, PromptError
-from ic_core.generate import Generation, generate
+from ic_core.analysis import Analysis, analyze, answer
+from ic_core.errors import ICError
+from ic_core.generate import Generation
 from ic_core.governance.audit import resolve_audit_path
 from ic_core.governance.gate import audit_decision, decide_for_analysis
 from ic_core.governance.policy import check_model
-from ic_core.grading import Grade, grade
+from ic_core.grading import Grade
 from ic_core.models import LoadedModel
 from ic_core.plots.explore import (
     entropy_legend_html,
@@ -99,8 +98,6 @@ def current_inputs() -> dict[str, Any]:
 
 def read_state(loaded: LoadedModel, inputs: dict[str, Any]) -> Analysis:
     """The page's one engine call for the risk card (no generation)."""
-    if inputs["kind"] == "multiple_choice" and len(inputs["choices"]) < 2:
-        raise PromptError("A multiple-choice question needs at least two options: type them one per line.")
     template = custom_template(inputs["template"]) if inputs["regime"] == "custom" else None
     return analyze(
         loaded, inputs["question"], regime="direct" if template else inputs["regime"], kind=inputs["kind"],
@@ -145,7 +142,7 @@ def input_panel() -> None:
 
 def _audit_once(policy: Any, decision: Any, analysis: Analysis) -> None:
     """Log the verdict to the audit log once per read-out (page reruns must not add records)."""
-    marker = (id(analysis), policy.policy_id)
+    marker = (id(analysis.state), policy.policy_id)  # the state is one read's, kept when the answer is added
     if st.session_state.get(AUDITED_KEY) == marker:
         return
     question = st.session_state.get(EXPLORE_RESULT_KEY, {}).get("inputs", {}).get("question") or analysis.rendered.user_text
@@ -278,7 +275,7 @@ def generation_panel(loaded: LoadedModel, result: dict[str, Any]) -> None:
     """The Generate button and, once pressed, the coloured output."""
     analysis: Analysis = result["analysis"]
     st.subheader("Generation")
-    if analysis.model_label != loaded.spec.label:
+    if not analysis.made_by(loaded):
         st.warning("The model changed since this read-out. Press **Read the state** again first.")
         return
     cfg_note = "sampling" if st.session_state.get("do_sample") else "greedy"
@@ -287,16 +284,12 @@ def generation_panel(loaded: LoadedModel, result: dict[str, Any]) -> None:
                       "change it in the sidebar)."):
         try:
             with st.spinner("Generating…"):
-                generation = generate(loaded, analysis.rendered, gen_config())
-            inputs = result["inputs"]
-            result_grade = None
-            if inputs["expected"] is not None or inputs["kind"] != "free_text":
-                result_grade = grade(generation.answer_text, inputs["expected"], inputs["kind"], inputs["aliases"],
-                                     inputs["choices"], inputs["question"])
-            result["generation"], result["grade"] = generation, result_grade
+                answered = answer(loaded, analysis, gen_config())  # continues from the check's cache
+            # "generation"/"grade" mirror the answered analysis for readers of the session result.
+            result["analysis"], result["generation"], result["grade"] = answered, answered.generation, answered.grade
         except Exception as exc:  # the UI boundary (see show_error)
             show_error(exc)
-    generation: Generation | None = result.get("generation")
+    generation: Generation | None = result["analysis"].generation
     if generation is None:
         st.caption("Nothing generated yet: the risk card was computed from the prompt alone. "
                    "Press **Generate** to see what the model writes.")
@@ -308,7 +301,7 @@ def generation_panel(loaded: LoadedModel, result: dict[str, Any]) -> None:
     st.caption(f"{len(generation.tokens)} tokens in {generation.elapsed_s:.1f} s · stop: {generation.stop_reason}"
                + (f" · mean token entropy {mean:.2f} bits" if mean is not None else "")
                + " · hover a token for its entropy and probability")
-    grade_view(result.get("grade"), result["inputs"]["expected"])
+    grade_view(result["analysis"].grade, result["analysis"].expected)
     if generation.tokens:
         st.plotly_chart(token_entropy_figure(generation.tokens, generation.entropy_bits), key="explore_tok_fig")
     with st.expander("Output as plain text"):
@@ -317,10 +310,9 @@ def generation_panel(loaded: LoadedModel, result: dict[str, Any]) -> None:
 
 def downloads(result: dict[str, Any]) -> None:
     """JSON of the risk card, with the generation and grade once they exist."""
-    full = dataclasses.replace(result["analysis"], generation=result.get("generation"), grade=result.get("grade"),
-                               expected=result["inputs"]["expected"])
-    name = "risk_card_and_generation.json" if result.get("generation") else "risk_card.json"
-    json_download("Download JSON", full.to_json(), name, key="explore_download")
+    analysis: Analysis = result["analysis"]
+    name = "risk_card_and_generation.json" if analysis.generation else "risk_card.json"
+    json_download("Download JSON", analysis.to_json(), name, key="explore_download")
 
 
 require_router(__file__)

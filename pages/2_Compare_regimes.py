@@ -7,10 +7,8 @@ from typing import Any
 
 import streamlit as st
 
-from ic_core.analysis import Analysis, analyze
-from ic_core.errors import PromptError
-from ic_core.generate import MAX_NEW_TOKENS_LIMIT, generate
-from ic_core.grading import grade
+from ic_core.analysis import Analysis, analyze, answer
+from ic_core.generate import MAX_NEW_TOKENS_LIMIT
 from ic_core.models import LoadedModel
 from ic_core.plots.explore import entropy_legend_html, lens_overlay_figure, token_spans_html
 from ic_core.prompts import REGIMES, TASK_KINDS, custom_template
@@ -58,8 +56,6 @@ def current_inputs() -> dict[str, Any]:
 
 def read_all(loaded: LoadedModel, inputs: dict[str, Any]) -> dict[str, Analysis]:
     """One read-out per regime (and the custom template when given), nothing generated."""
-    if inputs["kind"] == "multiple_choice" and len(inputs["choices"]) < 2:
-        raise PromptError("A multiple-choice question needs at least two options: type them one per line.")
     custom = custom_template(inputs["template"]) if inputs["template"] is not None else None
     common = dict(kind=inputs["kind"], choices=inputs["choices"], expected=inputs["expected"], aliases=inputs["aliases"])
     out = {regime: analyze(loaded, inputs["question"], regime=regime, **common) for regime in REGIMES}
@@ -101,27 +97,24 @@ def h_int_row(analyses: dict[str, Analysis]) -> None:
 
 
 def generate_all(loaded: LoadedModel, result: dict[str, Any]) -> None:
-    """Generate every regime's answer (CoT with its own token budget) and grade it."""
+    """Answer every regime from its check's cache (CoT with its own token budget), graded by the engine."""
     base = gen_config()
     cot = dataclasses.replace(base, max_new_tokens=int(st.session_state[P + "cot_tokens"]))
-    inputs = result["inputs"]
-    gens, grades = {}, {}
+    analyses = result["analyses"]
     progress = st.progress(0.0, text="Generating…")
-    for i, (regime, a) in enumerate(result["analyses"].items()):
-        progress.progress(i / len(result["analyses"]), text=f"Generating: {REGIME_TITLES[regime]}…")
-        gens[regime] = generate(loaded, a.rendered, cot if regime == "cot" else base)
-        if inputs["expected"] is not None or inputs["kind"] != "free_text":
-            grades[regime] = grade(gens[regime].answer_text, inputs["expected"], inputs["kind"], inputs["aliases"],
-                                   inputs["choices"], inputs["question"])
+    for i, (regime, a) in enumerate(list(analyses.items())):
+        progress.progress(i / len(analyses), text=f"Generating: {REGIME_TITLES[regime]}…")
+        analyses[regime] = answer(loaded, a, cot if regime == "cot" else base)
     progress.empty()
-    result["generations"], result["grades"] = gens, grades
 
 
-def outputs_row(result: dict[str, Any]) -> None:
+def outputs_row(analyses: dict[str, Analysis]) -> None:
     """The outputs side by side, tokens coloured by entropy, graded when an answer is known."""
     st.markdown(entropy_legend_html(), unsafe_allow_html=True)
-    expected = result["inputs"]["expected"]
-    for col, (regime, g) in zip(st.columns(len(result["generations"])), result["generations"].items()):
+    for col, (regime, a) in zip(st.columns(len(analyses)), analyses.items()):
+        g, verdict, expected = a.generation, a.grade, a.expected
+        if g is None:
+            continue
         with col:
             st.markdown(f"**{REGIME_TITLES[regime]}**")
             st.markdown(token_spans_html(g.tokens, g.entropy_bits, g.chosen_probs, g.answer_prefix),
@@ -129,7 +122,6 @@ def outputs_row(result: dict[str, Any]) -> None:
             mean = g.mean_entropy_bits
             st.caption(f"{len(g.tokens)} tokens · stop: {g.stop_reason}"
                        + (f" · mean entropy {mean:.2f} bits" if mean is not None else ""))
-            verdict = result["grades"].get(regime)
             if verdict is None:
                 continue
             found = f"“{verdict.extracted}”" if verdict.extracted is not None else "nothing answer-like"
@@ -143,12 +135,7 @@ def outputs_row(result: dict[str, Any]) -> None:
 
 def export(result: dict[str, Any]) -> dict[str, Any]:
     """JSON-ready summary of every regime (with outputs once generated)."""
-    out = {}
-    for regime, a in result["analyses"].items():
-        full = dataclasses.replace(a, generation=result.get("generations", {}).get(regime),
-                                   grade=result.get("grades", {}).get(regime), expected=result["inputs"]["expected"])
-        out[regime] = full.to_json()
-    return out
+    return {regime: a.to_json() for regime, a in result["analyses"].items()}
 
 
 require_router(__file__)
@@ -187,15 +174,15 @@ elif loaded is not None:
     if st.button("Generate all", key="compare_generate_btn",
                  help=f"Direct and babble: up to {st.session_state.get('max_new_tokens', 64)} tokens (sidebar); "
                       f"CoT: up to {budget} tokens."):
-        if any(a.model_label != loaded.spec.label for a in analyses.values()):
+        if not all(a.made_by(loaded) for a in analyses.values()):
             st.warning("The model changed since this read-out. Press **Read all regimes** again first.")
         else:
             try:
                 generate_all(loaded, result)
             except Exception as exc:  # the UI boundary (see show_error)
                 show_error(exc)
-    if result.get("generations"):
-        outputs_row(result)
+    if any(a.generation is not None for a in analyses.values()):
+        outputs_row(analyses)
     else:
         st.caption(f"CoT gets {budget} new tokens here (it reasons before answering); the others use the sidebar's "
                    f"{st.session_state.get('max_new_tokens', 64)}. On a CPU expect roughly 10–20 s for all three.")
