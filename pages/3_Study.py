@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import html
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
+from ic_core.analysis import Analysis
 from ic_core.datasets import (
     FIELDS,
     REQUIRED_FIELDS,
@@ -22,34 +23,42 @@ from ic_core.datasets import (
     suggest_column_map,
 )
 from ic_core.errors import DataError, ICError
-from ic_core.generate import MAX_NEW_TOKENS_LIMIT, GenerationConfig
+from ic_core.generate import MAX_NEW_TOKENS_LIMIT
+from ic_core.models import LoadedModel
 from ic_core.plots.study import (
+    PCA_COLOURS,
     accuracy_figure,
     dim_eff_figure,
     h_int_distribution_figure,
     lens_curves_figure,
+    pca_colour_values,
     pca_figure,
+    pca_hover,
     token_entropy_bar_figure,
 )
 from ic_core.probes.report import probe_column, probe_column_text
 from ic_core.prompts import REGIMES
 from ic_core.runs.lock import run_in_progress
-from ic_core.runs.store import StudyRun, default_run_name, list_runs, load_run, run_path, runs_root
+from ic_core.runs.schema import signal_label, verdict_label
+from ic_core.runs.store import StudyRun, default_run_name, list_runs, run_mtime, run_path, runs_root, status_label
+from ic_core.stats.geometry import DimEff
 from ic_core.study.compare import (
     RegimeComparison,
     StudyPCA,
     default_pca_layer,
     dim_eff_by_regime,
+    dim_eff_table,
     pca_of_layer,
     place_state,
     regime_comparison,
 )
 from ic_core.study.export import items_csv, metrics_json
-from ic_core.study.report import build_report
-from ic_core.study.runner import COT_MIN_NEW_TOKENS, MAX_LIMIT, resume_run, run_study
+from ic_core.study.report import build_report, summary_markdown
+from ic_core.study.runner import COT_MIN_NEW_TOKENS, MAX_LIMIT, eta_text, resume_run, run_study
 from ui.common import (
     EXPLORE_RESULT_KEY,
     KEEP_PREFIX,
+    cached_run,
     footer,
     gen_config,
     get_loaded,
@@ -71,17 +80,10 @@ PREFIX_HELP = (
 )
 
 
+VERDICT_ICONS = {"correct": "✔", "wrong": "✘", "not graded": "—"}
+
+
 # ------------------------------------------------------------ cached wrappers (keyed by path + mtime)
-
-
-def _mtime(path: Path) -> float:
-    files = [path / "manifest.json", path / "items.jsonl"]
-    return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
-
-
-@st.cache_data(max_entries=3, show_spinner="Loading the run…")
-def cached_run(path: str, mtime: float) -> StudyRun:
-    return load_run(path)
 
 
 @st.cache_data(max_entries=3, show_spinner="Fitting the last-5-layers probe per regime (nested CV, ~15 s each)…")
@@ -96,7 +98,7 @@ def cached_comparison(path: str, mtime: float, with_probe: bool = False) -> Regi
 
 
 @st.cache_data(max_entries=3, show_spinner="Effective dimensionality per layer…")
-def cached_dim_eff(path: str, mtime: float) -> dict[str, Any]:
+def cached_dim_eff(path: str, mtime: float) -> dict[str, DimEff]:
     return dim_eff_by_regime(cached_run(path, mtime))
 
 
@@ -199,16 +201,14 @@ def validation_report(result: LoadResult) -> None:
 
 def progress_callback(bar: Any):
     def update(done: int, total: int, eta_s: float | None, message: str) -> None:
-        eta = "estimating…" if eta_s is None else (f"{eta_s / 60:.1f} min" if eta_s >= 90 else f"{eta_s:.0f} s")
+        eta = "estimating…" if eta_s is None else eta_text(eta_s)
         bar.progress(done / max(1, total), text=f"{done}/{total} rows · ETA {eta} · {message}")
     return update
 
 
-def start_study(loaded: Any, name: str, result: LoadResult, regimes: list[str], limit: int, use_prefix: bool,
+def start_study(loaded: LoadedModel, name: str, result: LoadResult, regimes: list[str], limit: int, use_prefix: bool,
                 max_new: int, generate: bool) -> None:
-    config = gen_config()
-    config = GenerationConfig(max_new_tokens=max_new, do_sample=config.do_sample, temperature=config.temperature,
-                              top_p=config.top_p, seed=config.seed)
+    config = dataclasses.replace(gen_config(), max_new_tokens=max_new)
     folder = run_path(st.session_state.get(K["run_name"]) or default_run_name(name, regimes, limit))
     bar = st.progress(0.0, text="starting…")
     st.caption("The run is saved after every batch: stopping the page (or pressing Stop) loses at most one batch, "
@@ -225,7 +225,7 @@ def start_study(loaded: Any, name: str, result: LoadResult, regimes: list[str], 
     st.success(f"Saved **{run.name}** ({len(run.table)} rows) under {runs_root()}.")
 
 
-def new_study_form(loaded: Any) -> None:
+def new_study_form(loaded: LoadedModel) -> None:
     source = st.radio("Prompt set", ["Bundled set", "Upload CSV / JSONL"], horizontal=True, key=K["source"])
     chosen = choose_bundled() if source == "Bundled set" else choose_upload()
     if chosen is None:
@@ -271,7 +271,7 @@ def new_study_form(loaded: Any) -> None:
 # ------------------------------------------------------------ showing a run
 
 
-def analysis_from_explore() -> Any:
+def analysis_from_explore() -> Analysis | None:
     analysis = st.session_state.get("last_analysis")
     if analysis is None:
         result = st.session_state.get(EXPLORE_RESULT_KEY)
@@ -279,26 +279,13 @@ def analysis_from_explore() -> Any:
     return analysis
 
 
-def show_header(run: StudyRun, loaded: Any) -> None:
-    m = run.manifest
+def show_header(run: StudyRun, loaded: LoadedModel | None) -> None:
     st.subheader(f"Run: {run.name}")
     live = run_in_progress(run.path)
-    status = run.status
-    if status == "running":
-        status = "in progress" if live else "interrupted"
     c = st.columns([1, 1, 3])
     c[0].metric("Rows", f"{len(run.table)} / {run.n_planned}")
-    c[1].metric("Status", status)
-    tokens = m.get("generation", {}).get("max_new_tokens_by_regime") or {}
-    created = str(m.get("created") or "?").replace("T", " ")[:16]
-    c[2].markdown(
-        f"**Model** {m.get('model_label', '?')}  \n"
-        f"**Prompt set** {m.get('dataset', {}).get('name', '?')} (n={m.get('n_items')})  \n"
-        f"**Regimes** {', '.join(run.regimes)} · item prefixes (direct) "
-        f"{'used' if m.get('use_item_prefix') else 'not used'} · new tokens "
-        f"{', '.join(f'{k} {v}' for k, v in tokens.items()) or '?'}  \n"
-        f"**Compute** {float(m.get('elapsed_s') or 0):.0f} s · created {created} UTC"
-    )
+    c[1].metric("Status", status_label(run.status, live))
+    c[2].markdown(summary_markdown(run))
     if live:
         st.info("Another process is writing this run right now; reopen it later to see more rows.")
     elif run.status != "complete" and loaded is not None:
@@ -315,7 +302,7 @@ def show_header(run: StudyRun, loaded: Any) -> None:
 def show_items(run: StudyRun) -> None:
     t = run.table
     view = t[["item_id", "regime", "question", "output_text", "extracted_answer", "correct", "h_int_bits", "signal"]].copy()
-    view["correct"] = view["correct"].map(lambda v: "—" if v is None else ("✔" if v else "✘"))
+    view["correct"] = view["correct"].map(lambda v: VERDICT_ICONS[verdict_label(v)])
     # Widget keys are per run: another run's row index (or label) must never reach this one.
     pick_key, df_key, last_key = (f"{name}:{run.path}" for name in (ITEM_PICK_KEY, "study_items_df", "study.last_df_pick"))
     event = st.dataframe(view, hide_index=True, on_select="rerun", selection_mode="single-row", key=df_key,
@@ -349,8 +336,7 @@ def show_row(r: pd.Series) -> None:
     with right:
         st.markdown("**Output**" + (" (from the file)" if r["output_source"] == "dataset" else ""))
         st.text(r["output_text"] if r["output_text"] is not None else "(not generated)")
-        verdict = "not graded" if r["correct"] is None else ("correct" if r["correct"] else "wrong")
-        st.markdown(f"Extracted: `{r['extracted_answer']}` ({r['grade_rule']}) → **{verdict}**")
+        st.markdown(f"Extracted: `{r['extracted_answer']}` ({r['grade_rule']}) → **{verdict_label(r['correct'])}**")
         if isinstance(r["generated_tokens"], list) and r["generated_tokens"]:
             st.plotly_chart(token_entropy_bar_figure(r["generated_tokens"], r["token_entropies_bits"]),
                             key="study_tok_fig")
@@ -358,8 +344,7 @@ def show_row(r: pd.Series) -> None:
 
 def show_distributions(run: StudyRun, comparison: RegimeComparison) -> None:
     st.plotly_chart(accuracy_figure(comparison.per_regime), key="study_acc_fig")
-    signal = "H_slot" if (run.table["signal"] == "H_slot").all() else (
-        "H_int / H_slot" if (run.table["signal"] == "H_slot").any() else "H_int")
+    signal = signal_label(run.table["signal"])
     c1, c2 = st.columns(2)
     kind = c1.radio("Shape", ["box", "violin"], horizontal=True, key="study_dist_kind")
     split = c2.checkbox("Split by correctness", value=True, key="study_dist_split")
@@ -370,7 +355,7 @@ def show_distributions(run: StudyRun, comparison: RegimeComparison) -> None:
                     key="study_lens_fig")
 
 
-def show_dim_eff(run: StudyRun, dims: dict[str, Any]) -> None:
+def show_dim_eff(run: StudyRun, dims: dict[str, DimEff]) -> None:
     if not dims:
         st.info("n too small: dim_eff needs at least 2 rows per regime.")
         return
@@ -379,14 +364,13 @@ def show_dim_eff(run: StudyRun, dims: dict[str, Any]) -> None:
                f"({caps}); with few items dim_eff mostly reflects N. Layers where every item has the same state "
                "(layer 0 under a chat template: the same last token) are marked grey, not plotted.")
     st.plotly_chart(dim_eff_figure(dims), key="study_dim_fig")
-    rows = [{"regime": r, "weighted PR": d.weighted_participation_ratio, "rank cap": d.rank_cap} for r, d in dims.items()]
-    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    st.dataframe(dim_eff_table(dims), hide_index=True)
 
 
 def show_pca(run: StudyRun, path: str, mtime: float) -> None:
     c1, c2, c3 = st.columns(3)
     layer = c1.slider("Layer", 0, run.n_layers, default_pca_layer(run.n_layers), key="study_pca_layer")
-    colour = c2.radio("Colour by", ["regime", "correctness", "H_int (bits)"], horizontal=True, key="study_pca_colour")
+    colour = c2.radio("Colour by", PCA_COLOURS, horizontal=True, key="study_pca_colour")
     regimes = c3.multiselect("Regimes", run.regimes, default=list(run.regimes), key="study_pca_regimes")
     if not regimes:
         st.info("Choose at least one regime.")
@@ -397,25 +381,15 @@ def show_pca(run: StudyRun, path: str, mtime: float) -> None:
         st.info(str(exc))
         return
     sub = run.table.set_index("row").loc[p.rows]
-    if colour == "regime":
-        values: list[Any] = sub["regime"].tolist()
-    elif colour == "correctness":
-        values = ["not graded" if c is None else ("correct" if c else "wrong") for c in sub["correct"]]
-    else:
-        values = [float(v) for v in sub["h_int_bits"]]
-    hover = [f"{i} · {r}<br>{html.escape(str(q))[:80]}<br>H={h:.2f} bits" for i, r, q, h in
-             zip(sub["item_id"], sub["regime"], sub["question"], sub["h_int_bits"])]
-    point, placement = None, None
+    placement = None
     analysis = analysis_from_explore()
     if analysis is not None:
-        try:
+        try:  # the same PCA as p: the placed point is on the plotted axes
             placement = place_state(run, analysis.state.hidden, int(layer), p.rows)
-            # place_state runs its own PCA on the same rows: align its axis signs with the plotted ones
-            signs = np.sign(np.sum(placement.scores * p.scores, axis=0))
-            point = placement.point * np.where(signs == 0, 1.0, signs)
         except DataError as exc:
             st.caption(f"The prompt from Explore cannot be placed: {exc}")
-    st.plotly_chart(pca_figure(p.scores, values, colour, p.explained_ratio, hover=hover, layer=int(layer), point=point,
+    st.plotly_chart(pca_figure(p.scores, pca_colour_values(sub, colour), colour, p.explained_ratio, hover=pca_hover(sub),
+                               layer=int(layer), point=None if placement is None else placement.point,
                                point_label="prompt from Explore"), key="study_pca_fig")
     if placement is not None:
         where = "outside" if placement.outside else "inside"
@@ -443,9 +417,8 @@ def show_exports(run: StudyRun, path: str, mtime: float, comparison: RegimeCompa
                            key="study_dl_html")
 
 
-def show_run(path: str, loaded: Any) -> None:
-    folder = Path(path)
-    mtime = _mtime(folder)
+def show_run(path: str, loaded: LoadedModel | None) -> None:
+    mtime = run_mtime(path)
     try:
         run = cached_run(path, mtime)
     except ICError as exc:
@@ -513,14 +486,8 @@ else:
     paths = [str(r.path) for r in runs]
     if st.session_state.get(RUN_SELECT_KEY) not in paths:
         st.session_state.pop(RUN_SELECT_KEY, None)
-    by_path = {str(r.path): r for r in runs}
-
-    def _label(p: str) -> str:
-        r = by_path[p]
-        state = "in progress" if r.in_progress else "interrupted" if r.status == "running" else r.status
-        return f"{r.name} · {r.model_label.split('/')[-1]} · {','.join(r.regimes)} · {r.n_rows_done}/{r.n_rows_planned} · {state}"
-
-    choice = st.selectbox("Saved run", paths, format_func=_label, key=RUN_SELECT_KEY)
+    labels = {str(r.path): r.label for r in runs}
+    choice = st.selectbox("Saved run", paths, format_func=labels.__getitem__, key=RUN_SELECT_KEY)
     try:
         show_run(choice, loaded)
     except ICError as exc:

@@ -14,7 +14,9 @@ from ic_core.plots.study import (
     dim_eff_figure,
     h_int_distribution_figure,
     lens_curves_figure,
+    pca_colour_values,
     pca_figure,
+    pca_hover,
     regime_colour,
     token_entropy_bar_figure,
 )
@@ -102,3 +104,17 @@ def test_token_entropy_bars():
     fig = token_entropy_bar_figure([" Paris", "."], [0.5, 1.25])
     assert list(fig.data[0].x) == ["0:·Paris", "1:."] and list(fig.data[0].y) == [0.5, 1.25]
     assert fig.layout.yaxis.title.text == "entropy (bits)"
+
+
+def test_pca_colour_values_and_hover_from_a_run_table():
+    frame = pd.DataFrame({"item_id": ["a", "b", "c"], "regime": ["direct", "cot", "cot"],
+                          "question": ["<b>2+2</b>", "q" * 100, "x"], "h_int_bits": [1.234, 2.0, 0.5],
+                          "correct": pd.Series([True, None, False], dtype=object)})
+    assert pca_colour_values(frame, "regime") == ["direct", "cot", "cot"]
+    assert pca_colour_values(frame, "correctness") == ["correct", "not graded", "wrong"]
+    assert pca_colour_values(frame, "H_int (bits)") == [1.234, 2.0, 0.5]
+    with pytest.raises(ValueError, match="colour must be one of"):
+        pca_colour_values(frame, "size")
+    hover = pca_hover(frame)
+    assert hover[0] == "a · direct<br>&lt;b&gt;2+2&lt;/b&gt;<br>H=1.23 bits"
+    assert hover[1] == "b · cot<br>" + "q" * 80 + "<br>H=2.00 bits"

@@ -22,6 +22,7 @@ from ic_core.runs.lock import run_in_progress
 from ic_core.runs.schema import TABLE_COLUMNS, RunRow, signal_label, table_from_rows, verdict_label
 from ic_core.runs.store import (
     FORMAT_VERSION,
+    RunInfo,
     StudyRun,
     list_runs,
     load_run,
@@ -30,9 +31,11 @@ from ic_core.runs.store import (
     run_path,
     runs_root,
     sanitize_name,
+    status_label,
 )
 from ic_core.study.compare import (
     dim_eff_by_regime,
+    dim_eff_table,
     pca_of_layer,
     place_state,
     regime_comparison,
@@ -40,7 +43,8 @@ from ic_core.study.compare import (
     wilson_interval,
 )
 from ic_core.study.export import metrics_json
-from ic_core.study.runner import COT_MIN_NEW_TOKENS, MAX_LIMIT, resume_run, run_study
+from ic_core.study.report import summary_markdown
+from ic_core.study.runner import COT_MIN_NEW_TOKENS, MAX_LIMIT, eta_text, resume_run, run_study
 
 ITEMS = (
     PromptItem("i1", "what is the capital of france", "paris", kind="short_answer",
@@ -356,6 +360,30 @@ class TestRunRow:
         assert run_mtime(tmp_path / "none") == 0.0
 
 
+class TestRunTexts:
+    """The short texts pages show about a run: state, picker label, ETA, header summary."""
+
+    def test_status_label(self):
+        assert status_label("running", True) == "in progress" and status_label("complete", True) == "in progress"
+        assert status_label("running", False) == "interrupted"
+        assert status_label("cancelled", False) == "cancelled" and status_label("complete", False) == "complete"
+
+    def test_run_info_label(self, tmp_path):
+        info = RunInfo("r1", tmp_path, "running", "", "HuggingFaceTB/SmolLM2-135M-Instruct", "caps", ("direct", "cot"),
+                       3, 8, 0.0)
+        assert info.label == "r1 · SmolLM2-135M-Instruct · direct,cot · 3/8 · interrupted"
+
+    def test_eta_text(self):
+        assert [eta_text(x) for x in (0.0, 42.4, 89.6, 90.0, 150.0)] == ["0 s", "42 s", "90 s", "1.5 min", "2.5 min"]
+
+    def test_summary_markdown_of_a_run(self, full_run):
+        text = summary_markdown(full_run)
+        lines = text.split("  \n")
+        assert lines[0] == "**Model** tiny-llama" and lines[1] == "**Prompt set** tiny-set (n=4)"
+        assert lines[2] == "**Regimes** direct, babble · item prefixes (direct) used · new tokens direct 3, babble 3"
+        assert lines[3].startswith("**Compute** ") and lines[3].endswith(" UTC")
+
+
 def _synthetic_run(tmp_path, n_items=12, seed=0, constant_layer0=True) -> StudyRun:
     """A run built by hand (no model): 2 regimes, known H_int values."""
     rng = np.random.default_rng(seed)
@@ -412,6 +440,10 @@ class TestComparison:
         run = _synthetic_run(tmp_path)
         dims = dim_eff_by_regime(run)
         assert dims["direct"].participation_ratio[0] is None and dims["direct"].rank_cap == 11
+        table = dim_eff_table(dims)
+        assert table["regime"].tolist() == ["direct", "cot"] and table["rank cap"].tolist() == [11, 11]
+        assert table["weighted PR"].tolist() == [dims["direct"].weighted_participation_ratio,
+                                                 dims["cot"].weighted_participation_ratio]
         with pytest.raises(DataError, match="identical for every item"):
             pca_of_layer(run, 0)
         p = pca_of_layer(run, 2)

@@ -19,7 +19,7 @@ from ic_core.errors import DataError
 from ic_core.prompts import REGIMES
 from ic_core.runs.store import default_run_name, run_path
 from ic_core.study.export import metrics_json
-from ic_core.study.runner import run_study
+from ic_core.study.runner import eta_text, run_study
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +51,7 @@ def _load_data(text: str) -> tuple[str, object]:
 
 
 def _progress_line(done: int, total: int, eta_s: float | None, message: str) -> None:
-    eta = "" if eta_s is None else f" · ETA {eta_s / 60:.1f} min" if eta_s >= 90 else f" · ETA {eta_s:.0f} s"
+    eta = "" if eta_s is None else f" · ETA {eta_text(eta_s)}"
     sys.stderr.write(f"\r[{done}/{total}]{eta} · {message[:60]:<60}")
     sys.stderr.flush()
 

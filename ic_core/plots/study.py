@@ -6,6 +6,7 @@ titles that carry units. Nothing here imports streamlit.
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping, Sequence
 
@@ -14,6 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ic_core.runs.schema import verdict_label
 from ic_core.stats.geometry import DimEff
 
 REGIME_COLOURS = {"direct": "#1f77b4", "cot": "#2ca02c", "babble": "#d62728", "custom": "#9467bd"}
@@ -87,7 +89,7 @@ def h_int_distribution_figure(
             fig.add_trace(trace(x=[regime] * int(mask.sum()), y=values[mask], name=regime,
                                 marker_color=regime_colour(regime, i), **_points(kind)))
     else:
-        labels = np.array([_correct_label(c) for c in correct])
+        labels = np.array([verdict_label(c) for c in correct])
         for label in ("correct", "wrong", "not graded"):
             mask = labels == label
             if mask.any():
@@ -102,12 +104,6 @@ def h_int_distribution_figure(
 
 def _points(kind: str) -> dict[str, object]:
     return {"points": "all", "pointpos": 0, "jitter": 0.3} if kind == "violin" else {"boxpoints": "all", "jitter": 0.3}
-
-
-def _correct_label(value: bool | None) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return "correct" if value else "wrong"
-    return "not graded"
 
 
 def lens_curves_figure(
@@ -186,6 +182,32 @@ def dim_eff_figure(by_regime: Mapping[str, DimEff]) -> go.Figure:
     fig.update_layout(title="Effective dimensionality of I per layer (dotted: rank cap N − 1)",
                       margin=dict(t=70, b=10, l=10, r=10))
     return fig
+
+
+PCA_COLOURS: tuple[str, ...] = ("regime", "correctness", "H_int (bits)")
+"""What the points of :func:`pca_figure` can be coloured by (:func:`pca_colour_values`)."""
+
+
+def pca_colour_values(frame: pd.DataFrame, colour: str) -> list[object]:
+    """One colour value per row of a run table: its regime, its verdict, or its read-out entropy (bits).
+
+    Raises:
+        ValueError: ``colour`` is not one of :data:`PCA_COLOURS`.
+
+    """
+    if colour == "regime":
+        return frame["regime"].tolist()
+    if colour == "correctness":
+        return [verdict_label(c) for c in frame["correct"]]
+    if colour == "H_int (bits)":
+        return [float(v) for v in frame["h_int_bits"]]
+    raise ValueError(f"colour must be one of {PCA_COLOURS}; got {colour!r}")
+
+
+def pca_hover(frame: pd.DataFrame) -> list[str]:
+    """Hover text per row of a run table: item, regime, the question (escaped, 80 characters), H (bits)."""
+    return [f"{i} · {r}<br>{html.escape(str(q))[:80]}<br>H={h:.2f} bits" for i, r, q, h in
+            zip(frame["item_id"], frame["regime"], frame["question"], frame["h_int_bits"])]
 
 
 def pca_figure(

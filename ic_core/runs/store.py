@@ -160,6 +160,12 @@ class RunInfo:
     in_progress: bool = False
     """A live process on this machine is writing the run right now."""
 
+    @property
+    def label(self) -> str:
+        """One line for run pickers: name · model (last path part) · regimes · rows done/planned · state."""
+        return (f"{self.name} · {self.model_label.split('/')[-1]} · {','.join(self.regimes)} · "
+                f"{self.n_rows_done}/{self.n_rows_planned} · {status_label(self.status, self.in_progress)}")
+
 
 def write_shard(path: Path, rows: np.ndarray, hidden: np.ndarray, lens: np.ndarray) -> None:
     """Write one batch's shard atomically.
@@ -345,6 +351,17 @@ def list_runs(root: Path | str | None = None) -> list[RunInfo]:
             n_rows_planned=int(m.get("n_rows_planned", 0)), mtime=stamp, in_progress=run_in_progress(folder),
         ))
     return sorted(out, key=lambda r: r.mtime, reverse=True)
+
+
+def status_label(status: str, in_progress: bool) -> str:
+    """What to call a run's state in lists and headers.
+
+    ``in progress`` while a live process writes it, ``interrupted`` when its manifest says
+    ``running`` but no process does, else its manifest status.
+    """
+    if in_progress:
+        return "in progress"
+    return "interrupted" if status == "running" else status
 
 
 def run_mtime(path: Path | str) -> float:

@@ -221,6 +221,12 @@ def dim_eff_by_regime(run: StudyRun) -> dict[str, DimEff]:
     return out
 
 
+def dim_eff_table(dims: Mapping[str, DimEff]) -> pd.DataFrame:
+    """One row per regime of :func:`dim_eff_by_regime`: ``regime``, ``weighted PR``, ``rank cap``."""
+    rows = [{"regime": r, "weighted PR": d.weighted_participation_ratio, "rank cap": d.rank_cap} for r, d in dims.items()]
+    return pd.DataFrame(rows, columns=["regime", "weighted PR", "rank cap"])
+
+
 def default_pca_layer(n_layers: int) -> int:
     """A late-middle layer (about two thirds of the depth), where states separate items best."""
     return max(1, round(2 * n_layers / 3))

@@ -1,4 +1,4 @@
-"""A self-contained HTML report of a study run (plotly.js embedded once, works offline)."""
+"""Reports of a study run: the self-contained HTML report (plotly.js embedded once) and the run summary pages show."""
 
 from __future__ import annotations
 
@@ -58,6 +58,21 @@ class _Figures:
 
 def _table_html(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, escape=True, na_rep="n/a", border=0)
+
+
+def summary_markdown(run: StudyRun) -> str:
+    """The run at a glance (Markdown, one fact per line): model, prompt set, regimes and settings, compute time."""
+    m = run.manifest
+    tokens = m.get("generation", {}).get("max_new_tokens_by_regime") or {}
+    created = str(m.get("created") or "?").replace("T", " ")[:16]
+    return (
+        f"**Model** {m.get('model_label', '?')}  \n"
+        f"**Prompt set** {m.get('dataset', {}).get('name', '?')} (n={m.get('n_items')})  \n"
+        f"**Regimes** {', '.join(run.regimes)} · item prefixes (direct) "
+        f"{'used' if m.get('use_item_prefix') else 'not used'} · new tokens "
+        f"{', '.join(f'{k} {v}' for k, v in tokens.items()) or '?'}  \n"
+        f"**Compute** {float(m.get('elapsed_s') or 0):.0f} s · created {created} UTC"
+    )
 
 
 def _header(run: StudyRun) -> str:

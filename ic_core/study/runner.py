@@ -58,7 +58,13 @@ IDENTITY_KEYS: tuple[str, ...] = (
 """Manifest fields that must match for :func:`run_study` to resume a folder."""
 
 ProgressFn = Callable[[int, int, float | None, str], None]
+"""Called as ``progress(done_rows, total_rows, eta_s, message)``; ``eta_s`` is None until a row is timed."""
 CancelFn = Callable[[], bool]
+
+
+def eta_text(eta_s: float) -> str:
+    """A remaining time as shown in progress lines: ``42 s`` below 90 s, else ``2.5 min``."""
+    return f"{eta_s / 60:.1f} min" if eta_s >= 90 else f"{eta_s:.0f} s"
 
 
 # ---------------------------------------------------------------- running a study
