@@ -20,29 +20,28 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from ic_core.errors import DataError
 from ic_core.governance.policy import ENTROPY_NAMES, Policy, PrefixMode, probe_entry
+from ic_core.probes.scores import ProbeScores, calibrated_probe_scores
 from ic_core.runs.schema import graded_mask
 from ic_core.stats.gating import (
     N_BOOT,
     Confusion,
     HeldOutReport,
-    PlattCalibration,
     combined_escalate,
     evaluate_held_out,
     fit_combined,
-    fit_platt,
-    fit_platt_on_scores,
     fit_threshold,
     split_items,
 )
 
-PROBE_OOF_FOLDS = 5
-PROBE_INNER_FOLDS = 3
+if TYPE_CHECKING:  # pragma: no cover
+    from ic_core.probes.saved import SavedProbe
+    from ic_core.runs.store import StudyRun
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,35 +140,11 @@ def run_signals(run: Any, regime: str | None = None, holdout: float = 0.4, seed:
     )
 
 
-@dataclass(frozen=True, eq=False)
-class ProbeScores:
-    """Calibrated P(correct) for every graded row, each scored by a probe that never saw it.
+def probe_scores(run: StudyRun, signals: RunSignals, probe: SavedProbe | None = None) -> ProbeScores:
+    """P(correct) per graded row of a gate split, without ever scoring a row with a probe fitted on it.
 
-    Training rows get out-of-fold scores (nested CV on the training rows); held-out rows get
-    the final probe (fitted on all training rows), so no row is scored by a probe fitted on it.
-    """
-
-    p_correct: np.ndarray
-    """(n,) calibrated P(correct), aligned with :attr:`RunSignals.table`."""
-    probe: Any
-    """The :class:`ic_core.probes.saved.SavedProbe` to use at gate time."""
-    calibration: PlattCalibration
-    """Maps the probe's raw P(correct) to the calibrated scale (fitted on training rows only)."""
-    source: str
-    """In words: how the probe was obtained."""
-    path: str | None = None
-    """Where the probe is saved (None until saved)."""
-
-
-def _same_folder(a: str, b: str) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
-
-
-def probe_scores(run: Any, signals: RunSignals, probe: Any = None) -> ProbeScores:
-    """P(correct) per graded row, without ever scoring a row with a probe fitted on it.
+    A thin wrapper: the run's states of these rows and the split go to
+    :func:`ic_core.probes.scores.calibrated_probe_scores`.
 
     Args:
         run: The loaded run (for its states).
@@ -182,48 +157,11 @@ def probe_scores(run: Any, signals: RunSignals, probe: Any = None) -> ProbeScore
             model, or too few right/wrong training rows for a probe.
 
     """
-    from ic_core.probes.cv import last_layer_indices, nested_cv, state_model
-    from ic_core.probes.saved import fit_saved_probe
-    from ic_core.stats.auroc import label_reason
-
-    hidden = np.asarray(run.hidden)[signals.hidden_rows]
-    tr, te = signals.train_idx, signals.test_idx
-    y = signals.correct.astype(int)
-    if probe is not None:
-        if _same_folder(str(getattr(probe, "run_path", "")), signals.run_path):
-            raise DataError(
-                f"Probe {probe.probe_id} was fitted on all items of this run, held-out ones included, so it "
-                "cannot be evaluated here. Leave the probe out to fit one on the training items only, or use "
-                "a probe fitted on another run."
-            )
-        raw = probe.predict_proba_correct_batch(hidden)
-        calibration = fit_platt(raw[tr], signals.correct[tr])
-        return ProbeScores(calibration.apply(raw), probe, calibration,
-                           f"probe {probe.probe_id} fitted on another run ({probe.run_path}), calibrated on training items")
-    reason = label_reason(y[tr], PROBE_OOF_FOLDS)
-    if reason:
-        raise DataError(
-            f"Cannot fit a probe on the training items: {reason} ({tr.size} items, {int(y[tr].sum())} right); "
-            f"each class needs at least {2 * PROBE_OOF_FOLDS}. Use a larger run or an entropy signal."
-        )
-    layers = last_layer_indices(hidden.shape[1])
-    x_tr = hidden[tr][:, list(layers), :].reshape(tr.size, -1).astype(np.float64)
-    oof = nested_cv(state_model, x_tr, y[tr], n_folds=PROBE_OOF_FOLDS, n_inner=PROBE_INNER_FOLDS, seed=signals.seed)
-    coef, intercept = fit_platt_on_scores(oof.scores, signals.correct[tr])
-    final = fit_saved_probe(
-        hidden[tr], y[tr], layers=layers, model_spec=signals.model, run_path=signals.run_path,
+    return calibrated_probe_scores(
+        np.asarray(run.hidden)[signals.hidden_rows], signals.correct, signals.train_idx, signals.test_idx,
+        model_spec=signals.model, seed=signals.seed, probe=probe, run_path=signals.run_path,
         selection=f"{signals.regime}: training items of the gate split (holdout {signals.holdout}, seed {signals.seed})",
-        n_folds=PROBE_INNER_FOLDS, seed=signals.seed,
     )
-    # OOF scores are each fold's decision values standardised by that fold's training values;
-    # put the final probe on the same footing, then fold both steps into one Platt map of its logit.
-    dv_train = final.decision_values(hidden[tr])
-    mean, sd = float(dv_train.mean()), float(dv_train.std()) or 1.0
-    calibration = PlattCalibration(coef / sd, intercept - coef * mean / sd)
-    p = np.empty(signals.correct.size)
-    p[tr] = 1.0 / (1.0 + np.exp(-(coef * oof.scores + intercept)))
-    p[te] = calibration.apply(final.predict_proba_correct_batch(hidden[te]))
-    return ProbeScores(p, final, calibration, "last-5-layers probe fitted on the training items only")
 
 
 @dataclass(frozen=True, eq=False)

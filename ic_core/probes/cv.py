@@ -191,6 +191,22 @@ def nested_cv(
         return _nested_cv(make_model, X, y, groups=groups, Cs=Cs, n_folds=n_folds, n_inner=n_inner, seed=seed)
 
 
+def training_scale(train_decision_values: Any) -> tuple[float, float]:
+    """``(mean, sd)`` of a model's decision values on its own training rows: the fold's scale.
+
+    Every fold's test decision values are pooled as ``(value − mean) / sd`` (see the module
+    docstring); a probe fitted on all training rows is put on the same footing the same way.
+    A constant training output gives ``sd = 1`` (nothing to divide by).
+
+    Args:
+        train_decision_values: (n_train,) decision values of the fitted model on its training rows.
+
+    """
+    dv = np.asarray(train_decision_values, dtype=np.float64)
+    sd = float(dv.std())
+    return float(dv.mean()), (sd if sd > 0 else 1.0)
+
+
 def _nested_cv(
     make_model: ModelFactory, X: Any, y: Any, *, groups: Any, Cs: Sequence[float], n_folds: int, n_inner: int,
     seed: int,
@@ -205,10 +221,9 @@ def _nested_cv(
         C = choose_C(make_model, X[tr], y[tr], groups_train=None if groups_arr is None else groups_arr[tr],
                      Cs=Cs, n_inner=n_inner, seed=seed, counter=counter)
         model = counter.fit(make_model(C), X[tr], y[tr])
-        train_dv = model.decision_function(X[tr])
+        mean, sd = training_scale(model.decision_function(X[tr]))
         test_dv = model.decision_function(X[te])
-        sd = float(train_dv.std())
-        scores[te] = (test_dv - train_dv.mean()) / (sd if sd > 0 else 1.0)
+        scores[te] = (test_dv - mean) / sd
         fold_aurocs.append(auroc(test_dv, y[te]))
         chosen.append(C)
     return NestedCV(scores, tuple(fold_aurocs), tuple(chosen), counter.fits, counter.not_converged)
