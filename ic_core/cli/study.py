@@ -14,7 +14,7 @@ from ic_core.cli.common import (
     model_from_args,
     print_json,
 )
-from ic_core.datasets import bundled_sets, load_bundled, load_items
+from ic_core.datasets import LoadResult, bundled_sets, load_bundled, load_items
 from ic_core.errors import DataError
 from ic_core.prompts import REGIMES
 from ic_core.runs.store import default_run_name, run_path
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _load_data(text: str) -> tuple[str, object]:
+def _load_data(text: str) -> tuple[str, LoadResult]:
     names = {s.name for s in bundled_sets()}
     if text in names:
         return text, load_bundled(text)

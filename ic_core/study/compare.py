@@ -1,4 +1,4 @@
-"""Summaries of a study: accuracy and entropy per regime, paired regime tests, dim_eff, PCA and placement."""
+"""Comparisons on a loaded study: per-regime summaries and paired tests, dim_eff, its PCA, placing a new state."""
 
 from __future__ import annotations
 

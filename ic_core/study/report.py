@@ -6,7 +6,6 @@ import datetime as _dt
 import html
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,7 @@ from ic_core.plots.study import (
     pca_figure,
 )
 from ic_core.runs.store import StudyRun
+from ic_core.stats.geometry import DimEff
 from ic_core.study.compare import (
     RegimeComparison,
     default_pca_layer,
@@ -116,7 +116,7 @@ def _pca_section(run: StudyRun, figs: _Figures) -> str:
 
 def build_report(
     run: StudyRun, extra_sections: Sequence[Section] | None = None, comparison: RegimeComparison | None = None,
-    dim_effs: Mapping[str, Any] | None = None,
+    dim_effs: Mapping[str, DimEff] | None = None,
 ) -> str:
     """The whole report as one HTML string (about 4 MB: plotly.js is embedded once).
 
