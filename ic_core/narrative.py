@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:  # pragma: no cover
-    pass
+    from ic_core.governance.compare import SignalComparison
+    from ic_core.governance.gate import Decision
+    from ic_core.governance.policy import Policy
+    from ic_core.governance.signals import RunSignals
+    from ic_core.stats.gating import HeldOutReport
 from ic_core.probes.report import RecoverabilityReport
 from ic_core.stats.auroc import AurocEstimate
 
@@ -82,3 +89,150 @@ def reading(report: RecoverabilityReport) -> list[str]:
         lines.append(f"{which} identical for every item (the chat template ends every prompt with the same "
                      "token), so not probed.")
     return lines
+
+
+# --------------------------------------------------------------------------------------
+# Governance: rates, rules and the signal comparison in words
+# --------------------------------------------------------------------------------------
+
+SMALL_HELD_OUT = 40
+"""Below this many held-out items the page warns that the intervals are wide."""
+
+
+def percent_text(x: float | None) -> str:
+    """``"42%"``; ``"n/a"`` for None or NaN (e.g. the error among approved when nothing is approved)."""
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0%}"
+
+
+def rate_ci_text(value: float | None, ci: tuple[float, float] | None) -> str:
+    """``"20% [10%, 35%]"``; ``"20% [CI n/a]"`` without a CI; ``"n/a (nothing approved)"`` without a value."""
+    if value is None:
+        return "n/a (nothing approved)"
+    return f"{value:.0%}" + (f" [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else " [CI n/a]")
+
+
+def ci_caption(ci: tuple[float, float] | None) -> str:
+    """``"95 % CI [10%, 35%]"``, or why there is none."""
+    return f"95 % CI [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else "95 % CI n/a (too few items)"
+
+
+def signal_labels(entropy_signal: str) -> dict[str, str]:
+    """The gating signals a run offers (its entropy read-out, the probe, both), each with a label."""
+    from ic_core.governance.policy import ENTROPY_NAMES
+
+    entropy = ENTROPY_NAMES[entropy_signal]
+    where = "after the answer prefix" if entropy_signal == "h_slot" else "at the last prompt token"
+    return {
+        entropy_signal: f"{entropy} ({where})",
+        "probe": "probe P(correct) (fitted on the training items)",
+        "combined": f"combined: {entropy} or probe",
+    }
+
+
+def split_caption(signals: RunSignals) -> str:
+    """How many items the rule is tuned and judged on, and how the run was read."""
+    return (f"{signals.train_idx.size} training and {signals.test_idx.size} held-out items "
+            f"({signals.n_ungraded_excluded} ungraded left out) · prefix mode **{signals.prefix_mode}**.")
+
+
+def probe_source_caption(source: str, probe_id: str, external: bool) -> str:
+    """Where the probe's P(correct) comes from, and why no item is scored by a probe that saw it."""
+    if external:
+        return (f"Probe: {source}. It never saw this run's items; its P(correct) is calibrated on the "
+                "training items only.")
+    return (f"Probe: {source} (probe {probe_id}). Training items are scored out of fold, held-out items by the "
+            "probe fitted on all training items — no item is scored by a probe that saw it. Probes saved in the "
+            "run's probes/ folder were fitted on every item, held-out ones included, so they are not offered here.")
+
+
+def threshold_origin_note(fitted: bool) -> str:
+    """Whether the held-out figures of a rule can be trusted as they are."""
+    if fitted:
+        return "Thresholds fitted on the training items only."
+    return "Thresholds set by hand: if you moved them while looking at held-out items, these figures are optimistic."
+
+
+def held_out_caption(report: HeldOutReport, note: str) -> str:
+    """What the rule did to the held-out items, in counts, followed by ``note``."""
+    conf = report.confusion
+    return (f"Held out: **{conf.caught}** wrong answers caught, **{conf.slipped}** slipped through, "
+            f"**{conf.cost}** right answers escalated needlessly. {note}")
+
+
+def comparison_intro(comp: SignalComparison) -> str:
+    """The split, the error with no gate and the target of a signal comparison."""
+    sig = comp.signals
+    wrong = float(np.mean(~sig.correct[sig.test_idx]))
+    return (f"**Fitted on {sig.train_idx.size} training items, judged on {sig.test_idx.size} held-out items** "
+            f"(stratified split, seed {sig.seed}; {sig.n_ungraded_excluded} ungraded rows left out). "
+            f"With no gate, {percent_text(wrong)} of the held-out answers are wrong. "
+            f"Target: at most {comp.target_error:.0%} wrong among auto-approved answers.")
+
+
+def comparison_rows(comp: SignalComparison) -> list[dict[str, object]]:
+    """One display row per compared signal: held-out AUROC, shuffle control, verdict, rule and rates."""
+    rows: list[dict[str, object]] = []
+    for r in comp.results:
+        ho = r.held_out
+        rows.append({
+            "signal": r.name,
+            "held-out AUROC [95 % CI]": auroc_text(r.auroc),
+            "shuffled labels": "n/a" if r.auroc.shuffle_mean is None else f"{r.auroc.shuffle_mean:.2f}",
+            "verdict": signal_verdict(r.auroc),
+            "rule (fitted on training items)": r.threshold_text,
+            "escalated [95 % CI]": rate_ci_text(ho.escalation_rate, ho.escalation_rate_ci),
+            "error among approved [95 % CI]": rate_ci_text(ho.error_among_approved, ho.error_among_approved_ci),
+            "caught": ho.confusion.caught,
+            "slipped through": ho.confusion.slipped,
+        })
+    return rows
+
+
+def comparison_headline(comp: SignalComparison) -> str:
+    """One honest sentence from the held-out AUROCs: which signals beat chance, which show none."""
+    with_signal = [r.name for r in comp.results if r.auroc.ci95 is not None and r.auroc.ci95[0] > 0.5]
+    without = [r.name for r in comp.results if r.auroc.ci95 is not None and r.auroc.ci95[0] <= 0.5]
+    if not with_signal:
+        return ("On these held-out items **no signal separates right from wrong answers beyond chance** (every "
+                "95 % interval includes 0.5): a gate built on them escalates at random. Say so rather than "
+                "deploy it; a larger or more answerable set, or a stronger model, may change this.")
+    text = f"**{', '.join(with_signal)}** rank right answers above wrong ones better than chance on held-out items"
+    if without:
+        text += f"; **{', '.join(without)}** show no evidence of signal (interval includes 0.5)"
+    return text + "."
+
+
+def small_sample_note(n_held_out: int) -> str | None:
+    """A warning that the intervals are wide when fewer than :data:`SMALL_HELD_OUT` items are held out."""
+    if n_held_out >= SMALL_HELD_OUT:
+        return None
+    return f"Only {n_held_out} held-out items: the intervals are wide. Read them, not just the point values."
+
+
+def escalates_everything_warning(signal_name: str, rule_text: str) -> str:
+    """Why a rule that escalates every held-out item is not a perfect gate."""
+    return (f"**{signal_name}: every held-out item is escalated** ({rule_text}). Nothing slips through only "
+            "because nothing is approved: this rule saves no human work.")
+
+
+def active_policy_text(policy: Policy) -> str:
+    """The active policy: its id, rule, signal, regime, prefix mode and model (Markdown, two lines)."""
+    return (f"**Active policy** `{policy.policy_id}` — {policy.describe()}  \n"
+            f"Signal {policy.signal}, regime {policy.regime}, prefix mode {policy.prefix_mode}, "
+            f"model {policy.model.get('name')}.")
+
+
+def recorded_held_out_text(policy: Policy) -> str | None:
+    """The held-out figures a policy carries, or None when it records none."""
+    held = policy.held_out or {}
+    if not held:
+        return None
+    return (f"Held-out figures recorded in the policy: n = {held.get('n_held_out')}, escalation rate "
+            f"{percent_text(held.get('escalation_rate'))}, error among approved "
+            f"{percent_text(held.get('error_among_approved'))}.")
+
+
+def decision_text(decision: Decision) -> str:
+    """``"**ESCALATE** — <reason> (0.12 s, logged to <path>)"``."""
+    return (f"**{decision.decision.upper()}** — {decision.reason} ({decision.elapsed_s:.2f} s, "
+            f"logged to {decision.audit_log})")

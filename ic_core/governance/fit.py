@@ -1,4 +1,4 @@
-"""Governance policies: a versioned JSON document, and fitting its thresholds on labelled items.
+"""Fitting a gate policy on a labelled study run: probe scores, thresholds, and the policy built from them.
 
 A *policy* says when a pre-generation gate escalates a prompt to a human instead of letting
 the model's answer through: when the entropy at the read-out is too high (``h_int`` raw, or
@@ -6,8 +6,10 @@ the model's answer through: when the entropy at the read-out is too high (``h_in
 P(correct) is too low (``probe``), or when either fires (``combined``).
 
 Thresholds are fitted on a *training* share of a labelled study run and reported on the
-*held-out* rest, with bootstrap 95 % confidence intervals. Everything here works on plain
-arrays; :func:`fit_policy_on_run` ties it to a saved run.
+*held-out* rest, with bootstrap 95 % confidence intervals. The run's rows and split come from
+:func:`ic_core.governance.signals.run_signals`; :func:`fit_policy_on_run` fits on them, and
+:func:`policy_from_thresholds` builds the policy document from thresholds (fitted, or set by
+hand on the Governance page). The rule itself lives in :mod:`ic_core.governance.rule`.
 
 Conventions: a *risk score* is larger when the answer is more likely wrong (entropy in bits,
 or ``-P(correct)``); an item is **approved** when its risk is ``<= threshold`` and
@@ -17,7 +19,6 @@ or ``-P(correct)``); an item is **approved** when its risk is ``<= threshold`` a
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,119 +26,22 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ic_core.errors import DataError
-from ic_core.governance.policy import ENTROPY_NAMES, Policy, PrefixMode, probe_entry
+from ic_core.governance.policy import Policy, Signal, probe_entry
+from ic_core.governance.rule import escalate as rule_escalate
+from ic_core.governance.signals import RunSignals, resolve_entropy_signal, run_signals
 from ic_core.probes.scores import ProbeScores, calibrated_probe_scores
-from ic_core.runs.schema import graded_mask
 from ic_core.stats.gating import (
     N_BOOT,
     Confusion,
     HeldOutReport,
-    combined_escalate,
     evaluate_held_out,
     fit_combined,
     fit_threshold,
-    split_items,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from ic_core.probes.saved import SavedProbe
     from ic_core.runs.store import StudyRun
-
-
-@dataclass(frozen=True, eq=False)
-class RunSignals:
-    """One regime of a study run, ready for gating: graded rows, entropy, labels and the split.
-
-    Arrays have shape (n,), aligned with ``table`` (positional index 0..n-1).
-    """
-
-    run_path: str
-    dataset: str
-    regime: str
-    kind: str
-    table: Any
-    """pandas DataFrame: the graded rows of this regime (columns of ``StudyRun.table``)."""
-    correct: np.ndarray
-    entropy_bits: np.ndarray
-    """Entropy at each row's read-out, bits: H_slot when the row has an answer prefix, else H_int."""
-    entropy_signal: Literal["h_int", "h_slot"]
-    prefix_mode: PrefixMode
-    answer_prefix: str | None
-    train_idx: np.ndarray
-    test_idx: np.ndarray
-    holdout: float
-    seed: int
-    n_ungraded_excluded: int
-    model: dict[str, Any]
-    n_layers: int
-    d_model: int
-
-    @property
-    def hidden_rows(self) -> np.ndarray:
-        """(n,) indices into the run's ``hidden`` array."""
-        return self.table["row"].to_numpy(np.int64)
-
-    @property
-    def entropy_name(self) -> str:
-        """``H_int`` or ``H_slot``."""
-        return ENTROPY_NAMES[self.entropy_signal]
-
-
-def _prefix_mode(prefixes: Sequence[Any]) -> tuple[PrefixMode, str | None]:
-    values = [p if isinstance(p, str) and p.strip() else None for p in prefixes]
-    given = {p for p in values if p is not None}
-    if not given:
-        return "none", None
-    if None in values:
-        raise DataError(
-            "This regime mixes rows read after an answer prefix (H_slot) with rows read without one (H_int); "
-            "a gate needs one read-out. Run the study with or without prefixes for every item."
-        )
-    return ("fixed", given.pop()) if len(given) == 1 else ("per_item", None)
-
-
-def run_signals(run: Any, regime: str | None = None, holdout: float = 0.4, seed: int = 0) -> RunSignals:
-    """The graded rows of one regime of a run, their entropy and a stratified seeded split.
-
-    Args:
-        run: A loaded :class:`ic_core.runs.store.StudyRun`.
-        regime: Which regime (default: the only one, else ``direct``).
-        holdout: Share of graded items held out for evaluation.
-        seed: Split seed.
-
-    Raises:
-        DataError: unknown regime, mixed read-outs, one class or n too small.
-
-    """
-    table = run.table
-    regimes = list(dict.fromkeys(table["regime"].tolist()))
-    if regime is None:
-        regime = regimes[0] if len(regimes) == 1 else "direct" if "direct" in regimes else None
-        if regime is None:
-            raise DataError(f"This run has regimes {', '.join(regimes)}: choose one (--regime).")
-    if regime not in regimes:
-        raise DataError(f"Regime {regime!r} is not in this run (it has {', '.join(regimes) or 'no rows'}).")
-    sub = table[table["regime"] == regime]
-    graded_rows = graded_mask(sub)
-    graded = sub[graded_rows].reset_index(drop=True)
-    if graded.empty:
-        raise DataError(f"No graded rows in regime {regime!r}: the gate needs answers marked right or wrong.")
-    entropy = graded["h_int_bits"].to_numpy(np.float64)
-    if not np.isfinite(entropy).all():
-        raise DataError("Some rows have no finite entropy; the run folder is damaged.")
-    mode, prefix = _prefix_mode(graded["answer_prefix"].tolist())
-    correct = np.array([bool(v) for v in graded["correct"]], dtype=bool)
-    train_idx, test_idx = split_items(correct, holdout, seed)
-    kinds = graded["kind"].value_counts()
-    m = run.manifest
-    return RunSignals(
-        run_path=str(run.path), dataset=str((m.get("dataset") or {}).get("name", "")), regime=regime,
-        kind=str(kinds.index[0]), table=graded, correct=correct, entropy_bits=entropy,
-        entropy_signal="h_int" if mode == "none" else "h_slot", prefix_mode=mode, answer_prefix=prefix,
-        train_idx=train_idx, test_idx=test_idx, holdout=float(holdout), seed=int(seed),
-        n_ungraded_excluded=int((~graded_rows).sum()), model=dict(m.get("model") or {}),
-        n_layers=int(m["n_layers"]), d_model=int(m["d_model"]),
-    )
 
 
 def probe_scores(run: StudyRun, signals: RunSignals, probe: SavedProbe | None = None) -> ProbeScores:
@@ -198,31 +102,76 @@ class PolicyFit:
         }
 
 
-def resolve_entropy_signal(requested: str, signals: RunSignals) -> Literal["h_int", "h_slot"]:
-    """``entropy`` → whichever the run read; ``h_int``/``h_slot`` must match the run.
+ThresholdOrigin = Literal["fitted on training items", "set by hand"]
+FITTED_ON_TRAINING: ThresholdOrigin = "fitted on training items"
+SET_BY_HAND: ThresholdOrigin = "set by hand"
+
+
+def policy_from_thresholds(
+    signals: RunSignals,
+    signal: Signal,
+    t_entropy_bits: float | None,
+    t_probe: float | None,
+    held_out: HeldOutReport,
+    *,
+    scores: ProbeScores | None = None,
+    escalate_all: bool = False,
+    target_error: float | None = None,
+    threshold_origin: ThresholdOrigin | None = SET_BY_HAND,
+    store_prompt_text: bool = False,
+) -> Policy:
+    """The policy document for a rule on a run's split: its thresholds, model, read-out and provenance.
+
+    Only the thresholds ``signal`` reads are kept (none when ``escalate_all``); the probe entry
+    points nowhere yet (``path`` is ``scores.path`` or empty: see :func:`attach_saved_probe`).
+
+    Args:
+        signals: The run's split the thresholds belong to.
+        signal: ``h_int``/``h_slot`` (must be the run's read-out), ``probe`` or ``combined``.
+        t_entropy_bits: Escalate when the entropy is above this (entropy and combined rules).
+        t_probe: Escalate when the calibrated P(correct) is below this (probe and combined rules).
+        held_out: The rule's held-out evaluation, recorded in the policy.
+        scores: The probe's scores (probe and combined rules): its id and calibration go in.
+        escalate_all: The rule escalates everything.
+        target_error: The target the thresholds were fitted for (None when set by hand).
+        threshold_origin: Recorded as ``fitted_on["thresholds"]``; None leaves it out.
+        store_prompt_text: Whether audit records may keep the prompt text.
 
     Raises:
-        DataError: the run did not read the requested entropy.
+        DataError: an invalid policy (e.g. a probe rule without probe scores).
 
     """
-    if requested in ("entropy", signals.entropy_signal):
-        return signals.entropy_signal
-    other = ENTROPY_NAMES.get(requested, requested)
-    raise DataError(
-        f"This run read {signals.entropy_name} (prefix mode {signals.prefix_mode!r}), not {other}; "
-        f"use signal 'entropy' or run a study {'without' if other == 'H_int' else 'with'} answer prefixes."
+    uses_probe = signal in ("probe", "combined")
+    probe = scores if uses_probe else None
+    fitted_on: dict[str, Any] = {
+        "run_path": signals.run_path, "dataset": signals.dataset, "regime": signals.regime,
+        "n_train": int(signals.train_idx.size), "n_held_out": int(signals.test_idx.size),
+        "n_ungraded_excluded": signals.n_ungraded_excluded, "holdout": signals.holdout, "seed": signals.seed,
+        "probe_source": None if probe is None else probe.source,
+    }
+    if threshold_origin is not None:
+        fitted_on["thresholds"] = threshold_origin
+    return Policy(
+        signal=signal, model=signals.model, regime=signals.regime, kind=signals.kind,
+        prefix_mode=signals.prefix_mode, answer_prefix=signals.answer_prefix,
+        t_entropy_bits=None if escalate_all or signal == "probe" else t_entropy_bits,
+        entropy_signal=None if signal == "probe" else signals.entropy_signal,
+        t_probe=None if escalate_all or not uses_probe else t_probe, escalate_all=escalate_all,
+        probe=None if probe is None else probe_entry(probe.path or "", probe.probe.probe_id, probe.calibration),
+        model_n_layers=signals.n_layers, model_d_model=signals.d_model, fitted_on=fitted_on,
+        target_error=target_error, held_out=held_out.to_json(), store_prompt_text=store_prompt_text,
     )
 
 
 def fit_policy_on_run(
-    run: Any,
+    run: StudyRun,
     signal: str,
     target_error: float,
     *,
     regime: str | None = None,
     holdout: float = 0.4,
     seed: int = 0,
-    probe: Any = None,
+    probe: SavedProbe | None = None,
     scores: ProbeScores | None = None,
     signals: RunSignals | None = None,
     store_prompt_text: bool = False,
@@ -251,39 +200,28 @@ def fit_policy_on_run(
         raise DataError(f"Unknown signal {signal!r}; choose entropy, h_int, h_slot, probe or combined.")
     sig = signals or run_signals(run, regime, holdout, seed)
     entropy = resolve_entropy_signal("entropy" if signal in ("probe", "combined") else signal, sig)
+    policy_signal: Signal = entropy if signal in ("entropy", "h_int", "h_slot") else signal  # type: ignore[assignment]
     ps = None
-    if signal in ("probe", "combined"):
+    if policy_signal in ("probe", "combined"):
         ps = scores or probe_scores(run, sig, probe)
-    if signal == "probe":
+    if policy_signal == "probe":
         fit = fit_threshold(-ps.p_correct, sig.correct, target_error, sig.train_idx)
         t_e = None
         t_p = None if fit.threshold is None else -fit.threshold  # approve -p <= t  <=>  p >= -t
         met, train, msg = fit.target_met, fit.train, fit.message
-        escalate = np.ones(sig.correct.size, bool) if t_p is None else ps.p_correct < t_p
-    elif signal == "combined":
+    elif policy_signal == "combined":
         cf = fit_combined(sig.entropy_bits, ps.p_correct, sig.correct, target_error, sig.train_idx)
         t_e, t_p, met, train, msg = cf.t_entropy_bits, cf.t_probe, cf.target_met, cf.train, cf.message
-        escalate = (np.ones(sig.correct.size, bool) if not met
-                    else combined_escalate(sig.entropy_bits, ps.p_correct, t_e, t_p))
     else:
         fit = fit_threshold(sig.entropy_bits, sig.correct, target_error, sig.train_idx)
         t_e, t_p, met, train, msg = fit.threshold, None, fit.target_met, fit.train, fit.message
-        escalate = np.ones(sig.correct.size, bool) if t_e is None else sig.entropy_bits > t_e
+    escalate = rule_escalate(policy_signal, sig.entropy_bits, None if ps is None else ps.p_correct, t_e, t_p,
+                             escalate_all=not met)
     report = evaluate_held_out(escalate, sig.correct, sig.test_idx, n_boot=n_boot, seed=seed)
-    policy_signal = entropy if signal in ("entropy", "h_int", "h_slot") else signal
-    policy = Policy(
-        signal=policy_signal, model=sig.model, regime=sig.regime, kind=sig.kind, prefix_mode=sig.prefix_mode,
-        answer_prefix=sig.answer_prefix, t_entropy_bits=t_e if policy_signal != "probe" else None,
-        entropy_signal=entropy if policy_signal != "probe" else None, t_probe=t_p, escalate_all=not met,
-        probe=None if ps is None else probe_entry(ps.path or "", ps.probe.probe_id, ps.calibration),
-        model_n_layers=sig.n_layers, model_d_model=sig.d_model,
-        fitted_on={
-            "run_path": sig.run_path, "dataset": sig.dataset, "regime": sig.regime, "n_train": int(sig.train_idx.size),
-            "n_held_out": int(sig.test_idx.size), "n_ungraded_excluded": sig.n_ungraded_excluded,
-            "holdout": sig.holdout, "seed": sig.seed,
-            "probe_source": None if ps is None else ps.source,
-        },
-        target_error=float(target_error), held_out=report.to_json(), store_prompt_text=store_prompt_text,
+    # The CLI's policy documents have never recorded where the thresholds came from (threshold_origin=None).
+    policy = policy_from_thresholds(
+        sig, policy_signal, t_e, t_p, report, scores=ps, escalate_all=not met, target_error=float(target_error),
+        threshold_origin=None, store_prompt_text=store_prompt_text,
     )
     return PolicyFit(policy, sig, ps, escalate, train, report, met, msg)
 
@@ -299,3 +237,93 @@ def with_probe_path(fit: PolicyFit, path: str | os.PathLike[str], save: bool = T
     ps = replace(fit.probe_scores, path=str(Path(json_path).resolve()))
     policy = replace(fit.policy, probe=probe_entry(ps.path, ps.probe.probe_id, ps.calibration), policy_id="")
     return replace(fit, policy=policy, probe_scores=ps)
+
+
+@dataclass(frozen=True, eq=False)
+class RuleEvaluation:
+    """A rule with given thresholds on a run's split: its decisions, held-out figures and policy."""
+
+    escalate: np.ndarray
+    """(n,) the rule's decision for every graded row (train and held-out)."""
+    held_out: HeldOutReport
+    policy: Policy
+
+
+def evaluate_thresholds(
+    signals: RunSignals,
+    signal: Signal,
+    t_entropy_bits: float | None,
+    t_probe: float | None,
+    *,
+    scores: ProbeScores | None = None,
+    escalate_all: bool = False,
+    target_error: float | None = None,
+    threshold_origin: ThresholdOrigin | None = SET_BY_HAND,
+    store_prompt_text: bool = False,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> RuleEvaluation:
+    """Apply thresholds (fitted, or set by hand) to every row, judge them on the held-out rows, make the policy.
+
+    Args:
+        signals: The run's split.
+        signal: ``h_int``/``h_slot`` (the run's read-out), ``probe`` or ``combined``.
+        t_entropy_bits: Entropy threshold, bits (entropy and combined rules).
+        t_probe: P(correct) threshold (probe and combined rules).
+        scores: The probe's calibrated scores (probe and combined rules).
+        escalate_all: The rule escalates everything (a fit that could not meet its target).
+        target_error: The target the thresholds were fitted for, if they were.
+        threshold_origin: Where the thresholds came from, recorded in the policy.
+        store_prompt_text: Recorded in the policy.
+        n_boot: Bootstrap resamples for the held-out CIs. seed: Bootstrap seed.
+
+    Raises:
+        DataError: a rule whose scores or thresholds are missing, or an invalid policy.
+
+    """
+    p_correct = None if scores is None else scores.p_correct
+    flags = rule_escalate(signal, signals.entropy_bits, p_correct, t_entropy_bits, t_probe, escalate_all)
+    report = evaluate_held_out(flags, signals.correct, signals.test_idx, n_boot=n_boot, seed=seed)
+    policy = policy_from_thresholds(
+        signals, signal, t_entropy_bits, t_probe, report, scores=scores, escalate_all=escalate_all,
+        target_error=target_error, threshold_origin=threshold_origin, store_prompt_text=store_prompt_text,
+    )
+    return RuleEvaluation(flags, report, policy)
+
+
+def threshold_context(signals: RunSignals, signal: str, scores: ProbeScores | None) -> tuple[Any, ...]:
+    """What a fitted threshold belongs to: another run, regime, split, signal or probe makes it stale."""
+    return (signals.run_path, signals.regime, signals.holdout, signals.seed, signal,
+            None if scores is None else scores.probe.probe_id)
+
+
+def attach_saved_probe(policy: Policy, scores: ProbeScores | None, run_folder: str | os.PathLike[str]) -> Policy:
+    """Save the policy's probe into the run's ``probes/`` folder and point the policy at it.
+
+    The file is named after the probe's content hash (``probes/gate-<probe_id>.json`` and its
+    ``.npz``), so an existing file is this same probe and is not written again. Policies that
+    read no probe are returned unchanged.
+
+    Args:
+        policy: A policy built with ``scores`` (:func:`policy_from_thresholds`).
+        scores: The probe's scores (None: the policy is returned as it is).
+        run_folder: The study run the probe was fitted on.
+
+    Returns:
+        The policy with ``probe["path"]`` the saved probe's absolute path (and a new ``policy_id``).
+
+    Raises:
+        DataError: the probe cannot be written next to the run.
+
+    """
+    if not policy.uses_probe or scores is None:
+        return policy
+    stem = Path(run_folder) / "probes" / f"gate-{scores.probe.probe_id}"
+    path = stem.with_name(stem.name + ".json")
+    try:
+        if not path.is_file():
+            path = Path(scores.probe.save(stem))
+    except OSError as exc:
+        raise DataError(f"Could not save the probe next to the run ({exc}); the policy cannot be used.") from exc
+    entry = probe_entry(str(path.resolve()), scores.probe.probe_id, scores.calibration)
+    return replace(policy, probe=entry, policy_id="")
