@@ -12,9 +12,12 @@ from __future__ import annotations
 import string
 import unicodedata
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from ic_core.errors import PromptError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 Regime = Literal["direct", "cot", "babble", "custom"]
 TaskKind = Literal["numeric", "multiple_choice", "short_answer", "free_text"]
@@ -175,7 +178,7 @@ def fill_user_message(template: PromptTemplate, question: str, choices: list[str
 
 
 def render(
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     question: str,
     template: PromptTemplate,
     choices: list[str] | tuple[str, ...] = (),
@@ -219,7 +222,7 @@ def render(
     return RenderedPrompt(text, ids, tokens, index, template.regime, user_text, template.answer_prefix, chat)
 
 
-def _readout_index(tokenizer: Any, text: str, user_text: str, ids: tuple[int, ...], readout: Readout, chat: bool) -> int:
+def _readout_index(tokenizer: PreTrainedTokenizerBase, text: str, user_text: str, ids: tuple[int, ...], readout: Readout, chat: bool) -> int:
     n = len(ids)
     if readout == "last":
         return n - 1

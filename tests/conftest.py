@@ -1,8 +1,10 @@
 """Shared fixtures: a tiny random Llama with an in-memory word-level tokenizer (milliseconds,
-no network), and the bundled default model for the ``model`` tier."""
+no network), the same over other architecture families (``tiny_family``), and the bundled
+default model for the ``model`` tier."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -43,18 +45,42 @@ def make_tiny_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
     return fast
 
 
-def make_tiny_model(vocab_size: int, n_layers: int = 4, seed: int = 0):
-    """A random Llama small enough to run in milliseconds."""
+TINY_FAMILIES = ("llama", "gpt2", "gemma3")
+"""Architectures ``tiny_family`` runs over: their blocks, final norm and unembedding live at
+different attribute paths (``model.layers``/``model.norm``, ``transformer.h``/``transformer.ln_f``),
+GPT-2 adds position embeddings after the token embedding, and Gemma 3 scales its embeddings
+and soft-caps its logits."""
+GEMMA_SOFTCAP = 2.0
+"""Small enough that the tiny Gemma's logits are visibly capped (the real models use 30)."""
+
+
+def make_tiny_model(vocab_size: int, n_layers: int = 4, seed: int = 0, family: str = "llama"):
+    """A random causal LM of ``family`` (one of :data:`TINY_FAMILIES`) small enough to run in milliseconds."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, LlamaConfig
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=False, initializer_range=0.2, bos_token_id=2, eos_token_id=3, pad_token_id=0,
-    )
-    return LlamaForCausalLM(config).eval()
+    ids = dict(bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    if family == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            tie_word_embeddings=False, initializer_range=0.2, **ids,
+        )
+    elif family == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab_size, n_embd=32, n_layer=n_layers, n_head=4, n_positions=256,
+            initializer_range=0.2, **ids,
+        )
+    elif family == "gemma3":
+        config = Gemma3TextConfig(
+            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+            sliding_window=8, final_logit_softcapping=GEMMA_SOFTCAP, initializer_range=0.2, **ids,
+        )
+    else:
+        raise ValueError(f"unknown tiny family {family!r}")
+    return AutoModelForCausalLM.from_config(config).eval()
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +90,33 @@ def tiny():
 
     tokenizer = make_tiny_tokenizer()
     return from_objects(make_tiny_model(len(tokenizer)), tokenizer, name="tiny-llama")
+
+
+@contextlib.contextmanager
+def forward_lengths(model):
+    """Record the token count (T of input_ids (B, T)) of every top-level forward pass of ``model``."""
+    lengths: list[int] = []
+
+    def record(_module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        lengths.append(int(ids.shape[1]))
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        yield lengths
+    finally:
+        handle.remove()
+
+
+@pytest.fixture(scope="session", params=TINY_FAMILIES)
+def tiny_family(request, tiny):
+    """The tiny model over each of :data:`TINY_FAMILIES` (the Llama is ``tiny`` itself)."""
+    if request.param == "llama":
+        return tiny
+    from ic_core.models import from_objects
+
+    tokenizer = make_tiny_tokenizer()
+    return from_objects(make_tiny_model(len(tokenizer), family=request.param), tokenizer, name=f"tiny-{request.param}")
 
 
 @pytest.fixture(scope="session")

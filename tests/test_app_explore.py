@@ -348,6 +348,37 @@ class TestCompareRegimes:
         assert "empty" in errors(at) and not at.metric
 
 
+class TestOnePrefill:
+    """Read, then generate: the app continues from the check's KV cache (one forward over the prompt)."""
+
+    def test_explore_reads_the_prompt_once(self, tiny):
+        from conftest import forward_lengths
+
+        n = analyze(tiny, QUESTION, regime="direct", kind="short_answer").rendered.n_tokens
+        at = start(tiny, max_new_tokens=4)
+        with forward_lengths(tiny.model) as lengths:
+            read_state(at, kind="short_answer")
+            at.button(key="explore_generate_btn").click().run()
+        assert not at.exception and not at.error
+        assert any(" tokens in " in c.value for c in at.caption)  # something was generated
+        assert lengths.count(n) == 1, lengths
+        assert all(t == 1 for t in lengths if t != n), lengths  # the rest are decoding steps
+
+    def test_compare_reads_each_regime_once(self, tiny):
+        from conftest import forward_lengths
+
+        n = sorted(analyze(tiny, QUESTION, regime=r, kind="short_answer").rendered.n_tokens for r in REGIMES)
+        at = start(tiny, COMPARE, max_new_tokens=4)
+        at.text_area(key="keep:compare.question").input(QUESTION)
+        at.number_input(key="keep:compare.cot_tokens").set_value(16)
+        with forward_lengths(tiny.model) as lengths:
+            at.button(key="compare_read_btn").click().run()
+            at.button(key="compare_generate_btn").click().run()
+        assert not at.exception and not at.error
+        assert sum("ic-tokens" in m.value for m in at.markdown) == 3
+        assert sorted(t for t in lengths if t > 1) == n, lengths
+
+
 class TestLearn:
     def test_renders_the_tour_and_every_example_note(self, tiny):
         at = start(tiny, LEARN)

@@ -63,3 +63,17 @@ def test_memory_guard_refuses_a_model_too_big(tiny_dir, monkeypatch):
     monkeypatch.setenv("IC_MEMORY_LIMIT_GB", str(n_params * 4 / 2**30 / 10))  # a tenth of what it needs
     with pytest.raises(ModelLoadError, match="IC_MEMORY_LIMIT_GB"):
         load_model(ModelSpec.parse(str(tiny_dir)))
+
+
+def test_transformers_model_implements_the_protocol(tiny):
+    from ic_core.models import LoadedModel, TransformersModel
+
+    members = {n for n in vars(LoadedModel) if not n.startswith("_")} | set(LoadedModel.__annotations__)
+    assert {"arch", "n_layers", "d_model", "vocab_size", "device", "max_context", "eos_token_ids", "final_norm",
+            "spec", "model", "tokenizer", "lock"} <= members
+    assert isinstance(tiny, TransformersModel)
+    for name in members:
+        assert hasattr(tiny, name), name
+    assert tiny.arch.family == "llama" and tiny.final_norm() is tiny.model.model.norm
+    assert tiny.max_context == 256 and tiny.eos_token_ids == frozenset({3})
+    assert (tiny.n_layers, tiny.d_model, tiny.vocab_size) == (4, 32, len(tiny.tokenizer))

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
 from ic_core.generate import GenerationConfig
-from ic_core.models import LoadedModel, ModelSpec, get_model
+from ic_core.models import ModelSpec, TransformersModel, get_model
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -22,14 +21,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def model_from_args(args: argparse.Namespace) -> LoadedModel:
+def model_from_args(args: argparse.Namespace) -> TransformersModel:
     """Load (once per process) the model the options name."""
     spec = ModelSpec.parse(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     return get_model(spec)
 
 
-def print_json(data: Any) -> None:
-    """One JSON object on stdout."""
+def print_json(data: object) -> None:
+    """One JSON object on stdout (any JSON-ready value: dicts, lists, str, numbers, None)."""
     json.dump(data, sys.stdout, ensure_ascii=False, allow_nan=False)
     sys.stdout.write("\n")
 
