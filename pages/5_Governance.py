@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ic_core.errors import DataError, ICError
+from ic_core.errors import ICError
 from ic_core.generate import GenerationConfig
 from ic_core.governance.audit import read_audit, resolve_audit_path
 from ic_core.governance.compare import compare_signals
 from ic_core.governance.fit import ProbeScores, RunSignals, fit_policy_on_run, probe_scores, run_signals
-from ic_core.governance.gate import gate_check
+from ic_core.governance.gate import gate_check, load_policy_probe
 from ic_core.governance.policy import ENTROPY_NAMES, Policy, check_model, probe_entry
 from ic_core.models import LoadedModel, ModelSpec
 from ic_core.narrative import auroc_text, signal_verdict
@@ -545,17 +545,7 @@ def policy_tab(loaded: LoadedModel | None) -> None:
     probe = st.session_state.get(PROBE_KEY) if policy.uses_probe else None
     if policy.uses_probe and probe is None:
         try:
-            from ic_core.probes.saved import SavedProbe
-
-            probe_path = Path(str(policy.probe.get("path", ""))).expanduser().resolve()
-            if not probe_path.is_relative_to(runs_root().resolve()):
-                # An uploaded policy must not make the server read (or probe for) files anywhere on disk.
-                raise DataError(
-                    f"This policy's probe ({policy.probe.get('path')}) is outside the runs folder "
-                    f"{runs_root()}. Copy the probe's .json and .npz into a run's probes/ folder and fit or "
-                    "save the policy again."
-                )
-            probe = SavedProbe.load(probe_path)
+            probe = load_policy_probe(policy, runs_root())  # only from inside the runs folder
         except ICError as exc:
             show_error(exc)
             return

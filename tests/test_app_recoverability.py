@@ -95,7 +95,7 @@ def test_compute_shows_curves_baselines_and_saves_the_probe(tiny, saved_run):
     assert [p.name for p in saved] == ["direct_last4.json"]  # the tiny model has 4 layers
     probe = at.session_state["probe"]
     assert isinstance(probe, SavedProbe) and probe.layers == (1, 2, 3, 4)
-    assert SavedProbe.load(saved[0]).probe_id == probe.probe_id
+    assert SavedProbe.load(saved[0], saved_run.path).probe_id == probe.probe_id
     assert 0.0 < probe.predict_proba_correct(saved_run.hidden[0]) < 1.0
 
 

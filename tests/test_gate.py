@@ -159,6 +159,88 @@ class TestDecideForAnalysis:
             decide_for_analysis(_policy(tiny), analyze(tiny, Q, kind="short_answer", answer_prefix=PREFIX))
 
 
+def _saved_probe(tiny, folder, seed=0):
+    """A real saved probe for the tiny model's state shape, written to ``folder/p``."""
+    from ic_core.probes.saved import fit_saved_probe
+
+    rng = np.random.default_rng(seed)
+    hidden = rng.normal(size=(40, tiny.n_layers + 1, tiny.d_model))
+    y = np.arange(40) % 2
+    hidden[:, -1, 0] += y
+    probe = fit_saved_probe(hidden, y, model_spec=tiny.spec.to_dict(), run_path=str(folder))
+    return probe, probe.save(Path(folder) / "p")
+
+
+class TestLoadPolicyProbe:
+    """``load_policy_probe``: the one engine call that turns a policy's probe path into a probe, confined to a root."""
+
+    def _probe_policy(self, tiny, path, probe_id):
+        entry = probe_entry(str(path), probe_id, PlattCalibration(1.0, 0.0))
+        return _policy(tiny, signal="probe", t_entropy_bits=None, t_probe=0.5, probe=entry)
+
+    def test_inside_the_root_loads_the_named_probe(self, tiny, tmp_path):
+        from ic_core.governance.gate import load_policy_probe
+
+        probe, path = _saved_probe(tiny, tmp_path / "runs" / "r" / "probes")
+        loaded = load_policy_probe(self._probe_policy(tiny, path, probe.probe_id), tmp_path / "runs")
+        assert loaded.probe_id == probe.probe_id and loaded.layers == probe.layers
+        assert load_policy_probe(_policy(tiny), tmp_path / "runs") is None  # an entropy policy reads no probe
+
+    def test_outside_the_root_is_refused_before_reading(self, tiny, tmp_path):
+        from ic_core.governance.gate import load_policy_probe
+
+        probe, path = _saved_probe(tiny, tmp_path / "elsewhere")
+        (tmp_path / "runs").mkdir()
+        policy = self._probe_policy(tiny, path, probe.probe_id)
+        with pytest.raises(DataError, match="outside the runs folder"):
+            load_policy_probe(policy, tmp_path / "runs")
+        with pytest.raises(DataError, match="outside the runs folder"):  # an override path is confined too
+            load_policy_probe(_policy(tiny, signal="probe", t_entropy_bits=None, t_probe=0.5,
+                                      probe=policy.probe), tmp_path / "runs", tmp_path / "runs" / ".." / "elsewhere" / "p")
+
+    def test_another_probe_or_no_path_is_refused(self, tiny, tmp_path):
+        from ic_core.governance.gate import load_policy_probe
+
+        _, path = _saved_probe(tiny, tmp_path / "runs")
+        with pytest.raises(DataError, match="calibrated with probe probe-999"):
+            load_policy_probe(self._probe_policy(tiny, path, "probe-999"), tmp_path / "runs")
+        with pytest.raises(DataError, match="names no probe file"):
+            load_policy_probe(self._probe_policy(tiny, "", "probe-999"), tmp_path / "runs")
+
+
+class TestCliProbeRoot:
+    """Which folder ``gate`` reads a policy's probe from."""
+
+    def _policy(self, tiny, probe_path):
+        entry = probe_entry(str(probe_path), "x", PlattCalibration(1.0, 0.0))
+        return _policy(tiny, signal="probe", t_entropy_bits=None, t_probe=0.5, probe=entry)
+
+    def test_beside_the_policy_file_elsewhere_the_runs_root(self, tiny, tmp_path, monkeypatch):
+        from ic_core.cli.gate import probe_root
+
+        monkeypatch.setenv("IC_RUNS_DIR", str(tmp_path / "runs"))
+        policy_file = tmp_path / "pol" / "policy.json"
+        assert probe_root(policy_file, self._policy(tiny, tmp_path / "pol" / "policy.probe.json"), None) == \
+            tmp_path / "pol"
+        assert probe_root(policy_file, self._policy(tiny, "/etc/passwd"), None) == tmp_path / "runs"
+        dotdot = tmp_path / "pol" / ".." / "secret" / "p.json"  # lexically leaves the policy's folder
+        assert probe_root(policy_file, self._policy(tiny, dotdot), None) == tmp_path / "runs"
+        assert probe_root(policy_file, self._policy(tiny, "/etc/passwd"), str(tmp_path / "mine" / "p.json")) == \
+            tmp_path / "mine"
+
+    def test_gate_refuses_a_policy_probe_outside_both(self, tiny, tiny_dir, tmp_path):
+        """A policy naming a probe outside its own folder and the runs root: refused, before the model loads."""
+        probe, path = _saved_probe(tiny, tmp_path / "elsewhere")
+        spec = ModelSpec.parse(str(tiny_dir))
+        pol = Policy(signal="probe", model=spec.to_dict(), t_probe=0.5, kind="short_answer", model_n_layers=4,
+                     model_d_model=32, probe=probe_entry(str(path), probe.probe_id, PlattCalibration(1.0, 0.0)))
+        policy_file = pol.save(tmp_path / "pol" / "policy.json")
+        (tmp_path / "runs").mkdir()
+        proc = run_cli("gate", "--policy", str(policy_file), "--prompt", Q, "--no-audit",
+                       env_extra={"IC_RUNS_DIR": str(tmp_path / "runs")})
+        assert proc.returncode == 2 and "outside the runs folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def run_cli(*args, env_extra=None, timeout=180):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "ic_core", *args], cwd=ROOT, env=env,

@@ -377,7 +377,7 @@ class TestSavedProbe:
         run, probe = self._fit(tmp_path)
         path = probe.save(tmp_path / "probes" / "direct_last5")
         assert path.suffix == ".json" and path.with_suffix(".npz").is_file()
-        loaded = SavedProbe.load(path)
+        loaded = SavedProbe.load(path, tmp_path)
         for i in range(5):
             state = run.hidden[i].astype(np.float32)
             assert loaded.predict_proba_correct(state) == probe.predict_proba_correct(state)
@@ -423,13 +423,74 @@ class TestSavedProbe:
         np.savez(path.with_suffix(".npz"), scaler_mean=probe.scaler_mean[:-1], scaler_scale=probe.scaler_scale,
                  coef=probe.coef)
         with pytest.raises(DataError, match="shape"):
-            SavedProbe.load(path)
+            SavedProbe.load(path, tmp_path)
         np.savez(path.with_suffix(".npz"), scaler_mean=probe.scaler_mean, scaler_scale=probe.scaler_scale,
                  coef=probe.coef * 2)
         with pytest.raises(DataError, match="probe_id"):
-            SavedProbe.load(path)
+            SavedProbe.load(path, tmp_path)
         with pytest.raises(DataError, match="not found"):
-            SavedProbe.load(tmp_path / "missing")
+            SavedProbe.load(tmp_path / "missing", tmp_path)
+
+    def test_load_inside_the_root_by_any_spelling(self, tmp_path):
+        """Inside the root: the .json, the .npz, the stem, a path through '..' that stays inside, a symlink inside."""
+        _, probe = self._fit(tmp_path)
+        root = tmp_path / "runs"
+        path = probe.save(root / "r" / "probes" / "p")
+        (root / "r" / "other").mkdir()
+        (root / "linked.json").symlink_to(path)
+        (root / "linked.npz").symlink_to(path.with_suffix(".npz"))
+        for spelling in (path, path.with_suffix(".npz"), path.with_suffix(""), root / "r" / "other" / ".." / "probes" / "p",
+                         root / "linked"):
+            assert SavedProbe.load(spelling, root).probe_id == probe.probe_id
+
+    def test_load_refuses_a_probe_outside_the_root(self, tmp_path):
+        _, probe = self._fit(tmp_path)
+        root = tmp_path / "runs"
+        root.mkdir()
+        path = probe.save(tmp_path / "elsewhere" / "p")
+        with pytest.raises(DataError, match="outside the runs folder") as err:
+            SavedProbe.load(path, root)
+        assert str(root.resolve()) in str(err.value) and str(err.value).count(". ") == 0  # one sentence
+
+    def test_load_refuses_a_dotdot_escape(self, tmp_path):
+        _, probe = self._fit(tmp_path)
+        root = tmp_path / "runs"
+        root.mkdir()
+        probe.save(tmp_path / "elsewhere" / "p")
+        with pytest.raises(DataError, match="outside the runs folder"):
+            SavedProbe.load(root / ".." / "elsewhere" / "p", root)
+        with pytest.raises(DataError, match="outside the runs folder"):
+            SavedProbe.load(root / ".." / "elsewhere" / "p.json", root)
+
+    @pytest.mark.parametrize("linked", [".json", ".npz"])
+    def test_load_refuses_a_symlink_inside_the_root_pointing_outside(self, tmp_path, linked):
+        """Either file of the pair may be the symlink: both are resolved before reading."""
+        _, probe = self._fit(tmp_path)
+        root = tmp_path / "runs"
+        inside = probe.save(root / "r" / "probes" / "p")
+        outside = probe.save(tmp_path / "elsewhere" / "p")
+        target = inside.with_suffix(linked)
+        target.unlink()
+        target.symlink_to(outside.with_suffix(linked))
+        with pytest.raises(DataError, match="outside the runs folder"):
+            SavedProbe.load(inside, root)
+
+    def test_load_refuses_a_root_that_is_only_a_prefix(self, tmp_path):
+        """``runs-evil`` is not inside ``runs`` although its name starts the same way."""
+        _, probe = self._fit(tmp_path)
+        root = tmp_path / "runs"
+        root.mkdir()
+        path = probe.save(tmp_path / "runs-evil" / "p")
+        with pytest.raises(DataError, match="outside the runs folder"):
+            SavedProbe.load(path, root)
+
+    def test_saving_inside_a_run_folder_then_loading_from_the_runs_root(self, tmp_path):
+        from ic_core.probes.saved import default_probe_path
+
+        run, probe = self._fit(tmp_path / "runs" / "r")
+        path = probe.save(default_probe_path(run, "direct"))
+        assert path.parent == tmp_path / "runs" / "r" / "probes"
+        assert SavedProbe.load(path, tmp_path / "runs").probe_id == probe.probe_id
 
     def test_wrong_state_shape_says_so(self, tmp_path):
         _, probe = self._fit(tmp_path)
@@ -497,7 +558,7 @@ class TestCli:
         saved = out["saved_probe"]
         assert Path(saved["path"]).parent == tiny_run / "probes" and saved["layers"] == [1, 2, 3, 4]
         assert "fixed" in saved["choice"]
-        assert SavedProbe.load(saved["path"]).probe_id == saved["probe_id"]
+        assert SavedProbe.load(saved["path"], tiny_run).probe_id == saved["probe_id"]
 
     def test_several_regimes_need_a_choice(self, tiny_run):
         proc = run_cli("probe", "--run", str(tiny_run))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from ic_core.cli.common import print_json
-from ic_core.governance.gate import gate_check, resolve_answer_prefix
+from ic_core.governance.gate import gate_check, load_policy_probe, resolve_answer_prefix
 from ic_core.governance.policy import Policy, check_model_spec
 from ic_core.models import ModelSpec, get_model
 from ic_core.prompts import TASK_KINDS
+from ic_core.runs.store import runs_root
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,12 +42,27 @@ def _spec(args: argparse.Namespace, policy: Policy) -> ModelSpec:
     return ModelSpec.parse(args.model, dtype=dtype, device=args.device, trust_remote_code=args.trust_remote_code)
 
 
-def _load_probe(policy: Policy, path: str | None):
-    if not policy.uses_probe:
-        return None
-    from ic_core.probes.saved import SavedProbe
+def probe_root(policy_file: str | Path, policy: Policy, probe_arg: str | None) -> Path:
+    """The folder this command reads the policy's probe from (``SavedProbe.load`` refuses anything outside it).
 
-    return SavedProbe.load(path or policy.probe["path"])
+    ``--probe`` names a file on the operator's command line: its own folder. Otherwise the
+    policy's recorded path is trusted only inside the policy file's folder (where ``policy fit``
+    saves the probe by default) or else inside the runs root.
+
+    Args:
+        policy_file: The ``--policy`` file.
+        policy: That policy.
+        probe_arg: The ``--probe`` value, if given.
+
+    """
+    if probe_arg:
+        return Path(os.path.abspath(Path(probe_arg).expanduser())).parent
+    recorded = Path(os.path.abspath(Path(str((policy.probe or {}).get("path", ""))).expanduser()))
+    policy_dir = Path(os.path.abspath(Path(policy_file).expanduser())).parent
+    for folder in (policy_dir, policy_dir.resolve()):  # the recorded path is usually already resolved
+        if recorded.is_relative_to(folder):
+            return folder
+    return runs_root()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
     # Refuse a different model or a missing prefix before spending time loading the model.
     check_model_spec(policy, spec)
     resolve_answer_prefix(policy, args.answer_prefix)
+    probe = load_policy_probe(policy, probe_root(args.policy, policy, args.probe), args.probe)
     loaded = get_model(spec)
     decision = gate_check(
-        loaded, policy, args.prompt, kind=args.kind, probe=_load_probe(policy, args.probe),
+        loaded, policy, args.prompt, kind=args.kind, probe=probe,
         audit_log=False if args.no_audit else args.audit_log, answer_prefix=args.answer_prefix,
         choices=args.choices.split("|") if args.choices else (),
     )

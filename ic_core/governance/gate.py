@@ -84,6 +84,33 @@ def check_probe(policy: Policy, probe: SavedProbe | None) -> None:
         )
 
 
+def load_policy_probe(
+    policy: Policy, root: str | os.PathLike[str], path: str | os.PathLike[str] | None = None
+) -> SavedProbe | None:
+    """The saved probe a policy reads, loaded only from inside ``root``; None when the policy reads no probe.
+
+    Args:
+        policy: The active policy (its ``probe.path`` names the file; an uploaded policy may name anything).
+        root: The folder probes may be read from: :func:`ic_core.runs.store.runs_root` for the app.
+        path: Another file for the same probe (the CLI's ``--probe``), also confined to ``root``.
+
+    Raises:
+        DataError: no probe path, a file outside ``root``, an unreadable probe, or not the probe
+            the policy was calibrated with.
+
+    """
+    from ic_core.probes.saved import SavedProbe
+
+    if not policy.uses_probe:
+        return None
+    target = path if path is not None else (policy.probe or {}).get("path")
+    if not target:
+        raise DataError(f"Policy {policy.policy_id} reads a probe but names no probe file; fit or save it again.")
+    probe = SavedProbe.load(target, root)
+    check_probe(policy, probe)
+    return probe
+
+
 def _signals(policy: Policy, analysis: Analysis, probe: SavedProbe | None) -> dict[str, Any]:
     state = analysis.state
     name = "h_slot" if analysis.rendered.answer_prefix else "h_int"

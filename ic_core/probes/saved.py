@@ -149,14 +149,22 @@ class SavedProbe:
         return json_path
 
     @classmethod
-    def load(cls, path: str | Path) -> SavedProbe:
-        """Read a probe saved by :meth:`save` (either file or the common stem), validating shapes.
+    def load(cls, path: str | Path, root: str | Path) -> SavedProbe:
+        """Read a probe saved by :meth:`save` (either file or the common stem) from inside ``root``.
+
+        Both files must resolve inside ``root`` (``..`` and symlinks followed first), so a policy
+        document cannot make the reader open files anywhere on disk.
+
+        Args:
+            path: The ``.json``, the ``.npz`` or their common stem.
+            root: The folder probes may be read from: :func:`ic_core.runs.store.runs_root` for
+                the app and the gate, or a folder the operator named on the command line.
 
         Raises:
-            DataError: missing file, wrong format or inconsistent shapes.
+            DataError: a file outside ``root``, a missing file, wrong format or inconsistent shapes.
 
         """
-        json_path, npz_path = _probe_paths(path)
+        json_path, npz_path = confined_probe_paths(path, root)
         for p in (json_path, npz_path):
             if not p.is_file():
                 raise DataError(f"Saved probe file {p} not found (a probe is a .json + .npz pair).")
@@ -194,6 +202,31 @@ def _probe_paths(path: str | Path) -> tuple[Path, Path]:
     p = Path(path)
     stem = p.with_suffix("") if p.suffix in (".json", ".npz") else p
     return stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".npz")
+
+
+def confined_probe_paths(path: str | Path, root: str | Path) -> tuple[Path, Path]:
+    """The probe's ``.json`` and ``.npz`` as fully resolved paths, both inside ``root``.
+
+    Args:
+        path: The ``.json``, the ``.npz`` or their common stem (relative paths: from the working folder).
+        root: The folder both files must lie in once ``..``, ``~`` and symlinks are resolved.
+
+    Raises:
+        DataError: either file resolves outside ``root``.
+
+    """
+    try:
+        base = Path(root).expanduser().resolve()
+        resolved = tuple(p.expanduser().resolve() for p in _probe_paths(path))
+    except (OSError, RuntimeError) as exc:  # a symlink loop, an unknown ~user
+        raise DataError(f"Cannot resolve the saved probe path {str(path)!r}: {exc}") from exc
+    for p in resolved:
+        if not p.is_relative_to(base):
+            raise DataError(
+                f"The saved probe {str(path)!r} resolves to {p}, outside the runs folder {base} that probes are "
+                "read from; copy its .json and .npz into a run's probes/ folder there and load it from that folder."
+            )
+    return resolved[0], resolved[1]
 
 
 def fit_saved_probe(
