@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pandas as pd
 import streamlit as st
 
@@ -13,19 +11,14 @@ from ic_core.plots.probes import auroc_by_layer_figure, baselines_figure, roc_fi
 from ic_core.probes.cv import C_GRID, N_INNER, N_SHUFFLES_PER_LAYER
 from ic_core.probes.report import RecoverabilityReport, recoverability
 from ic_core.probes.saved import default_probe_path, fit_saved_probe_for_run
-from ic_core.runs.store import list_runs, load_run, runs_root
+from ic_core.runs.store import RunInfo, list_runs, runs_root
 from ic_core.stats.auroc import N_BOOT, N_OUTER, N_SHUFFLES, AurocEstimate
-from ui.common import json_download, require_router, show_error
+from ui.common import cached_run, json_download, require_router, show_error
 
 PROBE_KEY = "probe"  # where Explore and the Governance gate look for a loaded probe
 RESULT_KEY = "recov.request"
 POOLED = "pooled (all regimes)"
 MAKE_RUN = ("python -m ic_core study --data capitals --regimes direct --limit 150")
-
-
-@st.cache_resource(max_entries=2, show_spinner="Opening the run…")
-def cached_run(path: str, mtime: float) -> Any:
-    return load_run(path)
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -52,7 +45,7 @@ def baselines_table(results: list[AurocEstimate]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def show_report(report: RecoverabilityReport, info: Any) -> None:
+def show_report(report: RecoverabilityReport, info: RunInfo) -> None:
     last = report.last_layers
     c1, c2, c3, c4, c5 = st.columns(5)
     c1.metric("graded answers", f"{report.n}", help=f"{report.n_ungraded} ungraded rows left out")
@@ -93,7 +86,7 @@ def show_report(report: RecoverabilityReport, info: Any) -> None:
                   key="recov_json")
 
 
-def save_probe(report: RecoverabilityReport, info: Any) -> None:
+def save_probe(report: RecoverabilityReport, info: RunInfo) -> None:
     st.subheader("Save the probe")
     st.write(f"Fits the **{report.last_layers.name}** probe (a fixed choice, not the best layer) on all "
              f"{report.n} graded answers, with C chosen by cross-validation, and saves it as JSON + npz in the "

@@ -99,6 +99,23 @@ def test_compute_shows_curves_baselines_and_saves_the_probe(tiny, saved_run):
     assert 0.0 < probe.predict_proba_correct(saved_run.hidden[0]) < 1.0
 
 
+def test_the_page_opens_runs_through_the_shared_loader(tiny, saved_run, monkeypatch):
+    """One cached run loader for every page (``ui.common.cached_run``): compute and save read the folder once."""
+    import ui.common
+
+    source = (ROOT / PAGE).read_text()
+    assert "def cached_run" not in source and "from ui.common import cached_run" in source
+    calls = []
+    real = ui.common.load_run
+    monkeypatch.setattr(ui.common, "load_run", lambda path: calls.append(str(path)) or real(path))
+    at = open_page(tiny)
+    fast_settings(at).button(key="recov_compute").click().run()
+    at.button(key="recov_save").click().run()
+    assert not at.exception, at.exception
+    assert any("Saved probe" in s.value for s in at.success)
+    assert calls == [str(saved_run.path)]
+
+
 def test_one_class_run_shows_reasons_not_numbers(tiny, runs_dir):
     wrong = [PromptItem(i.id, i.question, i.answer, kind="numeric", output="999") for i in items()]
     run_study(tiny, wrong, ["direct"], runs_dir / "allwrong", generate=False, batch_size=20, dataset_name="t")
