@@ -2,53 +2,59 @@
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from ic_core.errors import ICError
-from ic_core.generate import GenerationConfig
-from ic_core.governance.audit import read_audit, resolve_audit_path
-from ic_core.governance.compare import compare_signals
-from ic_core.governance.fit import ProbeScores, RunSignals, fit_policy_on_run, probe_scores, run_signals
-from ic_core.governance.gate import gate_check, load_policy_probe
-from ic_core.governance.policy import ENTROPY_NAMES, Policy, check_model, probe_entry
-from ic_core.models import LoadedModel, ModelSpec
-from ic_core.narrative import auroc_text, signal_verdict
-from ic_core.plots.gate import confusion_figure, risk_coverage_figure, score_histogram_figure
-from ic_core.runs.store import runs_root
-from ic_core.stats.gating import (
-    HeldOutReport,
-    combined_escalate,
-    confusion_from_decisions,
-    evaluate_held_out,
-    risk_coverage,
+from ic_core.governance.audit import audit_rows, read_audit, resolve_audit_path
+from ic_core.governance.compare import SignalComparison, compare_signals
+from ic_core.governance.demo import DEMO_COMMAND, DEMO_LIMIT, DEMO_SET, demo_candidates, make_demo_run, runs_with_rows
+from ic_core.governance.fit import (
+    FITTED_ON_TRAINING,
+    SET_BY_HAND,
+    ProbeScores,
+    attach_saved_probe,
+    evaluate_thresholds,
+    fit_policy_on_run,
+    probe_fitted_on_run,
+    probe_scores,
+    threshold_context,
 )
-from ui.common import footer, get_loaded, json_download, require_router, show_error
+from ic_core.governance.gate import gate_check, load_policy_probe
+from ic_core.governance.policy import Policy, check_model
+from ic_core.governance.rule import escalates_everything, outcomes
+from ic_core.governance.signals import RunSignals, run_signals
+from ic_core.models import LoadedModel, ModelSpec
+from ic_core.narrative import (
+    active_policy_text,
+    ci_caption,
+    comparison_headline,
+    comparison_intro,
+    comparison_rows,
+    decision_text,
+    escalates_everything_warning,
+    held_out_caption,
+    percent_text,
+    probe_source_caption,
+    recorded_held_out_text,
+    signal_labels,
+    small_sample_note,
+    split_caption,
+    threshold_origin_note,
+)
+from ic_core.plots.gate import confusion_figure, risk_coverage_figure, score_histogram_figure
+from ic_core.runs.store import RunInfo, StudyRun, list_runs, runs_root
+from ic_core.stats.gating import HeldOutReport, confusion_from_decisions, risk_coverage
+from ui.common import cached_run, footer, get_loaded, json_download, require_router, show_error
 
-DEMO_SET = "governance_ops"
-DEMO_PREFIX = "The answer is"
-DEMO_LIMIT = 60
-DEMO_COMMAND = (f"python -m ic_core study --data {DEMO_SET} --regimes direct --limit {DEMO_LIMIT} "
-                f"--answer-prefix \"{DEMO_PREFIX}\" --max-new-tokens 24")
 POLICY_KEY = "gate_policy"
 PROBE_KEY = "probe"
-SHOW_COLUMNS = ["item_id", "question", "output_text", "expected", "correct"]
 
 
 # ---------------------------------------------------------------- cached engine calls
-
-
-@st.cache_resource(max_entries=2, show_spinner="Opening the run…")
-def cached_run(path: str, mtime: float) -> Any:
-    from ic_core.runs.store import load_run
-
-    return load_run(path)
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -63,7 +69,7 @@ def cached_probe_scores(path: str, mtime: float, regime: str | None, holdout: fl
 
 @st.cache_resource(max_entries=2, show_spinner="Comparing signals on the held-out items…")
 def cached_comparison(path: str, mtime: float, target: float, holdout: float, seed: int, spec: ModelSpec | None,
-                      _loaded: LoadedModel | None) -> Any:
+                      _loaded: LoadedModel | None) -> SignalComparison:
     # ``spec`` keys the cache on the model; ``_loaded`` is that model (not hashed).
     sig = cached_signals(path, mtime, None, holdout, seed)
     try:
@@ -73,48 +79,20 @@ def cached_comparison(path: str, mtime: float, target: float, holdout: float, se
     return compare_signals(cached_run(path, mtime), _loaded, target, signals=sig, scores=scores)
 
 
-def list_saved_runs() -> list[Any]:
-    from ic_core.runs.store import list_runs
-
-    return [r for r in list_runs() if r.n_rows_done > 0]
-
-
-# ---------------------------------------------------------------- small helpers
-
-
-def pct(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0%}"
-
-
-def ci_text(value: float | None, ci: tuple[float, float] | None) -> str:
-    if value is None:
-        return "n/a (nothing approved)"
-    return f"{value:.0%}" + (f" [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else " [CI n/a]")
-
-
-def ci_only(ci: tuple[float, float] | None) -> str:
-    return f"95 % CI [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else "95 % CI n/a (too few items)"
-
-
-def items_frame(sig: RunSignals, idx: np.ndarray, extra: dict[str, np.ndarray]) -> pd.DataFrame:
-    frame = sig.table.iloc[idx][[c for c in SHOW_COLUMNS if c in sig.table.columns]].copy()
-    for name, values in extra.items():
-        frame[name] = np.round(values[idx], 3)
-    return frame.reset_index(drop=True)
+def list_saved_runs() -> list[RunInfo]:
+    return runs_with_rows(list_runs())
 
 
 def held_out_metrics(report: HeldOutReport, note: str) -> None:
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Held-out items", f"{report.n}")
     # Metric values are short (a point estimate); the 95 % CI goes underneath so it is never cut off.
-    c2.metric("Escalation rate", pct(report.escalation_rate))
-    c2.caption(ci_only(report.escalation_rate_ci))
-    c3.metric("Error among approved", pct(report.error_among_approved))
-    c3.caption(ci_only(report.error_among_approved_ci))
-    c4.metric("Error with no gate", pct(report.error_without_gate))
-    conf = report.confusion
-    st.caption(f"Held out: **{conf.caught}** wrong answers caught, **{conf.slipped}** slipped through, "
-               f"**{conf.cost}** right answers escalated needlessly. {note}")
+    c2.metric("Escalation rate", percent_text(report.escalation_rate))
+    c2.caption(ci_caption(report.escalation_rate_ci))
+    c3.metric("Error among approved", percent_text(report.error_among_approved))
+    c3.caption(ci_caption(report.error_among_approved_ci))
+    c4.metric("Error with no gate", percent_text(report.error_without_gate))
+    st.caption(held_out_caption(report, note))
 
 
 # ---------------------------------------------------------------- demo
@@ -128,15 +106,13 @@ def demo_tab(loaded: LoadedModel | None) -> None:
         "what slipped through — for raw **H_int** (the paper's read-out, at the last prompt token), **H_slot** "
         "(after the forced answer prefix *\"The answer is\"*) and a linear **probe** on the state."
     )
-    all_runs = list_saved_runs()
-    demo_runs = [r for r in all_runs if r.dataset_name == DEMO_SET]
+    demo_runs, candidates = demo_candidates(list_saved_runs())
     if not demo_runs:
         st.info(f"No run of {DEMO_SET} yet. Make one here (about {DEMO_LIMIT} items, direct regime, with the "
                 f"answer prefix; a few minutes on a laptop CPU), or from a terminal:")
         st.code(DEMO_COMMAND, language="bash")
         if st.button("Make a governance_ops run now", key="gov_demo_make", disabled=loaded is None):
-            make_demo_run(loaded)
-    candidates = demo_runs + [r for r in all_runs if r.dataset_name != DEMO_SET]
+            start_demo_run(loaded)
     if not candidates:
         return
     names = [r.name for r in candidates]
@@ -164,27 +140,7 @@ def demo_tab(loaded: LoadedModel | None) -> None:
     show_comparison(comp)
 
 
-def headline(comp: Any) -> str:
-    """One honest sentence from the held-out AUROCs (nothing hard-coded)."""
-    with_signal = [r.name for r in comp.results if r.auroc.ci95 is not None and r.auroc.ci95[0] > 0.5]
-    without = [r.name for r in comp.results if r.auroc.ci95 is not None and r.auroc.ci95[0] <= 0.5]
-    if not with_signal:
-        return ("On these held-out items **no signal separates right from wrong answers beyond chance** (every "
-                "95 % interval includes 0.5): a gate built on them escalates at random. Say so rather than "
-                "deploy it; a larger or more answerable set, or a stronger model, may change this.")
-    text = f"**{', '.join(with_signal)}** rank right answers above wrong ones better than chance on held-out items"
-    if without:
-        text += f"; **{', '.join(without)}** show no evidence of signal (interval includes 0.5)"
-    return text + "."
-
-
-def make_demo_run(loaded: LoadedModel) -> None:
-    from ic_core.datasets import load_bundled
-    from ic_core.runs.store import default_run_name, run_path
-    from ic_core.study.runner import run_study
-
-    result = load_bundled(DEMO_SET)
-    out = run_path(default_run_name(DEMO_SET, ["direct"], DEMO_LIMIT))
+def start_demo_run(loaded: LoadedModel) -> None:
     bar = st.progress(0.0, text="Starting…")
 
     def progress(done: int, total: int, eta_s: float | None, message: str) -> None:
@@ -192,9 +148,7 @@ def make_demo_run(loaded: LoadedModel) -> None:
         bar.progress(min(1.0, done / max(total, 1)), text=f"{done}/{total}{eta} · {message[:50]}")
 
     try:
-        run_study(loaded, result.items, ["direct"], out, limit=DEMO_LIMIT, answer_prefix=DEMO_PREFIX,
-                  gen_config=GenerationConfig(max_new_tokens=24), progress=progress, dataset_name=DEMO_SET,
-                  dataset_sha256=result.sha256)
+        make_demo_run(loaded, progress)
     except ICError as exc:
         show_error(exc)
         return
@@ -202,85 +156,48 @@ def make_demo_run(loaded: LoadedModel) -> None:
     st.rerun()
 
 
-def show_comparison(comp: Any) -> None:
+def show_comparison(comp: SignalComparison) -> None:
     sig = comp.signals
-    st.markdown(
-        f"**Fitted on {sig.train_idx.size} training items, judged on {sig.test_idx.size} held-out items** "
-        f"(stratified split, seed {sig.seed}; {sig.n_ungraded_excluded} ungraded rows left out). "
-        f"With no gate, {pct(float(np.mean(~sig.correct[sig.test_idx])))} of the held-out answers are wrong. "
-        f"Target: at most {comp.target_error:.0%} wrong among auto-approved answers."
-    )
-    rows = []
-    for r in comp.results:
-        ho = r.held_out
-        rows.append({
-            "signal": r.name,
-            "held-out AUROC [95 % CI]": auroc_text(r.auroc),
-            "shuffled labels": "n/a" if r.auroc.shuffle_mean is None else f"{r.auroc.shuffle_mean:.2f}",
-            "verdict": signal_verdict(r.auroc),
-            "rule (fitted on training items)": r.threshold_text,
-            "escalated [95 % CI]": ci_text(ho.escalation_rate, ho.escalation_rate_ci),
-            "error among approved [95 % CI]": ci_text(ho.error_among_approved, ho.error_among_approved_ci),
-            "caught": ho.confusion.caught,
-            "slipped through": ho.confusion.slipped,
-        })
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="gov_demo_table")
-    st.markdown(headline(comp))
+    st.markdown(comparison_intro(comp))
+    st.dataframe(pd.DataFrame(comparison_rows(comp)), hide_index=True, key="gov_demo_table")
+    st.markdown(comparison_headline(comp))
     for note in comp.notes:
         st.info(note)
-    if sig.test_idx.size < 40:
-        st.caption(f"Only {sig.test_idx.size} held-out items: the intervals are wide. Read them, not just the "
-                   "point values.")
+    small = small_sample_note(sig.test_idx.size)
+    if small:
+        st.caption(small)
     curves = {r.name: r.held_out_curve for r in comp.results}
     st.plotly_chart(risk_coverage_figure(curves, target_error=comp.target_error), key="gov_demo_rc")
     names = [r.name for r in comp.results]
     default = next((i for i, r in enumerate(comp.results) if r.key != "h_int"), 0)
     chosen = st.selectbox("Show the held-out items for", names, index=default, key="gov_demo_signal")
     r = comp.results[names.index(chosen)]
-    te = sig.test_idx
-    caught = te[r.escalate[te] & ~sig.correct[te]]
-    slipped = te[~r.escalate[te] & ~sig.correct[te]]
+    seen = outcomes(r.escalate, sig.correct, sig.test_idx)
     score = {"risk (bits, or −P)": r.risk}
-    if te.size and bool(np.all(r.escalate[te])):
-        st.warning(f"**{chosen}: every held-out item is escalated** ({r.threshold_text}). Nothing slips through "
-                   "only because nothing is approved: this rule saves no human work.")
+    if escalates_everything(r.escalate, sig.test_idx):
+        st.warning(escalates_everything_warning(chosen, r.threshold_text))
     c1, c2 = st.columns(2)
-    c1.markdown(f"**Caught** — escalated, and the answer was wrong ({caught.size})")
-    c1.dataframe(items_frame(sig, caught, score), hide_index=True, key="gov_demo_caught")
-    c2.markdown(f"**Slipped through** — approved, but the answer was wrong ({slipped.size})")
-    c2.dataframe(items_frame(sig, slipped, score), hide_index=True, key="gov_demo_slipped")
+    c1.markdown(f"**Caught** — escalated, and the answer was wrong ({seen.caught.size})")
+    c1.dataframe(sig.items_table(seen.caught, score), hide_index=True, key="gov_demo_caught")
+    c2.markdown(f"**Slipped through** — approved, but the answer was wrong ({seen.slipped.size})")
+    c2.dataframe(sig.items_table(seen.slipped, score), hide_index=True, key="gov_demo_slipped")
 
 
 # ---------------------------------------------------------------- tuning
 
 
-def run_label(info: Any) -> str:
+def run_label(info: RunInfo) -> str:
     return f"{info.name} · {info.dataset_name or 'custom'} · {info.model_label} · {info.n_rows_done} rows"
 
 
-def signal_options(sig: RunSignals) -> dict[str, str]:
-    entropy = ENTROPY_NAMES[sig.entropy_signal]
-    where = "after the answer prefix" if sig.entropy_signal == "h_slot" else "at the last prompt token"
-    return {
-        sig.entropy_signal: f"{entropy} ({where})",
-        "probe": "probe P(correct) (fitted on the training items)",
-        "combined": f"combined: {entropy} or probe",
-    }
-
-
-def fit_context(sig: RunSignals, signal: str, scores: ProbeScores | None) -> tuple:
-    """What a fitted threshold belongs to: another run, split, signal or probe makes it stale."""
-    return (sig.run_path, sig.regime, sig.holdout, sig.seed, signal, scores.probe.probe_id if scores else None)
-
-
-def _fit_callback(run: Any, sig: RunSignals, signal: str, scores: ProbeScores | None) -> None:
+def _fit_callback(run: StudyRun, sig: RunSignals, signal: str, scores: ProbeScores | None) -> None:
     s = st.session_state
     try:
         fit = fit_policy_on_run(run, signal, float(s["gov_target"]), signals=sig, scores=scores)
     except ICError as exc:
         s["gov.fit_message"] = ("error", str(exc))
         return
-    s["gov.fit"] = {"context": fit_context(sig, signal, scores), "escalate_all": fit.policy.escalate_all,
+    s["gov.fit"] = {"context": threshold_context(sig, signal, scores), "escalate_all": fit.policy.escalate_all,
                     "target": float(s["gov_target"])}
     if fit.policy.t_entropy_bits is not None:
         s["gov_t_entropy"] = float(fit.policy.t_entropy_bits)
@@ -329,7 +246,7 @@ def tune_tab(loaded: LoadedModel | None) -> None:
     except ICError as exc:
         show_error(exc)
         return
-    options = signal_options(sig)
+    options = signal_labels(sig.entropy_signal)
     if st.session_state.get("gov_signal") not in options:
         st.session_state["gov_signal"] = sig.entropy_signal
     signal = st.radio("Signal", list(options), format_func=options.get, key="gov_signal", horizontal=True,
@@ -339,11 +256,9 @@ def tune_tab(loaded: LoadedModel | None) -> None:
         scores = choose_probe_scores(run, sig, str(info.path), info.mtime, regime, float(holdout), seed)
         if scores is None:
             return
-    st.caption(f"{sig.train_idx.size} training and {sig.test_idx.size} held-out items "
-               f"({sig.n_ungraded_excluded} ungraded left out) · prefix mode **{sig.prefix_mode}**.")
+    st.caption(split_caption(sig))
 
-    base_train = float(np.mean(~sig.correct[sig.train_idx]))
-    st.session_state.setdefault("gov_target", round(min(0.9, base_train / 2), 2))
+    st.session_state.setdefault("gov_target", sig.default_target_error())
     c1, c2 = st.columns([3, 1])
     c1.slider("Target error rate among auto-approved answers", 0.0, 0.9, step=0.01, key="gov_target",
               help="'Fit' picks the most permissive threshold that meets this on the training items.")
@@ -353,50 +268,43 @@ def tune_tab(loaded: LoadedModel | None) -> None:
     if message:
         getattr(st, message[0])(message[1])
 
-    h = sig.entropy_bits
     t_e = t_p = None
     if signal in (sig.entropy_signal, "combined"):
-        lo, hi = math.floor(float(h.min()) * 10) / 10, math.ceil(float(h.max()) * 10) / 10 + 0.1
-        t_e = _clamped_slider(f"Threshold: escalate when {ENTROPY_NAMES[sig.entropy_signal]} > (bits)",
-                              "gov_t_entropy", lo, hi, float(np.median(h)), "Entropy above this → a human looks.")
+        lo, hi, median = sig.entropy_threshold_range()
+        t_e = _clamped_slider(f"Threshold: escalate when {sig.entropy_name} > (bits)",
+                              "gov_t_entropy", lo, hi, median, "Entropy above this → a human looks.")
     if signal in ("probe", "combined"):
         t_p = _clamped_slider("Threshold: escalate when P(correct) <", "gov_t_probe", 0.0, 1.0, 0.5,
                               "Calibrated probability below this → a human looks.")
     fit_state = st.session_state.get("gov.fit")
-    if fit_state and fit_state["context"] != fit_context(sig, signal, scores):
+    if fit_state and fit_state["context"] != threshold_context(sig, signal, scores):
         fit_state = None  # fitted for another run, split, signal or probe
         _manual_change()
-    escalate_all = bool(fit_state and fit_state["escalate_all"])
-    if escalate_all:
-        escalate = np.ones(sig.correct.size, bool)
-    elif signal == "combined":
-        escalate = combined_escalate(h, scores.p_correct, t_e, t_p)
-    elif signal == "probe":
-        escalate = scores.p_correct < t_p
-    else:
-        escalate = h > t_e
+    try:
+        rule = evaluate_thresholds(
+            sig, signal, t_e, t_p, scores=scores, escalate_all=bool(fit_state and fit_state["escalate_all"]),
+            target_error=fit_state["target"] if fit_state else None,
+            threshold_origin=FITTED_ON_TRAINING if fit_state else SET_BY_HAND,
+            store_prompt_text=bool(st.session_state.get("gov_store_text", False)),
+        )
+    except ICError as exc:
+        show_error(exc)
+        return
 
     view = st.radio("Items shown in the live view", ["training", "held-out", "all"], key="gov_view",
                     horizontal=True, help="Tune on training items; the held-out figures below judge the result.")
-    idx = {"training": sig.train_idx, "held-out": sig.test_idx, "all": np.arange(sig.correct.size)}[view]
-    live_figures(sig, signal, scores, escalate, idx, t_e, t_p)
+    live_figures(sig, signal, scores, rule.escalate, sig.indices(view), t_e, t_p)
 
     st.subheader("Held-out evaluation of this rule")
-    report = evaluate_held_out(escalate, sig.correct, sig.test_idx)
-    fitted = fit_state is not None
-    note = ("Thresholds fitted on the training items only." if fitted else
-            "Thresholds set by hand: if you moved them while looking at held-out items, these figures are optimistic.")
-    held_out_metrics(report, note)
-
-    policy = build_policy(sig, signal, scores, t_e, t_p, escalate_all, report, fit_state)
-    policy_actions(policy, scores, run)
+    held_out_metrics(rule.held_out, threshold_origin_note(fit_state is not None))
+    policy_actions(rule.policy, scores, run)
 
 
-def choose_probe_scores(run: Any, sig: RunSignals, path: str, mtime: float, regime: str | None, holdout: float,
+def choose_probe_scores(run: StudyRun, sig: RunSignals, path: str, mtime: float, regime: str | None, holdout: float,
                         seed: int) -> ProbeScores | None:
     """The probe's calibrated scores: fitted on the training items, or the session's probe from another run."""
     session_probe = st.session_state.get(PROBE_KEY)
-    external_ok = session_probe is not None and not Path(session_probe.run_path).resolve() == Path(path).resolve()
+    external_ok = session_probe is not None and not probe_fitted_on_run(session_probe, path)
     source = "fit"
     if external_ok:
         source = st.radio("Probe", ["fit", "session"], key="gov_probe_source", horizontal=True, format_func={
@@ -411,14 +319,7 @@ def choose_probe_scores(run: Any, sig: RunSignals, path: str, mtime: float, regi
     except ICError as exc:
         show_error(exc)
         return None
-    if source == "session":
-        st.caption(f"Probe: {scores.source}. It never saw this run's items; its P(correct) is calibrated on the "
-                   "training items only.")
-    else:
-        st.caption(f"Probe: {scores.source} (probe {scores.probe.probe_id}). Training items are scored out of "
-                   "fold, held-out items by the probe fitted on all training items — no item is scored by a "
-                   "probe that saw it. Probes saved in the run's probes/ folder were fitted on every item, "
-                   "held-out ones included, so they are not offered here.")
+    st.caption(probe_source_caption(scores.source, scores.probe.probe_id, external=source == "session"))
     return scores
 
 
@@ -427,12 +328,12 @@ def live_figures(sig: RunSignals, signal: str, scores: ProbeScores | None, escal
     correct = sig.correct[idx]
     conf = confusion_from_decisions(escalate[idx], correct)
     c1, c2, c3 = st.columns(3)
-    c1.metric("Escalation rate", pct(conf.escalation_rate))
-    c2.metric("Error among auto-approved", pct(conf.error_among_approved))
-    c3.metric("Wrong answers caught", pct(conf.share_of_errors_caught))
+    c1.metric("Escalation rate", percent_text(conf.escalation_rate))
+    c2.metric("Error among auto-approved", percent_text(conf.error_among_approved))
+    c3.metric("Wrong answers caught", percent_text(conf.share_of_errors_caught))
     left, right = st.columns(2)
     left.plotly_chart(confusion_figure(conf), key="gov_confusion")
-    entropy_name = ENTROPY_NAMES[sig.entropy_signal]
+    entropy_name = sig.entropy_name
     curves = {}
     if signal != "probe":
         curves[entropy_name] = risk_coverage(sig.entropy_bits[idx], correct)
@@ -449,53 +350,20 @@ def live_figures(sig: RunSignals, signal: str, scores: ProbeScores | None, escal
     extra = {entropy_name + " (bits)": sig.entropy_bits}
     if scores is not None:
         extra["P(correct)"] = scores.p_correct
-    esc = idx[escalate[idx]]
-    slipped = idx[~escalate[idx] & ~sig.correct[idx]]
-    with st.expander(f"Items that would be escalated ({esc.size})"):
-        st.dataframe(items_frame(sig, esc, extra), hide_index=True, key="gov_escalated")
-    with st.expander(f"Wrong answers that would slip through ({slipped.size})"):
-        st.dataframe(items_frame(sig, slipped, extra), hide_index=True, key="gov_slipped")
+    seen = outcomes(escalate, sig.correct, idx)
+    with st.expander(f"Items that would be escalated ({seen.escalated.size})"):
+        st.dataframe(sig.items_table(seen.escalated, extra), hide_index=True, key="gov_escalated")
+    with st.expander(f"Wrong answers that would slip through ({seen.slipped.size})"):
+        st.dataframe(sig.items_table(seen.slipped, extra), hide_index=True, key="gov_slipped")
 
 
-def build_policy(sig: RunSignals, signal: str, scores: ProbeScores | None, t_e: float | None, t_p: float | None,
-                 escalate_all: bool, report: HeldOutReport, fit_state: Any) -> Policy:
-    uses_probe = signal in ("probe", "combined")
-    return Policy(
-        signal=signal, model=sig.model, regime=sig.regime, kind=sig.kind, prefix_mode=sig.prefix_mode,
-        answer_prefix=sig.answer_prefix, t_entropy_bits=None if escalate_all else t_e,
-        entropy_signal=None if signal == "probe" else sig.entropy_signal,
-        t_probe=None if escalate_all else t_p, escalate_all=escalate_all,
-        probe=probe_entry("", scores.probe.probe_id, scores.calibration) if uses_probe and scores else None,
-        model_n_layers=sig.n_layers, model_d_model=sig.d_model,
-        fitted_on={"run_path": sig.run_path, "dataset": sig.dataset, "regime": sig.regime,
-                   "n_train": int(sig.train_idx.size), "n_held_out": int(sig.test_idx.size),
-                   "n_ungraded_excluded": sig.n_ungraded_excluded, "holdout": sig.holdout, "seed": sig.seed,
-                   "thresholds": "fitted on training items" if fit_state else "set by hand",
-                   "probe_source": scores.source if uses_probe and scores else None},
-        target_error=fit_state["target"] if fit_state else None, held_out=report.to_json(),
-        store_prompt_text=bool(st.session_state.get("gov_store_text", False)),
-    )
-
-
-def _with_saved_probe(policy: Policy, scores: ProbeScores | None, run: Any) -> Policy:
-    """Save the probe into the run's probes/ folder and point the policy at it."""
-    if not policy.uses_probe or scores is None:
-        return policy
-    stem = Path(run.path) / "probes" / f"gate-{scores.probe.probe_id}"
-    path = stem.with_name(stem.name + ".json")
-    if not path.is_file():  # the name is the probe's content hash: an existing file is this probe
-        path = scores.probe.save(stem)
-    entry = probe_entry(str(Path(path).resolve()), scores.probe.probe_id, scores.calibration)
-    return Policy.from_dict({**policy.to_dict(), "probe": entry, "policy_id": ""})
-
-
-def policy_actions(policy: Policy, scores: ProbeScores | None, run: Any) -> None:
+def policy_actions(policy: Policy, scores: ProbeScores | None, run: StudyRun) -> None:
     st.subheader("This policy")
     st.checkbox("Audit log may store the prompt text (otherwise only its SHA-256)", key="gov_store_text")
     try:
-        saved = _with_saved_probe(policy, scores, run)
-    except OSError as exc:
-        show_error(ICError(f"Could not save the probe next to the run ({exc}); the policy cannot be used."))
+        saved = attach_saved_probe(policy, scores, run.path)
+    except ICError as exc:
+        show_error(exc)
         return
     if saved.uses_probe:
         st.caption(f"The policy's probe is saved at `{saved.probe['path']}`; keep it with the policy file.")
@@ -528,13 +396,10 @@ def policy_tab(loaded: LoadedModel | None) -> None:
     if policy is None:
         st.info("No policy active. Fit one in the 'Tune' tab, or load a policy file.")
         return
-    st.markdown(f"**Active policy** `{policy.policy_id}` — {policy.describe()}  \n"
-                f"Signal {policy.signal}, regime {policy.regime}, prefix mode {policy.prefix_mode}, "
-                f"model {policy.model.get('name')}.")
-    held = policy.held_out or {}
-    if held:
-        st.caption(f"Held-out figures recorded in the policy: n = {held.get('n_held_out')}, escalation rate "
-                   f"{pct(held.get('escalation_rate'))}, error among approved {pct(held.get('error_among_approved'))}.")
+    st.markdown(active_policy_text(policy))
+    recorded = recorded_held_out_text(policy)
+    if recorded:
+        st.caption(recorded)
     if loaded is None:
         return
     try:
@@ -565,9 +430,7 @@ def policy_tab(loaded: LoadedModel | None) -> None:
         except ICError as exc:
             show_error(exc)
         else:
-            text = f"{decision.reason} ({decision.elapsed_s:.2f} s, logged to {decision.audit_log})"
-            (st.success if decision.decision == "approve" else st.warning)(
-                f"**{decision.decision.upper()}** — {text}")
+            (st.success if decision.decision == "approve" else st.warning)(decision_text(decision))
 
 
 # ---------------------------------------------------------------- audit log
@@ -590,13 +453,7 @@ def audit_tab() -> None:
     if not records:
         st.info("No gate decisions logged yet.")
         return
-    frame = pd.DataFrame([{
-        "time": r.get("time"), "decision": r.get("decision"), "reason": r.get("reason"),
-        "policy_id": r.get("policy_id"), "model": r.get("model"), "elapsed_s": r.get("elapsed_s"),
-        "prompt_sha256": str(r.get("prompt_sha256", ""))[:16], "prompt": r.get("prompt", "(not stored)"),
-        "signals": json.dumps(r.get("signals", {}), ensure_ascii=False),
-    } for r in reversed(records)])
-    st.dataframe(frame, hide_index=True, key="gov_audit_table")
+    st.dataframe(pd.DataFrame(audit_rows(records)), hide_index=True, key="gov_audit_table")
 
 
 # ---------------------------------------------------------------- page
