@@ -342,3 +342,24 @@ class TestRunFitting:
         assert ps.probe is external and "another run" in ps.source
         hidden = np.asarray(tiny_run.hidden)[sig.hidden_rows]
         np.testing.assert_allclose(ps.p_correct, ps.calibration.apply(external.predict_proba_correct_batch(hidden)))
+
+    def test_cli_fit_with_an_external_probe_points_the_policy_at_it(self, tiny_run, tmp_path_factory, tiny, capsys):
+        """``policy fit --probe`` reads the operator's probe file from its own folder and records its path."""
+        import argparse
+
+        from ic_core.cli.policy import run_fit
+        from ic_core.probes.saved import fit_saved_probe_for_run
+        from ic_core.study.runner import run_study
+
+        other = run_study(tiny, _labelled_items(40, op="minus"), ["direct"], tmp_path_factory.mktemp("o") / "o", generate=False)
+        probe_json = fit_saved_probe_for_run(other).save(tmp_path_factory.mktemp("probes") / "ext")
+        out = tmp_path_factory.mktemp("pol") / "policy.json"
+        args = argparse.Namespace(run=str(tiny_run.path), signal="probe", target_error=0.4, out=str(out),
+                                  probe=str(probe_json), probe_out=None, regime=None, holdout=0.4, seed=0,
+                                  store_prompt_text=False)
+        assert run_fit(args) == 0
+        policy = Policy.load(out)
+        summary = json.loads(capsys.readouterr().out)
+        assert policy.signal == "probe" and policy.probe["path"] == str(Path(probe_json).resolve())
+        assert summary["policy_id"] == policy.policy_id and "another run" in summary["probe"]["source"]
+        assert "thresholds" not in policy.fitted_on  # the CLI's documents keep their keys

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.probe:
         from ic_core.probes.saved import SavedProbe
 
-        probe = SavedProbe.load(args.probe)
+        # --probe names a file on the operator's command line: it is read from its own folder.
+        probe = SavedProbe.load(args.probe, Path(os.path.abspath(Path(args.probe).expanduser())).parent)
     fit = fit_policy_on_run(
         run, args.signal, args.target_error, regime=args.regime, holdout=args.holdout, seed=args.seed,
         probe=probe, store_prompt_text=args.store_prompt_text,
