@@ -284,7 +284,7 @@ def _with_entropy(run, entropy):
 
 class TestRunFitting:
     def test_run_signals_split_and_prefix_mode(self, tiny_run):
-        from ic_core.governance.fit import run_signals
+        from ic_core.governance.signals import run_signals
 
         sig = run_signals(tiny_run, holdout=0.4, seed=0)
         assert sig.prefix_mode == "fixed" and sig.answer_prefix == "the answer is" and sig.entropy_signal == "h_slot"
@@ -310,7 +310,8 @@ class TestRunFitting:
             fit_policy_on_run(tiny_run, "h_int", 0.2)
 
     def test_probe_scores_never_come_from_a_probe_that_saw_the_item(self, tiny_run, tmp_path):
-        from ic_core.governance.fit import fit_policy_on_run, probe_scores, run_signals, with_probe_path
+        from ic_core.governance.fit import fit_policy_on_run, probe_scores, with_probe_path
+        from ic_core.governance.signals import run_signals
 
         sig = run_signals(tiny_run)
         ps = probe_scores(tiny_run, sig)
@@ -331,7 +332,8 @@ class TestRunFitting:
             probe_scores(tiny_run, sig, whole)
 
     def test_external_probe_is_calibrated_on_training_items(self, tiny_run, tmp_path_factory, tiny):
-        from ic_core.governance.fit import probe_scores, run_signals
+        from ic_core.governance.fit import probe_scores
+        from ic_core.governance.signals import run_signals
         from ic_core.probes.saved import fit_saved_probe_for_run
         from ic_core.study.runner import run_study
 
