@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 from ic_core.probes.cv import probe_auroc, text_probe_auroc
 from ic_core.stats.auroc import (
     N_BOOT,
@@ -23,6 +21,9 @@ from ic_core.stats.auroc import (
     missing_estimate,
     summarise_estimate,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 
 def score_auroc(
@@ -106,7 +107,7 @@ def _entropy_name(signal: str) -> tuple[str, str]:
             "minus the next-token entropy (bits) at each row's read-out; some rows after an answer prefix")
 
 
-def baselines_for(graded: Any, lens_entropy_bits: np.ndarray, *, groups: Any = None, n_boot: int = N_BOOT,
+def baselines_for(graded: pd.DataFrame, lens_entropy_bits: np.ndarray, *, groups: Any = None, n_boot: int = N_BOOT,
                   n_shuffles: int = N_SHUFFLES, seed: int = 0, n_folds: int = N_OUTER) -> list[AurocEstimate]:
     """Baselines on the same rows as the probes.
 

@@ -30,15 +30,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ic_core.errors import DataError
-from ic_core.stats.geometry import constant_layers
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 from ic_core.stats.auroc import (
     N_BOOT,
     N_OUTER,
@@ -52,6 +48,7 @@ from ic_core.stats.auroc import (
     missing_estimate,
     summarise_estimate,
 )
+from ic_core.stats.geometry import constant_layers
 
 C_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 """Inverse L2 strengths tried by the inner CV (log-spaced, reaching down to strong regularisation)."""
