@@ -107,8 +107,8 @@ def _resolve(root: object, path: str, cls_name: str, family: Family, what: str) 
         obj = getattr(obj, part, None)
         if obj is None:
             raise ModelLoadError(
-                f"{cls_name} (family {family.name}) has no `{path}` ({what}), where its family keeps it; "
-                "the logit lens needs it. Its layout may differ from the table in ic_core/arch.py."
+                f"{cls_name} (family {family.name}) has no `{path}` ({what}) where its family keeps it; "
+                "the logit lens needs it. Its layout differs from the table in ic_core/arch.py."
             )
     return obj
 
@@ -141,8 +141,8 @@ def layout_of(model: PreTrainedModel) -> ArchLayout:
             f"unembedding cannot be found for the logit lens. Known model types: {known}. "
             "Add its layout to FAMILIES in ic_core/arch.py."
         )
-    base = _resolve(model, family.base, cls_name, family, "the decoder stack")
-    blocks = _resolve(base, family.blocks, cls_name, family, "the transformer blocks")
+    _resolve(model, family.base, cls_name, family, "the decoder stack")
+    blocks = _resolve(model, f"{family.base}.{family.blocks}", cls_name, family, "the transformer blocks")
     if not isinstance(blocks, torch.nn.ModuleList):
         raise ModelLoadError(f"{cls_name}: `{family.base}.{family.blocks}` is a {type(blocks).__name__}, "
                              "not the ModuleList of transformer blocks its family keeps there.")
@@ -153,7 +153,7 @@ def layout_of(model: PreTrainedModel) -> ArchLayout:
     return ArchLayout(
         family=family.name,
         blocks=blocks,
-        final_norm=_resolve(base, family.final_norm, cls_name, family, "the final norm"),
+        final_norm=_resolve(model, f"{family.base}.{family.final_norm}", cls_name, family, "the final norm"),
         embed=_accessor(model, "get_input_embeddings", cls_name, "the token embedding"),
         unembed=_accessor(model, "get_output_embeddings", cls_name, "the unembedding"),
         last_hidden_is_normed=family.last_hidden_is_normed,
