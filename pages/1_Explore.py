@@ -10,7 +10,7 @@ from ic_core.analysis import Analysis, analyze, answer
 from ic_core.errors import ICError
 from ic_core.generate import Generation
 from ic_core.governance.audit import resolve_audit_path
-from ic_core.governance.gate import audit_decision, decide_for_analysis
+from ic_core.governance.gate import audit_decision, decide_for_analysis, load_policy_probe
 from ic_core.governance.policy import check_model
 from ic_core.grading import Grade
 from ic_core.models import LoadedModel
@@ -23,8 +23,8 @@ from ic_core.plots.explore import (
     top_tokens_figure,
     visible_token,
 )
-from ic_core.probes.saved import SavedProbe
 from ic_core.prompts import REGIMES, TASK_KINDS, custom_template
+from ic_core.runs.store import runs_root
 from ui.common import (
     EXPLORE_KEYS,
     EXPLORE_NOTE_KEY,
@@ -161,7 +161,7 @@ def gate_verdict(loaded: LoadedModel, analysis: Analysis) -> None:
         check_model(policy, loaded)
         probe = st.session_state.get(GATE_PROBE_KEY) if uses_probe else None
         if uses_probe and probe is None:
-            probe = SavedProbe.load(policy.probe["path"])
+            probe = load_policy_probe(policy, runs_root())
         decision = decide_for_analysis(policy, analysis, probe=probe)
         _audit_once(policy, decision, analysis)
     except ICError as exc:

@@ -19,7 +19,6 @@ from ic_core.governance.fit import (
     attach_saved_probe,
     evaluate_thresholds,
     fit_policy_on_run,
-    probe_fitted_on_run,
     probe_scores,
     threshold_context,
 )
@@ -46,6 +45,7 @@ from ic_core.narrative import (
     threshold_origin_note,
 )
 from ic_core.plots.gate import confusion_figure, risk_coverage_figure, score_histogram_figure
+from ic_core.probes.scores import probe_fitted_on_run
 from ic_core.runs.store import RunInfo, StudyRun, list_runs, runs_root
 from ic_core.stats.gating import HeldOutReport, confusion_from_decisions, risk_coverage
 from ui.common import cached_run, footer, get_loaded, json_download, require_router, show_error

@@ -439,3 +439,38 @@ class TestFormattingTokenCaveat:
         assert any("formatting token" in w.value for w in at.warning)
         at = read_state(start(model), answer_prefix="the capital of france is")
         assert not any("formatting token" in w.value for w in at.warning)
+
+
+class TestProbePolicyOnRiskCard:
+    """A probe policy without a probe in the session loads its probe through the engine, confined to the runs folder."""
+
+    @staticmethod
+    def probe_policy(tiny, folder):
+        import numpy as np
+
+        from ic_core.governance.policy import Policy, probe_entry
+        from ic_core.probes.saved import fit_saved_probe
+        from ic_core.stats.gating import PlattCalibration
+
+        rng = np.random.default_rng(1)
+        hidden = rng.normal(size=(40, tiny.n_layers + 1, tiny.d_model)).astype(np.float32)
+        probe = fit_saved_probe(hidden, (hidden[:, -1, 0] > 0).astype(int), model_spec=tiny.spec.to_dict())
+        path = probe.save(folder / "probes" / "gate-probe")
+        entry = probe_entry(str(path), probe.probe_id, PlattCalibration(1.0, 0.0))
+        policy = Policy(signal="probe", model=tiny.spec.to_dict(), regime="direct", kind="short_answer",
+                        t_probe=0.5, probe=entry)
+        return policy, probe
+
+    def test_probe_inside_the_runs_folder_gives_a_verdict(self, tiny, runs_dir):
+        policy, probe = self.probe_policy(tiny, runs_dir / "some-run")
+        at = read_state(start(tiny, gate_policy=policy), kind="short_answer")
+        expected = probe.predict_proba_correct(analyze(tiny, QUESTION, kind="short_answer").state)
+        shown = " ".join(e.value for e in (*at.success, *at.warning))
+        assert "Gate: " in shown and f"probe P(correct) {expected:.2f}" in shown
+
+    def test_probe_outside_the_runs_folder_is_refused(self, tiny, runs_dir, tmp_path):
+        policy, _ = self.probe_policy(tiny, tmp_path / "elsewhere")
+        at = read_state(start(tiny, gate_policy=policy), kind="short_answer")
+        text = " ".join(w.value for w in at.warning)
+        assert "no verdict" in text and "outside the runs folder" in text
+        assert not any("Gate: approve" in s.value for s in at.success)

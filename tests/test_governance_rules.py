@@ -238,7 +238,7 @@ class TestPolicyFromThresholds:
 
 
 def test_probe_fitted_on_run_compares_resolved_folders(tmp_path):
-    from ic_core.governance.fit import probe_fitted_on_run
+    from ic_core.probes.scores import probe_fitted_on_run
 
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)

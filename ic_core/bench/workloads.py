@@ -199,11 +199,10 @@ class _Arms:
 
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
         inputs = tokenizer(self.text, return_tensors="pt", add_special_tokens=not self.loaded.has_chat_template)
-        norm, unembed = self.loaded.final_norm(), model.get_output_embeddings()
         with torch.no_grad():
             out = model(**inputs, output_hidden_states=True)
             for h in (*out.hidden_states[1:-1], None):
-                logits = out.logits[0] if h is None else unembed(norm(h[0]))
+                logits = out.logits[0] if h is None else self.loaded.arch.lens_logits(h[0])
                 logp = torch.log_softmax(logits.float(), dim=-1)
                 _entropy_bits = -(logp.exp() * logp).sum(-1) / LN2
                 _top = logp.topk(5, dim=-1)

@@ -46,7 +46,7 @@ def entropy_without_prefix_bits(loaded: LoadedModel, signals: RunSignals, batch_
     from ic_core.capture import capture_batch
 
     check_spec_matches(signals.model, loaded.spec, f"The run {Path(signals.run_path).name}")
-    max_ctx = getattr(loaded.model.config, "max_position_embeddings", None)
+    max_ctx = loaded.max_context
     rendered = []
     for _, row in signals.table.iterrows():
         template = template_for(signals.regime, str(row["kind"]))

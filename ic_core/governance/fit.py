@@ -297,18 +297,6 @@ def threshold_context(signals: RunSignals, signal: str, scores: ProbeScores | No
             None if scores is None else scores.probe.probe_id)
 
 
-def probe_fitted_on_run(probe: SavedProbe, run_path: str | os.PathLike[str]) -> bool:
-    """True when ``probe`` was fitted on the run at ``run_path`` (so it has seen that run's held-out items).
-
-    Such a probe cannot be judged on the run's split; the Governance page offers only probes from
-    other runs, and :func:`probe_scores` refuses this one.
-    """
-    try:
-        return Path(str(probe.run_path)).resolve() == Path(run_path).resolve()
-    except OSError:
-        return False
-
-
 def attach_saved_probe(policy: Policy, scores: ProbeScores | None, run_folder: str | os.PathLike[str]) -> Policy:
     """Save the policy's probe into the run's ``probes/`` folder and point the policy at it.
 

@@ -10,6 +10,7 @@ every row as it is and is Platt-calibrated on the training rows.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,14 @@ class ProbeScores:
     """Where the probe is saved (None until saved)."""
 
 
-def _same_folder(a: str, b: str) -> bool:
+def probe_fitted_on_run(probe: SavedProbe, run_path: str | os.PathLike[str]) -> bool:
+    """True when ``probe`` was fitted on the run at ``run_path`` (so it has seen that run's held-out items).
+
+    Such a probe cannot be judged on the run's split: :func:`external_probe_scores` refuses it and
+    the Governance page offers only probes from other runs.
+    """
     try:
-        return Path(a).resolve() == Path(b).resolve()
+        return Path(str(probe.run_path)).resolve() == Path(run_path).resolve()
     except OSError:
         return False
 
@@ -78,7 +84,7 @@ def external_probe_scores(
         DataError: the probe was fitted on this run (it has seen the held-out rows).
 
     """
-    if run_path and _same_folder(str(probe.run_path), run_path):
+    if run_path and probe_fitted_on_run(probe, run_path):
         raise DataError(
             f"Probe {probe.probe_id} was fitted on all items of this run, held-out ones included, so it "
             "cannot be evaluated here. Leave the probe out to fit one on the training items only, or use "

@@ -119,7 +119,7 @@ def _gen_by_regime(config: GenerationConfig, regimes: Sequence[str]) -> dict[str
 def _plan(
     loaded: LoadedModel, items: Sequence[PromptItem], regimes: Sequence[str], use_item_prefix: bool, answer_prefix: str | None
 ) -> list[_Planned]:
-    max_ctx = getattr(loaded.model.config, "max_position_embeddings", None)
+    max_ctx = loaded.max_context
     plan, problems = [], []
     for item in items:
         for regime in regimes:
