@@ -64,8 +64,8 @@ class Analysis:
 
     @property
     def signal_name(self) -> str:
-        """``H_slot`` when read after a forced answer prefix, else ``H_int``."""
-        return "H_slot" if self.rendered.answer_prefix else "H_int"
+        """``H_slot`` when read after a forced answer prefix, else ``H_int`` (the state's read-out)."""
+        return self.state.signal
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary (the CLI's output and the app's download)."""
@@ -82,8 +82,12 @@ class Analysis:
             "answer_prefix": self.rendered.answer_prefix,
             "skipped_whitespace_tokens": list(self.skipped_tokens),
             "signal": self.signal_name,
-            "h_int_bits": s.h_int_bits,
-            "h_int_top100_bits": s.h_int_top100_bits,
+            "readout_entropy_bits": s.readout_entropy_bits,
+            "readout_entropy_top100_bits": s.readout_entropy_top100_bits,
+            # Documented aliases kept for scripts written against earlier versions: the same
+            # read-out entropy, whichever ``signal`` it is (not always H_int).
+            "h_int_bits": s.readout_entropy_bits,
+            "h_int_top100_bits": s.readout_entropy_top100_bits,
             "top1_prob": s.top1_prob,
             "top_tokens": [{"token": t, "prob": p} for t, p in self.top_tokens],
             "lens": [

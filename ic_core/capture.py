@@ -21,7 +21,7 @@ import numpy as np
 
 from ic_core.lens import LensResult, logit_lens
 from ic_core.models import LoadedModel
-from ic_core.prompts import RenderedPrompt
+from ic_core.prompts import RenderedPrompt, Signal
 from ic_core.stats.entropy import entropy_top_k_bits
 
 if TYPE_CHECKING:
@@ -43,9 +43,9 @@ class IntentionState:
     """(L + 1, d) float32 residual stream per hidden_states index (0 = embeddings)."""
     final_logits: np.ndarray
     """(V,) float32 next-token logits at the read-out position."""
-    h_int_bits: float
-    """Entropy of the full next-token distribution, bits (H_slot when read after a prefix)."""
-    h_int_top100_bits: float
+    readout_entropy_bits: float
+    """Entropy of the full next-token distribution at the read-out, bits: H_int, or H_slot after a prefix."""
+    readout_entropy_top100_bits: float
     """Entropy of the softmax renormalised over the top-100 logits, bits (paper code's variant)."""
     top_ids: np.ndarray
     """(k,) most likely next-token ids."""
@@ -55,6 +55,8 @@ class IntentionState:
     """Logit lens at the read-out position (B = 1)."""
     readout_index: int
     """Position read in the prompt (before any skipped whitespace tokens)."""
+    signal: Signal
+    """Which read-out ``readout_entropy_bits`` is (``H_int`` or ``H_slot``)."""
     skipped_ids: tuple[int, ...] = ()
     """Whitespace tokens the model wrote greedily before the read-out (see module doc)."""
     skipped_entropy_bits: tuple[float, ...] = ()
@@ -221,7 +223,7 @@ def _read_batch(
 
 
 def _to_states(
-    loaded: LoadedModel, states: torch.Tensor, logits: torch.Tensor, readouts: Sequence[int],
+    loaded: LoadedModel, states: torch.Tensor, logits: torch.Tensor, prompts: Sequence[RenderedPrompt],
     skipped: list[list[int]], skipped_h: list[list[float]], skipped_p: list[list[float]], k: int,
 ) -> list[IntentionState]:
     import torch
@@ -237,12 +239,13 @@ def _to_states(
         result.append(IntentionState(
             hidden=hidden_np[i],
             final_logits=logits_np[i],
-            h_int_bits=float(lens.entropy_bits[i, -1]),
-            h_int_top100_bits=float(entropy_top_k_bits(logits_np[i], 100)),
+            readout_entropy_bits=float(lens.entropy_bits[i, -1]),
+            readout_entropy_top100_bits=float(entropy_top_k_bits(logits_np[i], 100)),
             top_ids=top_i[i].cpu().numpy(),
             top_probs=top_p[i].cpu().numpy().astype(np.float64),
             lens=lens.row(i),
-            readout_index=int(readouts[i]),
+            readout_index=int(prompts[i].readout_index),
+            signal=prompts[i].signal,
             skipped_ids=tuple(skipped[i]),
             skipped_entropy_bits=tuple(skipped_h[i]),
             skipped_probs=tuple(skipped_p[i]),
@@ -273,7 +276,7 @@ def capture(
     row = list(rendered.input_ids[: rendered.readout_index + 1])
     with loaded.lock, torch.inference_mode():
         states, logits, skipped, sk_h, sk_p, past, _, _ = _read_batch(loaded, [row], skip)
-        state = _to_states(loaded, states, logits, [rendered.readout_index], skipped, sk_h, sk_p, k)[0]
+        state = _to_states(loaded, states, logits, [rendered], skipped, sk_h, sk_p, k)[0]
     prefill = Prefill(row + skipped[0], past, logits[0], list(skipped[0]), list(sk_h[0]), list(sk_p[0]))
     return state, prefill
 
@@ -307,7 +310,7 @@ def capture_batch(
         with loaded.lock, torch.inference_mode():
             states, logits, skipped, sk_h, sk_p, *_ = _read_batch(loaded, rows, any(skips))
             # Rows that must not skip keep their first read-out: re-read them alone if mixed.
-            out = _to_states(loaded, states, logits, [r.readout_index for r in chunk], skipped, sk_h, sk_p, k)
+            out = _to_states(loaded, states, logits, chunk, skipped, sk_h, sk_p, k)
         for pos, idx in enumerate(order[start:end]):
             want = default_skip(chunk[pos]) if skip_whitespace is None else skip_whitespace
             results[idx] = out[pos] if want or not out[pos].skipped_ids else capture(loaded, chunk[pos], False, k)[0]

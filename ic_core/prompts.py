@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import string
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -24,6 +25,29 @@ TaskKind = Literal["numeric", "multiple_choice", "short_answer", "free_text"]
 REGIMES: tuple[str, ...] = ("direct", "cot", "babble")
 TASK_KINDS: tuple[str, ...] = ("numeric", "multiple_choice", "short_answer", "free_text")
 Readout = Literal["last", "user_end"] | int
+Signal = Literal["H_int", "H_slot"]
+"""Which read-out an entropy is: ``H_int`` at the last prompt token, ``H_slot`` after a forced answer prefix."""
+READOUT_NAMES: dict[str, str] = {
+    "H_int": "H_int (last prompt token)", "H_slot": "H_slot (after the answer prefix)",
+    "mixed": "mixed (H_int and H_slot rows)",
+}
+"""Display names of :func:`readout_label`'s answers."""
+
+
+def readout_signal(answer_prefix: str | None) -> Signal:
+    """The read-out a prompt gives: ``H_slot`` when the state is read after a forced answer prefix, else ``H_int``."""
+    return "H_slot" if answer_prefix else "H_int"
+
+
+def readout_label(signals: Iterable[str]) -> str:
+    """The one label for several rows' read-outs: ``H_int`` or ``H_slot`` when all rows agree, else ``mixed``.
+
+    No rows at all read after a prefix, so an empty selection is ``H_int``.
+    """
+    seen = set(signals)
+    if len(seen) > 1:
+        return "mixed"
+    return seen.pop() if seen else "H_int"
 
 MAX_PROMPT_CHARS = 20_000
 """Longer prompts are refused before tokenisation (the model's context is the real limit)."""
@@ -155,6 +179,11 @@ class RenderedPrompt:
     def n_tokens(self) -> int:
         """Prompt length T in tokens."""
         return len(self.input_ids)
+
+    @property
+    def signal(self) -> Signal:
+        """``H_slot`` when read after a forced answer prefix, else ``H_int`` (:func:`readout_signal`)."""
+        return readout_signal(self.answer_prefix)
 
     @property
     def readout_is_formatting(self) -> bool:

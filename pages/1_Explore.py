@@ -198,16 +198,16 @@ def risk_card(loaded: LoadedModel, analysis: Analysis) -> None:
     st.subheader("Risk card (before generation)")
     where = "after the forced answer prefix" if rendered.answer_prefix else "at the last prompt token"
     c1, c2, c3 = st.columns(3)
-    c1.metric(f"{signal} (bits)", f"{state.h_int_bits:.2f}",
+    c1.metric(f"{signal} (bits)", f"{state.readout_entropy_bits:.2f}",
               help=f"Entropy of the full next-token distribution {where}, in bits. 0 = certain; "
                    f"log2(vocabulary) = uniform. Top-100 variant (the paper code's): "
-                   f"{state.h_int_top100_bits:.2f} bits.")
+                   f"{state.readout_entropy_top100_bits:.2f} bits.")
     c2.metric("Top-1 probability", f"{state.top1_prob:.1%}", help="Probability of the single most likely next token.")
     c3.metric("Prompt tokens", f"{rendered.n_tokens}", help=f"Read in one forward pass ({analysis.check_s:.2f} s).")
     top_token = visible_token(analysis.top_tokens[0][0]) if analysis.top_tokens else "?"
-    equivalent = 2 ** state.h_int_bits
+    equivalent = 2 ** state.readout_entropy_bits
     among = f"{equivalent:.1f}" if equivalent < 10 else f"{equivalent:,.0f}"
-    st.caption(f"{state.h_int_bits:.2f} bits ≈ as unsure as a fair pick among {among} tokens. "
+    st.caption(f"{state.readout_entropy_bits:.2f} bits ≈ as unsure as a fair pick among {among} tokens. "
                f"Most likely next token: `{top_token}`. This describes the *next token only*: see the Learn page "
                "for when it does and does not predict a correct answer.")
     if rendered.readout_is_formatting and not rendered.answer_prefix:
@@ -219,9 +219,9 @@ def risk_card(loaded: LoadedModel, analysis: Analysis) -> None:
         )
     with st.expander("Other read-outs of the same state"):
         st.markdown(
-            f"- **{signal}, top-100 variant**: {state.h_int_top100_bits:.3f} bits (softmax renormalised over "
+            f"- **{signal}, top-100 variant**: {state.readout_entropy_top100_bits:.3f} bits (softmax renormalised over "
             f"the 100 largest logits, as in the paper's code)\n"
-            f"- **{signal}, full vocabulary**: {state.h_int_bits:.3f} bits\n"
+            f"- **{signal}, full vocabulary**: {state.readout_entropy_bits:.3f} bits\n"
             f"- **check time**: {analysis.check_s:.2f} s"
         )
     probe_reading(analysis)

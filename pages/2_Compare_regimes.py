@@ -87,13 +87,13 @@ def input_panel() -> None:
 
 def h_int_row(analyses: dict[str, Analysis]) -> None:
     """H_int of each regime side by side, with the difference from direct."""
-    base = analyses["direct"].state.h_int_bits
+    base = analyses["direct"].state.readout_entropy_bits
     for col, (regime, a) in zip(st.columns(len(analyses)), analyses.items()):
-        h = a.state.h_int_bits
+        h = a.state.readout_entropy_bits
         col.metric(f"{REGIME_TITLES[regime]}: H_int (bits)", f"{h:.2f}",
                    delta=None if regime == "direct" else f"{h - base:+.2f} bits vs direct", delta_color="off",
                    help=f"Top-1 probability {a.state.top1_prob:.1%}; top-100 variant "
-                        f"{a.state.h_int_top100_bits:.2f} bits; read-out token {a.rendered.readout_token!r}.")
+                        f"{a.state.readout_entropy_top100_bits:.2f} bits; read-out token {a.rendered.readout_token!r}.")
 
 
 def generate_all(loaded: LoadedModel, result: dict[str, Any]) -> None:

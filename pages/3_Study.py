@@ -29,17 +29,17 @@ from ic_core.plots.study import (
     PCA_COLOURS,
     accuracy_figure,
     dim_eff_figure,
-    h_int_distribution_figure,
     lens_curves_figure,
     pca_colour_values,
     pca_figure,
     pca_hover,
+    readout_entropy_distribution_figure,
     token_entropy_bar_figure,
 )
 from ic_core.probes.report import probe_column, probe_column_text
-from ic_core.prompts import REGIMES
+from ic_core.prompts import REGIMES, readout_label
 from ic_core.runs.lock import run_in_progress
-from ic_core.runs.schema import signal_label, verdict_label
+from ic_core.runs.schema import verdict_label
 from ic_core.runs.store import StudyRun, default_run_name, list_runs, run_mtime, run_path, runs_root, status_label
 from ic_core.stats.geometry import DimEff
 from ic_core.study.compare import (
@@ -301,12 +301,12 @@ def show_header(run: StudyRun, loaded: LoadedModel | None) -> None:
 
 def show_items(run: StudyRun) -> None:
     t = run.table
-    view = t[["item_id", "regime", "question", "output_text", "extracted_answer", "correct", "h_int_bits", "signal"]].copy()
+    view = t[["item_id", "regime", "question", "output_text", "extracted_answer", "correct", "readout_entropy_bits", "signal"]].copy()
     view["correct"] = view["correct"].map(lambda v: VERDICT_ICONS[verdict_label(v)])
     # Widget keys are per run: another run's row index (or label) must never reach this one.
     pick_key, df_key, last_key = (f"{name}:{run.path}" for name in (ITEM_PICK_KEY, "study_items_df", "study.last_df_pick"))
     event = st.dataframe(view, hide_index=True, on_select="rerun", selection_mode="single-row", key=df_key,
-                         column_config={"h_int_bits": st.column_config.NumberColumn("H_int / H_slot (bits)", format="%.2f")})
+                         column_config={"readout_entropy_bits": st.column_config.NumberColumn("H_int / H_slot (bits)", format="%.2f")})
     labels = [f"{r.item_id} · {r.regime}" for r in t.itertuples()]
     rows = getattr(getattr(event, "selection", None), "rows", None) or []
     picked = int(rows[0]) if rows else None
@@ -329,7 +329,7 @@ def show_row(r: pd.Series) -> None:
         st.text(r["user_text"] or r["question"])
         if r["answer_prefix"]:
             st.caption(f"Read after the forced answer prefix “{r['answer_prefix']}” ({r['signal']}).")
-        st.markdown(f"**{r['signal']}** = {r['h_int_bits']:.2f} bits · top-1 probability {r['top1_prob']:.2f} · "
+        st.markdown(f"**{r['signal']}** = {r['readout_entropy_bits']:.2f} bits · top-1 probability {r['top1_prob']:.2f} · "
                     f"read-out token `{html.escape(str(r['readout_token']))}`")
         if isinstance(r["top_tokens"], list):
             st.caption("Most likely next tokens: " + ", ".join(f"`{t}` {p:.2f}" for t, p in r["top_tokens"]))
@@ -344,11 +344,11 @@ def show_row(r: pd.Series) -> None:
 
 def show_distributions(run: StudyRun, comparison: RegimeComparison) -> None:
     st.plotly_chart(accuracy_figure(comparison.per_regime), key="study_acc_fig")
-    signal = signal_label(run.table["signal"])
+    signal = readout_label(run.table["signal"])
     c1, c2 = st.columns(2)
     kind = c1.radio("Shape", ["box", "violin"], horizontal=True, key="study_dist_kind")
     split = c2.checkbox("Split by correctness", value=True, key="study_dist_split")
-    st.plotly_chart(h_int_distribution_figure(run.table["regime"].tolist(), run.table["h_int_bits"].to_numpy(),
+    st.plotly_chart(readout_entropy_distribution_figure(run.table["regime"].tolist(), run.table["readout_entropy_bits"].to_numpy(),
                                               run.table["correct"].tolist() if split else None, kind=kind, signal=signal),
                     key="study_hint_fig")
     st.plotly_chart(lens_curves_figure(run.lens_entropy_bits[run.table["row"].to_numpy()], run.table["regime"].tolist()),

@@ -152,7 +152,7 @@ class TestExplore:
         at = read_state(start(tiny), kind="short_answer")
         expected = analyze(tiny, QUESTION, regime="direct", kind="short_answer")
         shown = metrics(at)
-        assert shown["H_int (bits)"] == f"{expected.state.h_int_bits:.2f}"
+        assert shown["H_int (bits)"] == f"{expected.state.readout_entropy_bits:.2f}"
         assert shown["Top-1 probability"] == f"{expected.state.top1_prob:.1%}"
         assert shown["Prompt tokens"] == str(expected.rendered.n_tokens)
         figs = charts(at)
@@ -192,7 +192,7 @@ class TestExplore:
     def test_answer_prefix_reads_h_slot(self, tiny):
         at = read_state(start(tiny), kind="short_answer", answer_prefix="the capital of france is")
         expected = analyze(tiny, QUESTION, kind="short_answer", answer_prefix="the capital of france is")
-        assert metrics(at)["H_slot (bits)"] == f"{expected.state.h_int_bits:.2f}"
+        assert metrics(at)["H_slot (bits)"] == f"{expected.state.readout_entropy_bits:.2f}"
 
     def test_custom_template(self, tiny):
         at = read_state(start(tiny), regime="custom", template="{question} answer in words")
@@ -281,7 +281,7 @@ class TestGateVerdict:
 
     @pytest.mark.parametrize(("margin", "box", "word"), [(+0.5, "success", "approve"), (-0.5, "warning", "escalate")])
     def test_active_policy_decides_on_the_card(self, tiny, margin, box, word):
-        h = analyze(tiny, QUESTION, kind="short_answer").state.h_int_bits
+        h = analyze(tiny, QUESTION, kind="short_answer").state.readout_entropy_bits
         at = read_state(start(tiny, gate_policy=self.policy(tiny, round(h + margin, 2))), kind="short_answer")
         shown = " ".join(e.value for e in getattr(at, box))
         assert f"Gate: {word}" in shown and f"H_int {h:.2f} bits" in shown
@@ -323,7 +323,7 @@ class TestCompareRegimes:
         assert not at.exception and not at.error
         shown = metrics(at)
         for regime, title in zip(REGIMES, ("Direct", "Chain of thought", "Babble (control)")):
-            h = analyze(tiny, QUESTION, regime=regime, kind="short_answer").state.h_int_bits
+            h = analyze(tiny, QUESTION, regime=regime, kind="short_answer").state.readout_entropy_bits
             assert shown[f"{title}: H_int (bits)"] == f"{h:.2f}"
         (overlay,) = charts(at)
         assert [t["name"] for t in overlay["data"]] == list(REGIMES)

@@ -86,7 +86,7 @@ def test_picking_a_row_shows_its_generation(tiny, saved_run):
     row = saved_run.table.iloc[4]
     texts = [t.value for t in at.text]
     assert row["output_text"] in texts
-    assert any(f"{row['h_int_bits']:.2f} bits" in m.value for m in at.markdown)
+    assert any(f"{row['readout_entropy_bits']:.2f} bits" in m.value for m in at.markdown)
     assert "Entropy of each generated token" in chart_titles(at)
 
 

@@ -43,9 +43,9 @@ def test_state_shapes_and_h_int_is_final_entropy(tiny_family):
     L, d = tiny_family.n_layers, tiny_family.d_model
     assert state.hidden.shape == (L + 1, d) and state.hidden.dtype == np.float32
     assert state.final_logits.shape == (tiny_family.vocab_size,)
-    assert state.h_int_bits == pytest.approx(entropy_bits(state.final_logits), abs=1e-4)
-    assert state.h_int_top100_bits == pytest.approx(entropy_top_k_bits(state.final_logits, 100), abs=1e-6)
-    assert 0 < state.h_int_bits < np.log2(tiny_family.vocab_size)
+    assert state.readout_entropy_bits == pytest.approx(entropy_bits(state.final_logits), abs=1e-4)
+    assert state.readout_entropy_top100_bits == pytest.approx(entropy_top_k_bits(state.final_logits, 100), abs=1e-6)
+    assert 0 < state.readout_entropy_bits < np.log2(tiny_family.vocab_size)
     assert np.all(np.diff(state.top_probs) <= 0)
 
 
@@ -55,7 +55,7 @@ def test_lens_matches_manual_norm_unembed_and_last_row_is_final(tiny_family):
     lens = state.lens
     assert list(lens.layers) == list(range(1, tiny_family.n_layers + 1))
     # last row: the model's own distribution
-    assert lens.entropy_bits[0, -1] == pytest.approx(state.h_int_bits, abs=1e-5)
+    assert lens.entropy_bits[0, -1] == pytest.approx(state.readout_entropy_bits, abs=1e-5)
     assert lens.kl_to_final_bits[0, -1] == pytest.approx(0.0, abs=1e-6)
     # middle row: recompute by hand from the model's full hidden states
     ids = torch.tensor([r.input_ids])
@@ -78,7 +78,7 @@ def test_batched_capture_equals_one_by_one(tiny_family):
     for r, b in zip(rendered, batch, strict=True):
         single, _ = capture(tiny_family, r)
         assert np.allclose(single.hidden, b.hidden, atol=1e-4)
-        assert single.h_int_bits == pytest.approx(b.h_int_bits, abs=1e-4)
+        assert single.readout_entropy_bits == pytest.approx(b.readout_entropy_bits, abs=1e-4)
         assert np.allclose(single.lens.entropy_bits, b.lens.entropy_bits, atol=1e-3)
         assert b.readout_index == r.readout_index
 
@@ -133,6 +133,14 @@ def test_analyze_json_has_cli_keys(tiny_family):
     assert len(j["lens"]) == tiny_family.n_layers
     assert set(j["lens"][0]) == {"layer", "entropy_bits", "top_token", "kl_to_final_bits"}
     assert j["correct"] in (True, False)
+    assert j["signal"] == "H_int" == a.state.signal
+    assert j["readout_entropy_bits"] == j["h_int_bits"] == a.state.readout_entropy_bits  # h_int_bits: documented alias
+
+
+def test_state_after_a_prefix_is_named_h_slot(tiny):
+    a = analyze(tiny, "what is the capital of france?", kind="short_answer", answer_prefix="the capital of france is")
+    assert a.state.signal == "H_slot" == a.signal_name == a.to_json()["signal"]
+    assert a.to_json()["readout_entropy_bits"] == a.state.readout_entropy_bits
 
 
 @pytest.mark.parametrize("hooks", [True, False], ids=["last-position hooks", "output_hidden_states fallback"])

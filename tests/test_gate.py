@@ -47,12 +47,12 @@ class FakeProbe:
 
 @pytest.fixture(scope="module")
 def h_int(tiny):
-    return analyze(tiny, Q, kind="short_answer").state.h_int_bits
+    return analyze(tiny, Q, kind="short_answer").state.readout_entropy_bits
 
 
 @pytest.fixture(scope="module")
 def h_slot(tiny):
-    return analyze(tiny, Q, kind="short_answer", answer_prefix=PREFIX).state.h_int_bits
+    return analyze(tiny, Q, kind="short_answer", answer_prefix=PREFIX).state.readout_entropy_bits
 
 
 class TestGateCheck:

@@ -25,7 +25,7 @@ def test_capital_of_france_is_answered_and_graded(default_model):
                 do_generate=True, gen_config=GenerationConfig(max_new_tokens=24))
     assert "Paris" in a.generation.answer_text
     assert a.grade.correct is True
-    assert 0 < a.state.h_int_bits < math.log2(default_model.vocab_size)
+    assert 0 < a.state.readout_entropy_bits < math.log2(default_model.vocab_size)
     assert len(a.state.lens.layers) == 30
     # the read-out is the '\n' after the assistant header, a formatting token (DESIGN §7)
     assert a.rendered.readout_token == "\n" and a.rendered.readout_is_formatting
@@ -43,7 +43,7 @@ def test_batched_equals_single_on_real_model(default_model):
                 ("What is the capital of Peru?", "What is the capital of the United Kingdom of Great Britain?")]
     for r, b in zip(rendered, capture_batch(default_model, rendered), strict=True):
         s, _ = capture(default_model, r)
-        assert abs(s.h_int_bits - b.h_int_bits) < 1e-3
+        assert abs(s.readout_entropy_bits - b.readout_entropy_bits) < 1e-3
         assert np.allclose(s.hidden[1:], b.hidden[1:], atol=2e-3, rtol=1e-3)
 
 

@@ -12,11 +12,11 @@ import pytest
 from ic_core.plots.study import (
     accuracy_figure,
     dim_eff_figure,
-    h_int_distribution_figure,
     lens_curves_figure,
     pca_colour_values,
     pca_figure,
     pca_hover,
+    readout_entropy_distribution_figure,
     regime_colour,
     token_entropy_bar_figure,
 )
@@ -41,16 +41,16 @@ def test_accuracy_bars_with_wilson_errors_and_ungraded_gap():
 def test_h_int_distribution_by_regime_and_by_correctness():
     regimes = ["direct", "direct", "cot", "cot"]
     values = [1.0, 2.0, 3.0, 4.0]
-    fig = h_int_distribution_figure(regimes, values)
+    fig = readout_entropy_distribution_figure(regimes, values)
     assert [t.name for t in fig.data] == ["direct", "cot"]
     assert list(fig.data[1].y) == [3.0, 4.0]
     assert fig.layout.yaxis.title.text == "H_int (bits)"
-    split = h_int_distribution_figure(regimes, values, correct=[True, False, None, True], kind="violin", signal="H_slot")
+    split = readout_entropy_distribution_figure(regimes, values, correct=[True, False, None, True], kind="violin", signal="H_slot")
     assert [t.name for t in split.data] == ["correct", "wrong", "not graded"]
     assert isinstance(split.data[0], go.Violin) and list(split.data[0].y) == [1.0, 4.0]
     assert split.layout.yaxis.title.text == "H_slot (bits)"
     with pytest.raises(ValueError, match="one value per row"):
-        h_int_distribution_figure(regimes, values[:3])
+        readout_entropy_distribution_figure(regimes, values[:3])
 
 
 def test_lens_curves_mean_and_band():
@@ -108,7 +108,7 @@ def test_token_entropy_bars():
 
 def test_pca_colour_values_and_hover_from_a_run_table():
     frame = pd.DataFrame({"item_id": ["a", "b", "c"], "regime": ["direct", "cot", "cot"],
-                          "question": ["<b>2+2</b>", "q" * 100, "x"], "h_int_bits": [1.234, 2.0, 0.5],
+                          "question": ["<b>2+2</b>", "q" * 100, "x"], "readout_entropy_bits": [1.234, 2.0, 0.5],
                           "correct": pd.Series([True, None, False], dtype=object)})
     assert pca_colour_values(frame, "regime") == ["direct", "cot", "cot"]
     assert pca_colour_values(frame, "correctness") == ["correct", "not graded", "wrong"]

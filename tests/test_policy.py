@@ -278,7 +278,7 @@ def _with_entropy(run, entropy):
     from dataclasses import replace
 
     table = run.table.copy()
-    table["h_int_bits"] = entropy
+    table["readout_entropy_bits"] = entropy
     return replace(run, table=table)
 
 

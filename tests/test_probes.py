@@ -306,7 +306,7 @@ def make_run(tmp_path: Path, n_items=80, regimes=("direct",), L=4, d=12, seed=0,
             rows.append(dict(
                 row=len(rows), item_id=f"q{i}", regime=regime, question=f"what is the capital of {i}?",
                 kind="short_answer", expected="x", output_text="x", extracted_answer="x", correct=correct,
-                grade_rule="exact", h_int_bits=float(rng.normal(3, 1) - 0.3 * c), h_int_top100_bits=float(rng.normal(2, 1)),
+                grade_rule="exact", readout_entropy_bits=float(rng.normal(3, 1) - 0.3 * c), readout_entropy_top100_bits=float(rng.normal(2, 1)),
                 top1_prob=float(rng.random()), mean_token_entropy_bits=float(rng.normal(2, 1)),
                 n_prompt_tokens=int(20 + rng.integers(0, 10)), readout_token="is", signal=signal,
                 answer_prefix="The capital is" if signal == "H_slot" else None, tags=[],

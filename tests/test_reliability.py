@@ -172,7 +172,7 @@ class TestBadPrompts:
         """The context check is not off by one: a prompt that fits is analysed."""
         analysis = analyze(shared, "what " * 200, kind="free_text")
         assert analysis.rendered.n_tokens <= shared.model.config.max_position_embeddings
-        assert 0.0 < analysis.state.h_int_bits <= math.log2(shared.vocab_size)
+        assert 0.0 < analysis.state.readout_entropy_bits <= math.log2(shared.vocab_size)
 
     def test_lone_surrogate_is_a_prompt_error(self, shared):
         """A lone UTF-16 surrogate (e.g. from a JSON '\\ud800' escape) is refused as not text."""
@@ -186,7 +186,7 @@ class TestBadPrompts:
         assert a.rendered.chat_template_used is False and plain.has_chat_template is False
         assert a.rendered.text == question + "\nAnswer in a few words.\n\n"
         assert "<|im_start|>" not in a.rendered.tokens
-        assert 0.0 < a.state.h_int_bits <= math.log2(plain.vocab_size)
+        assert 0.0 < a.state.readout_entropy_bits <= math.log2(plain.vocab_size)
         assert 1 <= len(a.generation.token_ids) <= 4
         chat = analyze(shared, question, kind="short_answer")
         assert chat.rendered.chat_template_used is True and chat.rendered.n_tokens > a.rendered.n_tokens
@@ -600,7 +600,7 @@ class TestLimits:
 @dataclass
 class _Session:
     question: str
-    h_int_bits: float
+    readout_entropy_bits: float
     shown_h_int: str
     generated_ids: tuple[int, ...]
     generated_text: str
@@ -651,7 +651,7 @@ def _explore_session(model, question: str, max_new_tokens: int, barrier: threadi
     result = at.session_state[EXPLORE_RESULT_KEY]
     assert result["inputs"]["question"] == question
     shown = {m.label: m.value for m in at.metric}
-    return _Session(question, result["analysis"].state.h_int_bits, shown["H_int (bits)"],
+    return _Session(question, result["analysis"].state.readout_entropy_bits, shown["H_int (bits)"],
                     tuple(result["generation"].token_ids), result["generation"].text, result["analysis"].model_label,
                     start, end)
 
@@ -728,7 +728,7 @@ class TestConcurrency:
         serial = {}
         for q in QUESTIONS:
             a = analyze(shared, q, kind="short_answer")
-            serial[q] = (a.state.h_int_bits, generate(shared, a.rendered, config))
+            serial[q] = (a.state.readout_entropy_bits, generate(shared, a.rendered, config))
         assert len({round(h, 6) for h, _ in serial.values()}) == len(QUESTIONS)  # results are distinguishable
         counter = _ForwardCounter(shared.model)
         barrier = threading.Barrier(len(QUESTIONS))
@@ -740,7 +740,7 @@ class TestConcurrency:
             counter.remove()
         for s in sessions:
             h, gen = serial[s.question]
-            assert s.h_int_bits == pytest.approx(h, abs=1e-6)
+            assert s.readout_entropy_bits == pytest.approx(h, abs=1e-6)
             assert s.shown_h_int == f"{h:.2f}"
             assert s.generated_ids == gen.token_ids and s.generated_text == gen.text
             assert s.label == shared.spec.label
@@ -750,7 +750,7 @@ class TestConcurrency:
     def test_a_running_study_does_not_block_another_session(self, shared, tmp_path):
         """While a study thread uses the model, an Explore session reads and generates; the study keeps going meanwhile."""
         question = QUESTIONS[0]
-        h_serial = analyze(shared, question, kind="short_answer").state.h_int_bits
+        h_serial = analyze(shared, question, kind="short_answer").state.readout_entropy_bits
         items = [PromptItem(f"s{i}", f"what is {i} plus {i + 1} ?", str(2 * i + 1), kind="numeric") for i in range(150)]
         progress_at: list[float] = []
         started, page_done = threading.Event(), threading.Event()
@@ -786,7 +786,7 @@ class TestConcurrency:
         assert outcome["end"] > session.end
         during = [t for t in progress_at if session.start <= t <= session.end]
         assert during, "the study made no progress while the page was working: they did not interleave"
-        assert session.h_int_bits == pytest.approx(h_serial, abs=1e-6)
+        assert session.readout_entropy_bits == pytest.approx(h_serial, abs=1e-6)
         assert load_run(run.path).table["plan_row"].tolist() == list(range(len(run.table)))  # a loadable prefix
 
 

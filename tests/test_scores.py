@@ -35,7 +35,7 @@ def fixture_run(tmp_path: Path, n=70, seed=3):
     table = pd.DataFrame([dict(
         row=i, item_id=f"q{i}", regime="direct", question=f"q {i}?", kind="short_answer", expected="x",
         output_text="x", extracted_answer="x", correct=bool(c), grade_rule="exact",
-        h_int_bits=float(rng.normal(3, 1)), h_int_top100_bits=float(rng.normal(2, 1)), top1_prob=0.5,
+        readout_entropy_bits=float(rng.normal(3, 1)), readout_entropy_top100_bits=float(rng.normal(2, 1)), top1_prob=0.5,
         mean_token_entropy_bits=1.0, n_prompt_tokens=20, readout_token="is", signal="H_slot",
         answer_prefix="The answer is", tags=[]) for i, c in enumerate(correct)])
     table["correct"] = table["correct"].astype(object)

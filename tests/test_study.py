@@ -17,9 +17,9 @@ from ic_core.datasets import PromptItem
 from ic_core.errors import DataError
 from ic_core.generate import GenerationConfig
 from ic_core.grading import grade
-from ic_core.prompts import render, template_for
+from ic_core.prompts import readout_label, render, template_for
 from ic_core.runs.lock import run_in_progress
-from ic_core.runs.schema import TABLE_COLUMNS, RunRow, signal_label, table_from_rows, verdict_label
+from ic_core.runs.schema import TABLE_COLUMNS, RunRow, table_from_rows, verdict_label
 from ic_core.runs.store import (
     FORMAT_VERSION,
     RunInfo,
@@ -101,7 +101,7 @@ class TestEndToEnd:
             state, _ = capture(tiny, rendered)
             np.testing.assert_allclose(full_run.hidden[r["row"]], state.hidden.astype(np.float16), rtol=2e-3, atol=2e-3)
             np.testing.assert_allclose(full_run.lens_entropy_bits[r["row"]], state.lens.entropy_bits[0], atol=1e-4)
-            assert r["h_int_bits"] == pytest.approx(state.h_int_bits, abs=1e-5)
+            assert r["readout_entropy_bits"] == pytest.approx(state.readout_entropy_bits, abs=1e-5)
             assert r["n_prompt_tokens"] == rendered.n_tokens
 
     def test_prefix_only_in_direct_and_signal_named(self, full_run):
@@ -129,8 +129,8 @@ class TestEndToEnd:
             sub = t[t["regime"] == regime]
             assert s.loc[regime, "n"] == 4 and s.loc[regime, "n_graded"] == 4
             assert s.loc[regime, "accuracy"] == pytest.approx(np.mean([bool(c) for c in sub["correct"]]))
-            assert s.loc[regime, "mean_h_int_bits"] == pytest.approx(sub["h_int_bits"].mean())
-            assert s.loc[regime, "median_h_int_bits"] == pytest.approx(sub["h_int_bits"].median())
+            assert s.loc[regime, "mean_readout_entropy_bits"] == pytest.approx(sub["readout_entropy_bits"].mean())
+            assert s.loc[regime, "median_readout_entropy_bits"] == pytest.approx(sub["readout_entropy_bits"].median())
         data = metrics_json(full_run)
         json.dumps(data, allow_nan=False)
         assert data["n_rows_done"] == 8 and data["pairs"][0]["note"].startswith("n too small")
@@ -300,6 +300,16 @@ class TestRunRow:
         assert rows[0].signal == "H_slot" and rows[0].answer_prefix == "the capital of france is"
         pd.testing.assert_frame_equal(table_from_rows(rows), full_run.table)
 
+    def test_rows_written_with_the_old_h_int_bits_key_still_load(self, full_run):
+        """Folders written before the rename (``h_int_bits`` even for H_slot rows) read it as readout_entropy_bits."""
+        line = self._line(full_run)
+        old = dict(line)
+        old["h_int_bits"] = old.pop("readout_entropy_bits")
+        old["h_int_top100_bits"] = old.pop("readout_entropy_top100_bits")
+        row = RunRow.from_json(old)
+        assert row == RunRow.from_json(line) and row.readout_entropy_bits == line["readout_entropy_bits"]
+        assert "h_int_bits" not in row.to_json()
+
     def _line(self, full_run) -> dict:
         return json.loads((full_run.path / "items.jsonl").read_text(encoding="utf-8").splitlines()[0])
 
@@ -307,8 +317,8 @@ class TestRunRow:
         ("correct", "yes", "'correct' must be true, false or null, got 'yes'"),
         ("row", True, "'row' must be an integer, got True"),
         ("row", "3", "'row' must be an integer, got '3'"),
-        ("h_int_bits", "2.5", "'h_int_bits' must be a finite number or null"),
-        ("h_int_bits", float("nan"), "'h_int_bits' must be a finite number or null, got nan"),
+        ("readout_entropy_bits", "2.5", "'readout_entropy_bits' must be a finite number or null"),
+        ("readout_entropy_bits", float("nan"), "'readout_entropy_bits' must be a finite number or null, got nan"),
         ("top_tokens", [["a", 0.5, 1]], "'top_tokens' must be a list of \\[token, probability\\] pairs"),
         ("tags", ["ok", 3], "'tags' must be a list of texts"),
         ("signal", "H_other", "'signal' must be 'H_int' or 'H_slot'"),
@@ -343,9 +353,9 @@ class TestRunRow:
     def test_verdict_and_signal_labels(self):
         assert [verdict_label(v) for v in (True, False, None, np.bool_(True), math.nan)] == [
             "correct", "wrong", "not graded", "correct", "not graded"]
-        assert signal_label(["H_slot", "H_slot"]) == "H_slot"
-        assert signal_label(["H_int", "H_slot"]) == "H_int / H_slot"
-        assert signal_label(["H_int"]) == "H_int" and signal_label([]) == "H_int"
+        assert readout_label(["H_slot", "H_slot"]) == "H_slot"
+        assert readout_label(["H_int", "H_slot"]) == "mixed"
+        assert readout_label(["H_int"]) == "H_int" and readout_label([]) == "H_int"
 
     def test_run_mtime_follows_the_newest_of_manifest_and_items(self, full_run, tmp_path):
         import os
@@ -391,9 +401,9 @@ def _synthetic_run(tmp_path, n_items=12, seed=0, constant_layer0=True) -> StudyR
     for i in range(n_items):
         for regime, shift in (("direct", 0.0), ("cot", -1.0)):
             rows.append({"row": len(rows), "item_id": f"q{i}", "regime": regime, "correct": bool((i + (shift < 0)) % 3 == 0),
-                         "h_int_bits": 3.0 + shift + 0.1 * i + rng.normal(0, 0.2), "signal": "H_int"})
+                         "readout_entropy_bits": 3.0 + shift + 0.1 * i + rng.normal(0, 0.2), "signal": "H_int"})
     table = pd.DataFrame(rows)
-    table["h_int_top100_bits"] = table["h_int_bits"] - 0.5
+    table["readout_entropy_top100_bits"] = table["readout_entropy_bits"] - 0.5
     table["mean_token_entropy_bits"] = 1.0
     hidden = rng.normal(size=(len(rows), 4, 8)).astype(np.float16)
     if constant_layer0:
@@ -424,7 +434,7 @@ class TestComparison:
         assert 1.0 < per.loc["direct", "dim_eff_weighted_pr"] <= 8
         assert per.loc["direct", "Probe AUROC [95 % CI]"] == "0.70 [0.6, 0.8]" and pd.isna(per.loc["cot", "Probe AUROC [95 % CI]"])
         pair = comp.pairs.iloc[0]
-        diff = t[t["regime"] == "cot"]["h_int_bits"].to_numpy() - direct["h_int_bits"].to_numpy()
+        diff = t[t["regime"] == "cot"]["readout_entropy_bits"].to_numpy() - direct["readout_entropy_bits"].to_numpy()
         assert pair["n_pairs"] == 12 and pair["mean_diff_bits"] == pytest.approx(diff.mean())
         assert pair["p_value"] == pytest.approx(wilcoxon(diff).pvalue) and pair["p_value"] < 0.01
         table = comp.paper_table()
@@ -592,3 +602,4 @@ class TestLock:
         run_study(tiny, ITEMS[:2], ["direct"], out, generate=False,
                   progress=lambda *a: seen.append(run_in_progress(out)))
         assert seen and all(seen) and not run_in_progress(out)
+

@@ -53,7 +53,7 @@ def entropy_without_prefix_bits(loaded: LoadedModel, signals: RunSignals, batch_
         choices = tuple(row["choices"]) if isinstance(row.get("choices"), list) else ()
         rendered.append(render(loaded.tokenizer, str(row["question"]), template, choices, "last", max_ctx))
     states = capture_batch(loaded, rendered, batch_size=batch_size)
-    return np.array([s.h_int_bits for s in states], dtype=np.float64)
+    return np.array([s.readout_entropy_bits for s in states], dtype=np.float64)
 
 
 @dataclass(frozen=True, eq=False)

@@ -113,10 +113,10 @@ def load_policy_probe(
 
 def _signals(policy: Policy, analysis: Analysis, probe: SavedProbe | None) -> dict[str, Any]:
     state = analysis.state
-    name = "h_slot" if analysis.rendered.answer_prefix else "h_int"
+    name = state.signal.lower()
     signals: dict[str, Any] = {
-        f"{name}_bits": float(state.h_int_bits),
-        f"{name}_top100_bits": float(state.h_int_top100_bits),
+        f"{name}_bits": float(state.readout_entropy_bits),
+        f"{name}_top100_bits": float(state.readout_entropy_top100_bits),
         "top1_prob": float(state.top1_prob),
         "readout_token": analysis.rendered.readout_token,
     }

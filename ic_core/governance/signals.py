@@ -146,7 +146,7 @@ def run_signals(run: StudyRun, regime: str | None = None, holdout: float = 0.4, 
     graded = sub[graded_rows].reset_index(drop=True)
     if graded.empty:
         raise DataError(f"No graded rows in regime {regime!r}: the gate needs answers marked right or wrong.")
-    entropy = graded["h_int_bits"].to_numpy(np.float64)
+    entropy = graded["readout_entropy_bits"].to_numpy(np.float64)
     if not np.isfinite(entropy).all():
         raise DataError("Some rows have no finite entropy; the run folder is damaged.")
     mode, prefix = _prefix_mode(graded["answer_prefix"].tolist())

@@ -62,7 +62,7 @@ def accuracy_figure(per_regime: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def h_int_distribution_figure(
+def readout_entropy_distribution_figure(
     regimes: Sequence[str], values_bits: Sequence[float] | np.ndarray, correct: Sequence[bool | None] | None = None,
     kind: str = "box", signal: str = "H_int",
 ) -> go.Figure:
@@ -73,7 +73,7 @@ def h_int_distribution_figure(
         values_bits: (N,) entropy per row, bits.
         correct: Optional (N,) correctness; splits each regime into correct / wrong.
         kind: ``box`` or ``violin``.
-        signal: Axis label (``H_int`` or ``H_slot``).
+        signal: The rows' read-out (:func:`ic_core.prompts.readout_label`): ``H_int``, ``H_slot`` or ``mixed``.
 
     """
     regimes = list(regimes)
@@ -96,7 +96,8 @@ def h_int_distribution_figure(
                 fig.add_trace(trace(x=np.array(regimes)[mask], y=values[mask], name=label,
                                     marker_color=CORRECT_COLOURS[label], **_points(kind)))
         fig.update_layout(boxmode="group", violinmode="group")
-    fig.update_layout(title=f"{signal} by regime", xaxis_title="regime", yaxis_title=f"{signal} (bits)",
+    name = "read-out entropy (H_int and H_slot rows)" if signal == "mixed" else signal
+    fig.update_layout(title=f"{name} by regime", xaxis_title="regime", yaxis_title=f"{name} (bits)",
                       margin=dict(t=50, b=10, l=10, r=10))
     fig.update_xaxes(categoryorder="array", categoryarray=order)
     return fig
@@ -200,14 +201,14 @@ def pca_colour_values(frame: pd.DataFrame, colour: str) -> list[object]:
     if colour == "correctness":
         return [verdict_label(c) for c in frame["correct"]]
     if colour == "H_int (bits)":
-        return [float(v) for v in frame["h_int_bits"]]
+        return [float(v) for v in frame["readout_entropy_bits"]]
     raise ValueError(f"colour must be one of {PCA_COLOURS}; got {colour!r}")
 
 
 def pca_hover(frame: pd.DataFrame) -> list[str]:
     """Hover text per row of a run table: item, regime, the question (escaped, 80 characters), H (bits)."""
     return [f"{i} · {r}<br>{html.escape(str(q))[:80]}<br>H={h:.2f} bits" for i, r, q, h in
-            zip(frame["item_id"], frame["regime"], frame["question"], frame["h_int_bits"])]
+            zip(frame["item_id"], frame["regime"], frame["question"], frame["readout_entropy_bits"])]
 
 
 def pca_figure(

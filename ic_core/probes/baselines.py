@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ic_core.probes.cv import probe_auroc, text_probe_auroc
+from ic_core.prompts import readout_label
 from ic_core.stats.auroc import (
     N_BOOT,
     N_OUTER,
@@ -92,12 +92,6 @@ def signed_score_auroc(
                       description=description, note=note)
 
 
-def readout_signal_label(signals: Sequence[str]) -> str:
-    """The read-out of a selection's rows: ``"H_int"``/``"H_slot"`` when all agree, else ``"mixed"``."""
-    kinds = set(signals)
-    return kinds.pop() if len(kinds) == 1 else "mixed"
-
-
 def _entropy_name(signal: str) -> tuple[str, str]:
     if signal == "H_slot":
         return "−H_slot", "minus the next-token entropy (bits) read after the forced answer prefix"
@@ -121,11 +115,11 @@ def baselines_for(graded: pd.DataFrame, lens_entropy_bits: np.ndarray, *, groups
     """
     y = np.asarray([bool(v) for v in graded["correct"]], dtype=int)
     kw = dict(groups=groups, n_boot=n_boot, n_shuffles=n_shuffles, seed=seed, n_folds=n_folds)
-    signal = readout_signal_label(graded["signal"].tolist()) if "signal" in graded else "H_int"
+    signal = readout_label(graded["signal"].tolist()) if "signal" in graded else "H_int"
     ename, edesc = _entropy_name(signal)
-    out = [score_auroc(-graded["h_int_bits"].to_numpy(float), y, name=ename, description=edesc, **kw)]
-    if "h_int_top100_bits" in graded:
-        out.append(score_auroc(-graded["h_int_top100_bits"].to_numpy(float), y, name=f"{ename} (top-100)",
+    out = [score_auroc(-graded["readout_entropy_bits"].to_numpy(float), y, name=ename, description=edesc, **kw)]
+    if "readout_entropy_top100_bits" in graded:
+        out.append(score_auroc(-graded["readout_entropy_top100_bits"].to_numpy(float), y, name=f"{ename} (top-100)",
                                description=edesc.replace("entropy", "entropy over the top-100 logits", 1), **kw))
     out.append(score_auroc(graded["top1_prob"].to_numpy(float), y, name="top-1 probability",
                            description="probability of the most likely next token at the read-out", **kw))

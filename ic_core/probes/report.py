@@ -15,7 +15,7 @@ from ic_core.stats.geometry import constant_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     from ic_core.runs.store import StudyRun
-from ic_core.probes.baselines import baselines_for, readout_signal_label
+from ic_core.probes.baselines import baselines_for
 from ic_core.probes.cv import (
     C_GRID,
     LAST_K,
@@ -26,6 +26,7 @@ from ic_core.probes.cv import (
     probe_by_layer,
     probe_last_layers,
 )
+from ic_core.prompts import readout_label
 from ic_core.stats.auroc import (
     N_BOOT,
     N_OUTER,
@@ -55,7 +56,8 @@ class RecoverabilityReport:
     n: int
     n_pos: int
     signal_name: str
-    """``"H_int"``, ``"H_slot"`` or ``"mixed"``: what the table's ``h_int_bits`` column holds here."""
+    """``"H_int"``, ``"H_slot"`` or ``"mixed"``: what the table's ``readout_entropy_bits`` column holds here
+    (:func:`ic_core.prompts.readout_label`)."""
     constant_layers: tuple[int, ...]
     by_layer: tuple[AurocEstimate, ...]
     """L + 1 results, index = ``hidden_states`` index (0 = embeddings)."""
@@ -177,7 +179,7 @@ def recoverability(
     }
     return RecoverabilityReport(
         run_path=str(run.path), selection=label, n_rows=n_rows, n_ungraded=n_rows - len(rows), n=int(y.size),
-        n_pos=int(y.sum()), signal_name=readout_signal_label(graded["signal"].tolist()) if len(rows) else "H_int",
+        n_pos=int(y.sum()), signal_name=readout_label(graded["signal"].tolist()),
         constant_layers=const, by_layer=tuple(by_layer), last_layers=last, last_layer_indices=last_idx,
         baselines=tuple(baselines), differences=differences, settings=settings, elapsed_s=time.perf_counter() - t0,
     )

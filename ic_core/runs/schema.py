@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -14,7 +14,7 @@ from ic_core.errors import DataError
 
 TABLE_COLUMNS: tuple[str, ...] = (
     "row", "item_id", "regime", "question", "kind", "expected", "output_text", "extracted_answer", "correct",
-    "grade_rule", "h_int_bits", "h_int_top100_bits", "top1_prob", "mean_token_entropy_bits", "n_prompt_tokens",
+    "grade_rule", "readout_entropy_bits", "readout_entropy_top100_bits", "top1_prob", "mean_token_entropy_bits", "n_prompt_tokens",
     "readout_token", "signal", "answer_prefix", "tags",
 )
 """Columns every :attr:`StudyRun.table` has (more follow them)."""
@@ -24,7 +24,6 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "user_text", "item_prefix_used", "generated_tokens", "token_entropies_bits",
 )
 """Columns after :data:`TABLE_COLUMNS`, in this order."""
-READOUT_NAMES = {"H_int": "H_int (last prompt token)", "H_slot": "H_slot (after the answer prefix)"}
 Signal = Literal["H_int", "H_slot"]
 """Where the state was read: the last prompt token (``H_int``) or after a forced answer prefix (``H_slot``)."""
 SIGNALS: tuple[str, ...] = ("H_int", "H_slot")
@@ -57,9 +56,9 @@ class RunRow:
     correct: bool | None
     """The verdict; None when ungraded (no output or no expected answer)."""
     grade_rule: str | None
-    h_int_bits: float | None
+    readout_entropy_bits: float | None
     """Entropy of the next-token distribution at the read-out, bits (H_slot when read after a prefix)."""
-    h_int_top100_bits: float | None
+    readout_entropy_top100_bits: float | None
     """The same over the renormalised top-100 logits, bits."""
     top1_prob: float | None
     """Probability (0–1) of the most likely next token at the read-out."""
@@ -113,6 +112,7 @@ class RunRow:
         """
         if not isinstance(obj, Mapping):
             raise DataError(f"a row must be a JSON object, got {type(obj).__name__}")
+        obj = {LEGACY_KEYS.get(k, k): v for k, v in obj.items()}
         values = {}
         for name, (check, expected) in _FIELD_TYPES.items():
             if name not in obj:
@@ -122,6 +122,13 @@ class RunRow:
             except (TypeError, ValueError):
                 raise DataError(f"{name!r} must be {expected}, got {_shown(obj[name])}") from None
         return cls(**values)
+
+
+LEGACY_KEYS: dict[str, str] = {
+    "h_int_bits": "readout_entropy_bits", "h_int_top100_bits": "readout_entropy_top100_bits",
+}
+"""Keys of rows written before the read-out entropy had its own name (it was ``h_int_bits`` even
+when the row was read after an answer prefix, i.e. H_slot); such run folders still load."""
 
 
 def _shown(value: object) -> str:
@@ -187,8 +194,8 @@ _FIELD_TYPES: dict[str, tuple[Callable[[object], Any], str]] = {
     "choices": (_strs, "a list of texts"), "tags": (_strs, "a list of texts"),
     "output_text": (_optional(_str), "text or null"), "output_source": (_optional(_str), "text or null"),
     "extracted_answer": (_optional(_str), "text or null"), "correct": (_optional(_bool), "true, false or null"),
-    "grade_rule": (_optional(_str), "text or null"), "h_int_bits": (_optional(_float), "a finite number or null"),
-    "h_int_top100_bits": (_optional(_float), "a finite number or null"),
+    "grade_rule": (_optional(_str), "text or null"), "readout_entropy_bits": (_optional(_float), "a finite number or null"),
+    "readout_entropy_top100_bits": (_optional(_float), "a finite number or null"),
     "top1_prob": (_optional(_float), "a finite number or null"),
     "top_tokens": (_top, "a list of [token, probability] pairs"),
     "mean_token_entropy_bits": (_optional(_float), "a finite number or null"),
@@ -219,7 +226,7 @@ def table_from_rows(rows: Sequence[RunRow]) -> pd.DataFrame:
             data[c].append(i if c == "row" else rec["row"] if c == "plan_row" else rec[c])
     # object columns keep None as None (pandas 3 would turn missing text into NaN)
     table = pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in data.items()}, columns=columns)
-    for c in ("h_int_bits", "h_int_top100_bits", "top1_prob", "mean_token_entropy_bits", "generate_s"):
+    for c in ("readout_entropy_bits", "readout_entropy_top100_bits", "top1_prob", "mean_token_entropy_bits", "generate_s"):
         table[c] = pd.to_numeric(table[c], errors="coerce").astype(float)
     for c in ("row", "plan_row", "n_prompt_tokens"):
         table[c] = table[c].astype(np.int64)
@@ -244,14 +251,6 @@ def graded_correct(frame: pd.DataFrame) -> pd.Series:
 def verdict_label(value: object) -> str:
     """``correct``, ``wrong`` or ``not graded`` for a ``correct`` cell (:func:`is_graded` decides)."""
     return ("correct" if value else "wrong") if is_graded(value) else "not graded"
-
-
-def signal_label(signals: Iterable[str]) -> str:
-    """The read-out name for some rows' ``signal`` values: ``H_int``, ``H_slot`` or ``H_int / H_slot`` (mixed)."""
-    seen = set(signals)
-    if seen == {"H_slot"}:
-        return "H_slot"
-    return "H_int / H_slot" if "H_slot" in seen else "H_int"
 
 
 def finite_or_none(x: float | None) -> float | None:

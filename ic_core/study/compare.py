@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ic_core.errors import DataError
-from ic_core.runs.schema import READOUT_NAMES, graded_correct
+from ic_core.prompts import READOUT_NAMES, readout_label
+from ic_core.runs.schema import graded_correct
 from ic_core.runs.store import StudyRun
 from ic_core.stats.geometry import DimEff, Placement, constant_layers, dim_eff, pca, place
 
@@ -43,13 +44,13 @@ def summarize(run: StudyRun) -> pd.DataFrame:
             "n": len(frame),
             "n_graded": len(graded),
             "accuracy": float(graded.mean()) if len(graded) else math.nan,
-            "mean_h_int_bits": float(frame["h_int_bits"].mean()) if len(frame) else math.nan,
-            "median_h_int_bits": float(frame["h_int_bits"].median()) if len(frame) else math.nan,
-            "mean_h_int_top100_bits": float(frame["h_int_top100_bits"].mean()) if len(frame) else math.nan,
+            "mean_readout_entropy_bits": float(frame["readout_entropy_bits"].mean()) if len(frame) else math.nan,
+            "median_readout_entropy_bits": float(frame["readout_entropy_bits"].median()) if len(frame) else math.nan,
+            "mean_readout_entropy_top100_bits": float(frame["readout_entropy_top100_bits"].mean()) if len(frame) else math.nan,
             "mean_token_entropy_bits": float(frame["mean_token_entropy_bits"].mean()) if frame["mean_token_entropy_bits"].notna().any() else math.nan,
         })
-    return pd.DataFrame(out, columns=["regime", "n", "n_graded", "accuracy", "mean_h_int_bits", "median_h_int_bits",
-                                      "mean_h_int_top100_bits", "mean_token_entropy_bits"])
+    return pd.DataFrame(out, columns=["regime", "n", "n_graded", "accuracy", "mean_readout_entropy_bits", "median_readout_entropy_bits",
+                                      "mean_readout_entropy_top100_bits", "mean_token_entropy_bits"])
 
 
 MIN_PAIRS = 6
@@ -61,8 +62,8 @@ class RegimeComparison:
     """The paper-form comparison of regimes on one study."""
 
     per_regime: pd.DataFrame
-    """One row per regime: n, n_graded, accuracy, accuracy_ci_low/high (Wilson 95 %), mean_h_int_bits,
-    mean_h_int_top100_bits, dim_eff_weighted_pr, dim_eff_rank_cap, plus any extra columns."""
+    """One row per regime: n, n_graded, accuracy, accuracy_ci_low/high (Wilson 95 %), mean_readout_entropy_bits,
+    mean_readout_entropy_top100_bits, dim_eff_weighted_pr, dim_eff_rank_cap, plus any extra columns."""
     pairs: pd.DataFrame
     """One row per pair of regimes: regime_a, regime_b, n_pairs, mean_diff_bits (b − a), median_diff_bits,
     wilcoxon_statistic, p_value (NaN with a ``note`` when not computable)."""
@@ -70,17 +71,17 @@ class RegimeComparison:
     def paper_table(self) -> pd.DataFrame:
         """Formatted strings, one column per regime (accuracy [CI], H_int, dim_eff, extras)."""
         rows: dict[str, dict[str, str]] = {}
-        base = {"regime", "signal", "n", "n_graded", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "mean_h_int_bits",
-                "mean_h_int_top100_bits", "dim_eff_weighted_pr", "dim_eff_rank_cap"}
+        base = {"regime", "signal", "n", "n_graded", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "mean_readout_entropy_bits",
+                "mean_readout_entropy_top100_bits", "dim_eff_weighted_pr", "dim_eff_rank_cap"}
         for _, r in self.per_regime.iterrows():
             acc = ("n/a (not graded)" if math.isnan(r["accuracy"])
                    else f"{100 * r['accuracy']:.1f} % [{100 * r['accuracy_ci_low']:.1f}, {100 * r['accuracy_ci_high']:.1f}]")
             col = {
                 "n": str(int(r["n"])),
                 "Accuracy [95 % CI]": acc,
-                "Read-out": READOUT_NAMES.get(r.get("signal"), "mixed (H_int and H_slot rows)"),
-                "Mean entropy at the read-out (bits)": _fmt(r["mean_h_int_bits"], 2),
-                "Same, top-100 variant (bits)": _fmt(r["mean_h_int_top100_bits"], 2),
+                "Read-out": READOUT_NAMES[r["signal"]],
+                "Mean entropy at the read-out (bits)": _fmt(r["mean_readout_entropy_bits"], 2),
+                "Same, top-100 variant (bits)": _fmt(r["mean_readout_entropy_top100_bits"], 2),
                 "dim_eff (weighted PR)": _fmt(r["dim_eff_weighted_pr"], 1)
                 + ("" if math.isnan(r["dim_eff_weighted_pr"]) else f" (cap {int(r['dim_eff_rank_cap'])})"),
             }
@@ -119,20 +120,19 @@ def regime_comparison(
         d = dims.get(regime)
         pr = d.weighted_participation_ratio if d is not None else None
         cap = d.rank_cap if d is not None else max(0, len(frame) - 1)
-        signals = set(frame["signal"].dropna()) if "signal" in frame else set()
         row: dict[str, Any] = {
-            "regime": regime, "signal": signals.pop() if len(signals) == 1 else "mixed",
+            "regime": regime, "signal": readout_label(frame["signal"].dropna()),
             "n": len(frame), "n_graded": len(graded),
             "accuracy": float(graded.mean()) if len(graded) else math.nan,
             "accuracy_ci_low": ci[0] if ci else math.nan, "accuracy_ci_high": ci[1] if ci else math.nan,
-            "mean_h_int_bits": float(frame["h_int_bits"].mean()) if len(frame) else math.nan,
-            "mean_h_int_top100_bits": float(frame["h_int_top100_bits"].mean()) if len(frame) else math.nan,
+            "mean_readout_entropy_bits": float(frame["readout_entropy_bits"].mean()) if len(frame) else math.nan,
+            "mean_readout_entropy_top100_bits": float(frame["readout_entropy_top100_bits"].mean()) if len(frame) else math.nan,
             "dim_eff_weighted_pr": math.nan if pr is None else pr, "dim_eff_rank_cap": cap,
         }
         for column, values in (extra_columns or {}).items():
             row[column] = values.get(regime)
         per.append(row)
-    wide = run.table.pivot_table(index="item_id", columns="regime", values="h_int_bits", aggfunc="first")
+    wide = run.table.pivot_table(index="item_id", columns="regime", values="readout_entropy_bits", aggfunc="first")
     pairs = []
     for i, a in enumerate(run.regimes):
         for b in run.regimes[i + 1:]:

@@ -15,10 +15,11 @@ from ic_core.errors import DataError
 from ic_core.plots.study import (
     accuracy_figure,
     dim_eff_figure,
-    h_int_distribution_figure,
     lens_curves_figure,
     pca_figure,
+    readout_entropy_distribution_figure,
 )
+from ic_core.prompts import READOUT_NAMES, readout_label
 from ic_core.runs.store import StudyRun
 from ic_core.stats.geometry import DimEff
 from ic_core.study.compare import (
@@ -94,10 +95,10 @@ def _header(run: StudyRun) -> str:
 
 
 def _items_table(run: StudyRun) -> str:
-    cols = ["item_id", "regime", "question", "expected", "output_text", "extracted_answer", "correct", "h_int_bits",
+    cols = ["item_id", "regime", "question", "expected", "output_text", "extracted_answer", "correct", "readout_entropy_bits",
             "signal"]
     frame = run.table[cols].head(MAX_TABLE_ROWS).copy()
-    frame["h_int_bits"] = frame["h_int_bits"].map(lambda v: f"{v:.2f}")
+    frame["readout_entropy_bits"] = frame["readout_entropy_bits"].map(lambda v: f"{v:.2f}")
     frame["correct"] = frame["correct"].map(lambda v: "n/a" if v is None else str(bool(v)))
     note = ("" if len(run.table) <= MAX_TABLE_ROWS
             else f"<p class='note'>First {MAX_TABLE_ROWS} of {len(run.table)} rows; download the CSV for all.</p>")
@@ -140,12 +141,12 @@ def build_report(
                   "averaged with weights ∝ the layer's total variance; it cannot exceed N − 1.</p>"]
         pairs = pd.DataFrame(frame_records(comparison.pairs))
         if len(pairs):
-            parts += ["<h3>Paired test of H_int between regimes (Wilcoxon signed-rank)</h3>", _table_html(pairs)]
+            parts += ["<h3>Paired test of the read-out entropy between regimes (Wilcoxon signed-rank)</h3>", _table_html(pairs)]
         parts += ["<h2>Accuracy</h2>", figs.html(accuracy_figure(comparison.per_regime))]
-        signal = "H_slot" if (run.table["signal"] == "H_slot").any() else "H_int"
-        parts += [f"<h2>{signal} by regime</h2>", figs.html(h_int_distribution_figure(
-            run.table["regime"].tolist(), run.table["h_int_bits"].to_numpy(), run.table["correct"].tolist(),
-            signal=signal + " (H_slot where read after an answer prefix)" if signal == "H_slot" else signal))]
+        signal = readout_label(run.table["signal"])
+        parts += [f"<h2>{html.escape(READOUT_NAMES[signal])} by regime</h2>", figs.html(readout_entropy_distribution_figure(
+            run.table["regime"].tolist(), run.table["readout_entropy_bits"].to_numpy(), run.table["correct"].tolist(),
+            signal=signal))]
         parts += ["<h2>Logit-lens entropy by layer</h2>",
                   figs.html(lens_curves_figure(run.lens_entropy_bits[run.table["row"].to_numpy()], run.table["regime"].tolist()))]
         if dims:
