@@ -52,7 +52,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("gpt2", frozenset({"gpt2", "gptj"}), base="transformer", blocks="h", final_norm="ln_f"),
     Family("gpt_neox", frozenset({"gpt_neox"}), base="gpt_neox", final_norm="final_layer_norm"),
 )
-"""Every supported family. Each entry is checked on a tiny random model in ``tests/test_arch.py``."""
+"""Every supported family. Each entry is checked on a tiny random model in ``tests/integration/test_arch.py``."""
 
 
 @dataclass(frozen=True, eq=False)

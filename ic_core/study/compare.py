@@ -15,19 +15,9 @@ from ic_core.prompts import READOUT_NAMES, readout_label
 from ic_core.runs.schema import graded_correct
 from ic_core.runs.store import StudyRun
 from ic_core.stats.geometry import DimEff, Placement, constant_layers, dim_eff, pca, place
+from ic_core.stats.proportions import wilson_interval
 
 # ---------------------------------------------------------------- summaries and comparisons
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
-    """Wilson score 95 % interval of a proportion k/n; None when n = 0."""
-    if n <= 0:
-        return None
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def summarize(run: StudyRun) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from ic_core.governance.policy import ModelMismatchError, Policy, probe_entry
 from ic_core.models import ModelSpec
 from ic_core.stats.gating import PlattCalibration
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 Q = "what is the capital of france?"
 PREFIX = "the capital of france is"
 

@@ -33,6 +33,7 @@ from ic_core.runs.store import (
     sanitize_name,
     status_label,
 )
+from ic_core.stats.proportions import wilson_interval
 from ic_core.study.compare import (
     dim_eff_by_regime,
     dim_eff_table,
@@ -40,7 +41,6 @@ from ic_core.study.compare import (
     place_state,
     regime_comparison,
     summarize,
-    wilson_interval,
 )
 from ic_core.study.export import metrics_json
 from ic_core.study.report import summary_markdown

@@ -14,7 +14,7 @@ from ic_core.study.runner import run_study
 
 pytestmark = pytest.mark.app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGE = "pages/4_Recoverability.py"
 
 

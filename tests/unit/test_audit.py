@@ -125,7 +125,7 @@ class TestDurability:
             "    append_record(sys.argv[1], {'i': i, 'pad': 'x' * 2000})\n"
             "    i += 1\n"
         )
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         proc = subprocess.Popen([sys.executable, "-c", code, str(log)], env=env)
         try:
             deadline = time.monotonic() + 60

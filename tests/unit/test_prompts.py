@@ -1,7 +1,7 @@
 """Unit tier: templates, rendering, read-out positions, prompt validation."""
 
 import pytest
-from conftest import make_tiny_tokenizer
+from helpers import make_tiny_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -15,7 +15,7 @@ from ic_core.study.runner import run_study
 
 pytestmark = pytest.mark.app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STUDY = "pages/3_Study.py"
 ITEMS = [
     PromptItem("a", "what is the capital of france", "paris", answer_prefix="the capital of france is"),

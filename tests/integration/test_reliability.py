@@ -3,12 +3,12 @@
 Everything runs on the tiny random Llama (milliseconds per forward pass).
 
 Covered elsewhere, deliberately not repeated here:
-  * grading never crashes on arbitrary output (tests/test_grading.py, Hypothesis);
-  * rendering never crashes on arbitrary text (tests/test_prompts.py, Hypothesis);
-  * the memory guard and IC_MEMORY_LIMIT_GB (tests/test_models.py::test_memory_guard_refuses_a_model_too_big);
+  * grading never crashes on arbitrary output (tests/unit/test_grading.py, Hypothesis);
+  * rendering never crashes on arbitrary text (tests/unit/test_prompts.py, Hypothesis);
+  * the memory guard and IC_MEMORY_LIMIT_GB (tests/integration/test_models.py::test_memory_guard_refuses_a_model_too_big);
   * cancel/resume, a truncated last line of items.jsonl, a missing shard, format version 0
-    (tests/test_study.py::TestResume, ::TestFolders);
-  * the audit log surviving a killed writer and concurrent writers (tests/test_audit.py::TestDurability).
+    (tests/integration/test_study.py::TestResume, ::TestFolders);
+  * the audit log surviving a killed writer and concurrent writers (tests/unit/test_audit.py::TestDurability).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_tiny_model, make_tiny_tokenizer
+from helpers import make_tiny_model, make_tiny_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -56,7 +56,7 @@ from ic_core.runs.store import (
 )
 from ic_core.study.runner import run_study
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
 STUDY_PAGE = "pages/3_Study.py"
 SOURCE_DIRS = ("ic_core", "ui", "pages")
@@ -515,7 +515,7 @@ class TestDamagedRunFolders:
 
 
 class TestLimits:
-    """Every limit refuses with a message that says how to change it (memory guard: see tests/test_models.py)."""
+    """Every limit refuses with a message that says how to change it (memory guard: see tests/integration/test_models.py)."""
 
     def test_upload_size_limit_names_both_settings(self, tmp_path):
         """One byte over MAX_UPLOAD_BYTES (bytes or a file path): the message names the constant and maxUploadSize."""

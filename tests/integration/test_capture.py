@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import GEMMA_SOFTCAP
+from helpers import GEMMA_SOFTCAP
 
 from ic_core.analysis import analyze, answer, check_choices
 from ic_core.capture import capture, capture_batch
@@ -178,7 +178,7 @@ def test_recorder_keeps_the_last_block_when_the_family_does_not_norm_last(tiny_f
 
 class TestAnswer:
     def test_read_then_answer_reads_the_prompt_once(self, tiny_family):
-        from conftest import forward_lengths
+        from helpers import forward_lengths
 
         cfg = GenerationConfig(max_new_tokens=6, stop_at_answer_line=False)
         with forward_lengths(tiny_family.model) as lengths:

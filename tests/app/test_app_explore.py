@@ -19,7 +19,7 @@ from ui.common import EXPLORE_KEYS, SPEC_KEY, UPLOAD_LIMIT_BYTES, page_title, re
 
 pytestmark = pytest.mark.app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXPLORE, COMPARE, LEARN = "pages/1_Explore.py", "pages/2_Compare_regimes.py", "pages/6_Learn.py"
 QUESTION = "what is the capital of france ?"
 K = EXPLORE_KEYS
@@ -352,7 +352,7 @@ class TestOnePrefill:
     """Read, then generate: the app continues from the check's KV cache (one forward over the prompt)."""
 
     def test_explore_reads_the_prompt_once(self, tiny):
-        from conftest import forward_lengths
+        from helpers import forward_lengths
 
         n = analyze(tiny, QUESTION, regime="direct", kind="short_answer").rendered.n_tokens
         at = start(tiny, max_new_tokens=4)
@@ -365,7 +365,7 @@ class TestOnePrefill:
         assert all(t == 1 for t in lengths if t != n), lengths  # the rest are decoding steps
 
     def test_compare_reads_each_regime_once(self, tiny):
-        from conftest import forward_lengths
+        from helpers import forward_lengths
 
         n = sorted(analyze(tiny, QUESTION, regime=r, kind="short_answer").rendered.n_tokens for r in REGIMES)
         at = start(tiny, COMPARE, max_new_tokens=4)
@@ -429,7 +429,7 @@ class TestProbeOnRiskCard:
 
 class TestFormattingTokenCaveat:
     def test_warns_when_read_out_is_formatting_and_not_after_a_prefix(self):
-        from conftest import make_tiny_model, make_tiny_tokenizer
+        from helpers import make_tiny_model, make_tiny_tokenizer
 
         from ic_core.models import from_objects
 

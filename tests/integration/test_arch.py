@@ -84,7 +84,7 @@ class TestRefusals:
             layout_of(model)
 
     def test_loading_an_unknown_architecture_fails_at_load(self):
-        from conftest import make_tiny_tokenizer
+        from helpers import make_tiny_tokenizer
 
         from ic_core.models import from_objects
 

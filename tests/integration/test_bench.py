@@ -16,7 +16,7 @@ from ic_core.errors import ICError
 from ic_core.models import ModelSpec
 from ic_core.prompts import render
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PER_LENGTH = ("analysis_over_forward", "answer_with_check_over_answer", "gate_over_generate64",
               "batched_over_sequential", "ours_over_naive")
 REQUIRED = (*PER_LENGTH, "warm_over_cold_load", "study_peak_mb_1000", "bytes_per_item", "items_per_s",

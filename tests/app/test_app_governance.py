@@ -16,7 +16,7 @@ from ic_core.governance.policy import Policy
 
 pytestmark = pytest.mark.app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGE = "pages/5_Governance.py"
 
 
