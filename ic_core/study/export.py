@@ -1,4 +1,4 @@
-"""Exports of a study: JSON-safe metrics and the per-item CSV."""
+"""Exports of a study: JSON-safe metrics and the per-item CSV (spreadsheet formulas neutralised)."""
 
 from __future__ import annotations
 
@@ -52,10 +52,34 @@ def metrics_json(run: StudyRun, comparison: RegimeComparison | None = None) -> d
     })
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""A text cell starting with one of these is run as a formula by spreadsheets (OWASP CSV injection)."""
+
+
+def neutralise_cell(value: Any) -> Any:
+    """A text cell made inert for spreadsheets: prefixed with ``'`` when it starts a formula.
+
+    Numbers (including negative ones) and missing values pass unchanged, so numeric columns stay numeric.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def safe_csv(frame: pd.DataFrame) -> str:
+    """A DataFrame as RFC 4180 CSV text, every text cell and header neutralised; the one CSV writer of exports."""
+    safe = frame.copy()
+    safe.columns = [neutralise_cell(str(c)) for c in safe.columns]
+    for c in safe.columns:
+        if safe[c].dtype == object or pd.api.types.is_string_dtype(safe[c]):
+            safe[c] = safe[c].map(neutralise_cell)
+    return safe.to_csv(index=False, lineterminator="\r\n")  # RFC 4180: a cell holding a bare CR is quoted
+
+
 def items_csv(run: StudyRun) -> str:
-    """The per-item table as CSV text (list columns joined with ``|``)."""
+    """The per-item table as CSV text (list columns joined with ``|``; formula-like text prefixed with ``'``)."""
     cols = [c for c in run.table.columns if c not in ("top_tokens",)]
     frame = run.table[cols].copy()
     for c in ("tags", "choices", "aliases", "skipped_tokens"):
         frame[c] = frame[c].map(lambda v: "|".join(v) if isinstance(v, list) else "")
-    return frame.to_csv(index=False)
+    return safe_csv(frame)
