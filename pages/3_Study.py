@@ -26,10 +26,10 @@ from ic_core.errors import DataError, ICError
 from ic_core.generate import MAX_NEW_TOKENS_LIMIT
 from ic_core.models import LoadedModel
 from ic_core.plots.study import (
-    PCA_COLOURS,
     accuracy_figure,
     dim_eff_figure,
     lens_curves_figure,
+    pca_colour_options,
     pca_colour_values,
     pca_figure,
     pca_hover,
@@ -370,7 +370,8 @@ def show_dim_eff(run: StudyRun, dims: dict[str, DimEff]) -> None:
 def show_pca(run: StudyRun, path: str, mtime: float) -> None:
     c1, c2, c3 = st.columns(3)
     layer = c1.slider("Layer", 0, run.n_layers, default_pca_layer(run.n_layers), key="study_pca_layer")
-    colour = c2.radio("Colour by", PCA_COLOURS, horizontal=True, key="study_pca_colour")
+    colour = c2.radio("Colour by", pca_colour_options(readout_label(run.table["signal"])), horizontal=True,
+                      key="study_pca_colour")
     regimes = c3.multiselect("Regimes", run.regimes, default=list(run.regimes), key="study_pca_regimes")
     if not regimes:
         st.info("Choose at least one regime.")

@@ -185,24 +185,30 @@ def dim_eff_figure(by_regime: Mapping[str, DimEff]) -> go.Figure:
     return fig
 
 
-PCA_COLOURS: tuple[str, ...] = ("regime", "correctness", "H_int (bits)")
-"""What the points of :func:`pca_figure` can be coloured by (:func:`pca_colour_values`)."""
+def pca_colour_options(signal: str) -> tuple[str, str, str]:
+    """What the points of :func:`pca_figure` can be coloured by (:func:`pca_colour_values`).
+
+    The third option names the rows' read-out (:func:`ic_core.prompts.readout_label`):
+    ``"H_slot (bits)"`` for a run read after answer prefixes, ``"read-out entropy (bits)"`` for a mixed one.
+    """
+    name = "read-out entropy" if signal == "mixed" else signal
+    return ("regime", "correctness", f"{name} (bits)")
 
 
 def pca_colour_values(frame: pd.DataFrame, colour: str) -> list[object]:
     """One colour value per row of a run table: its regime, its verdict, or its read-out entropy (bits).
 
     Raises:
-        ValueError: ``colour`` is not one of :data:`PCA_COLOURS`.
+        ValueError: ``colour`` is not one of :func:`pca_colour_options`.
 
     """
     if colour == "regime":
         return frame["regime"].tolist()
     if colour == "correctness":
         return [verdict_label(c) for c in frame["correct"]]
-    if colour == "H_int (bits)":
+    if colour in {pca_colour_options(s)[2] for s in ("H_int", "H_slot", "mixed")}:
         return [float(v) for v in frame["readout_entropy_bits"]]
-    raise ValueError(f"colour must be one of {PCA_COLOURS}; got {colour!r}")
+    raise ValueError(f"colour must be one of regime, correctness or the read-out entropy; got {colour!r}")
 
 
 def pca_hover(frame: pd.DataFrame) -> list[str]:

@@ -92,7 +92,9 @@ def test_picking_a_row_shows_its_generation(tiny, saved_run):
 
 def test_pca_colour_and_constant_layer_message(tiny, saved_run):
     at = open_study(tiny)
-    at.radio(key="study_pca_colour").set_value("H_int (bits)").run()
+    options = at.radio(key="study_pca_colour").options
+    assert options == ["regime", "correctness", "read-out entropy (bits)"]  # direct rows H_slot, the rest H_int
+    at.radio(key="study_pca_colour").set_value(options[2]).run()
     assert not at.exception
     pca = [json.loads(c.proto.spec) for c in at.get("plotly_chart") if "PCA" in json.loads(c.proto.spec)["layout"]["title"]["text"]]
     assert pca and pca[0]["data"][0]["marker"]["showscale"] is True

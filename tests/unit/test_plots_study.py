@@ -13,6 +13,7 @@ from ic_core.plots.study import (
     accuracy_figure,
     dim_eff_figure,
     lens_curves_figure,
+    pca_colour_options,
     pca_colour_values,
     pca_figure,
     pca_hover,
@@ -113,6 +114,9 @@ def test_pca_colour_values_and_hover_from_a_run_table():
     assert pca_colour_values(frame, "regime") == ["direct", "cot", "cot"]
     assert pca_colour_values(frame, "correctness") == ["correct", "not graded", "wrong"]
     assert pca_colour_values(frame, "H_int (bits)") == [1.234, 2.0, 0.5]
+    assert pca_colour_values(frame, "H_slot (bits)") == pca_colour_values(frame, "read-out entropy (bits)")
+    assert pca_colour_options("H_slot") == ("regime", "correctness", "H_slot (bits)")
+    assert pca_colour_options("mixed")[2] == "read-out entropy (bits)"
     with pytest.raises(ValueError, match="colour must be one of"):
         pca_colour_values(frame, "size")
     hover = pca_hover(frame)
