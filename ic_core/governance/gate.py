@@ -273,16 +273,29 @@ def gate_check(
     return decision
 
 
-def audit_decision(policy: Policy, decision: Decision, prompt: str, audit_log: str | os.PathLike[str]) -> None:
+def audit_decision(
+    policy: Policy,
+    decision: Decision,
+    prompt: str,
+    audit_log: str | os.PathLike[str],
+    *,
+    actor: str | None = None,
+    source: str = "api",
+    probe_sha256: str | None = None,
+    weights_sha256: str | None = None,
+) -> None:
     """Append one decision to the audit log (prompt text only when the policy allows it).
 
-    Used by :func:`gate_check` and by the app when Explore shows a verdict.
+    Used by :func:`gate_check` and by the app when Explore shows a verdict. ``actor`` (default:
+    the operating-system user) and ``source`` (``cli``, ``app``, ``api``, ``demo``) say who asked
+    and from where; the digests name the probe and weights the decision used, when known.
     """
     logged = decision.signals if policy.store_prompt_text else {
         k: v for k, v in decision.signals.items() if k != "readout_token"}  # a prompt word when read at its end
     record = make_record(
         prompt=prompt, model=decision.model, policy_id=policy.policy_id, signals=logged,
         decision=decision.decision, reason=decision.reason, elapsed_s=decision.elapsed_s,
-        store_prompt_text=policy.store_prompt_text,
+        store_prompt_text=policy.store_prompt_text, actor=actor, source=source,
+        probe_sha256=probe_sha256, weights_sha256=weights_sha256,
     )
     append_record(Path(audit_log), record)

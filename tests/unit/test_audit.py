@@ -1,4 +1,4 @@
-"""Audit log: record contents, path safety, torn lines, concurrent writers, killed writers."""
+"""Audit log: record contents, path safety, torn lines, concurrent writers, killed writers (chain: test_audit_chain.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 from ic_core.errors import DataError
 from ic_core.governance.audit import (
+    CHAIN_KEYS,
     ENV_AUDIT_LOG,
     append_record,
     make_record,
@@ -22,6 +23,7 @@ from ic_core.governance.audit import (
     read_audit,
     resolve_audit_path,
 )
+from ic_core.governance.audit_verify import verify_audit
 
 
 def _record(i: int, writer: str = "w", store: bool = False) -> dict:
@@ -47,6 +49,8 @@ class TestRecords:
         assert "prompt" not in recs[0] and recs[0]["prompt_sha256"] == prompt_sha256("question 1 from w")
         assert recs[1]["prompt"] == "question 2 from w"
         assert recs[0]["time"].endswith("+00:00") and recs[0]["signals"] == {"h_int_bits": 2.0}
+        assert recs[0]["prompt_hash"] == "sha256-unkeyed" and [r["seq"] for r in recs] == [0, 1]
+        assert recs[1]["prev_sha256"] == recs[0]["record_sha256"]
         assert log.read_bytes().count(b"\n") == 2
 
     def test_last_n_and_missing_file(self, tmp_path):
@@ -82,6 +86,15 @@ class TestPaths:
         with pytest.raises(DataError, match="is a folder"):
             resolve_audit_path(tmp_path)
 
+    def test_symlink_refused(self, tmp_path):
+        (tmp_path / "real.jsonl").write_text("")
+        (tmp_path / "link.jsonl").symlink_to(tmp_path / "real.jsonl")
+        with pytest.raises(DataError, match="is a symbolic link"):
+            resolve_audit_path("link.jsonl", base=tmp_path)
+        with pytest.raises(DataError, match="symbolic link"):
+            append_record(tmp_path / "link.jsonl", _record(0))
+        assert (tmp_path / "real.jsonl").read_text() == ""
+
 
 class TestDurability:
     def test_torn_last_line_is_skipped_and_earlier_records_kept(self, tmp_path):
@@ -97,6 +110,8 @@ class TestDurability:
         recs, skipped = read_audit(log)
         assert [r["i"] for r in recs] == [0, 1, 2, 4] and skipped == 1
         assert log.read_bytes().endswith(b"\n")
+        report = verify_audit(log)
+        assert report.status == "intact" and report.repaired_lines == (4,) and report.n_records == 4
 
     def test_two_writers_at_once_never_interleave(self, tmp_path):
         log = str(tmp_path / "a.jsonl")
@@ -114,6 +129,9 @@ class TestDurability:
             assert [r["i"] for r in recs if r["writer"] == name] == list(range(n))
         lines = Path(log).read_bytes().split(b"\n")
         assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])
+        assert [r["seq"] for r in recs] == list(range(2 * n))  # one chain across both writers
+        report = verify_audit(log)
+        assert report.clean and report.n_records == 2 * n and report.head_seq == 2 * n - 1
 
     def test_killed_writer_leaves_a_readable_log(self, tmp_path):
         log = tmp_path / "a.jsonl"
@@ -139,4 +157,8 @@ class TestDurability:
         assert [r["i"] for r in recs] == list(range(len(recs)))  # nothing lost before the kill
         append_record(log, {"i": "after"})
         recs2, skipped2 = read_audit(log)
-        assert recs2[-1] == {"i": "after"} and len(recs2) == len(recs) + 1 and skipped2 == skipped
+        after = {k: v for k, v in recs2[-1].items() if k not in CHAIN_KEYS}
+        assert after == {"i": "after"} and len(recs2) == len(recs) + 1 and skipped2 == skipped
+        assert recs2[-1]["seq"] == len(recs) and ("torn_sha256" in recs2[-1]) == (skipped == 1)
+        report = verify_audit(log)
+        assert report.ok and report.n_records == len(recs2) and report.torn_line is None
