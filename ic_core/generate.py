@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -13,6 +14,10 @@ from ic_core.models import LoadedModel
 from ic_core.prompts import RenderedPrompt
 
 MAX_NEW_TOKENS_LIMIT = 1024
+TEMPERATURE_RANGE = (0.01, 100.0)
+"""Sampling temperatures allowed: below 0.01 the scaled logits overflow to inf (use greedy instead)."""
+MAX_SEED = 2**63 - 1
+"""Largest seed torch's generator takes (a signed 64-bit integer)."""
 _ANSWER_LINE = re.compile(r"####[^\n]*\S[^\n]*\n")
 
 if TYPE_CHECKING:
@@ -33,13 +38,59 @@ class GenerationConfig:
     """Stop once a ``#### <answer>`` line is complete (chain-of-thought regime)."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+        if not _is_int(self.max_new_tokens) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
             raise PromptError(
-                f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}; got {self.max_new_tokens}. "
+                f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}; got {self.max_new_tokens!r}. "
                 "Raise ic_core.generate.MAX_NEW_TOKENS_LIMIT for longer answers."
             )
-        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
-            raise PromptError("Sampling needs temperature > 0 and 0 < top_p ≤ 1.")
+        check_seed(self.seed)
+        if not _is_real(self.temperature) or not _is_real(self.top_p):
+            raise PromptError(f"temperature and top_p must be finite numbers; got {self.temperature!r} and {self.top_p!r}.")
+        low, high = TEMPERATURE_RANGE
+        if self.do_sample and not low <= self.temperature <= high:
+            raise PromptError(
+                f"The sampling temperature must be between {low} and {high:g}; got {self.temperature!r} "
+                "(for near-zero temperatures decode greedily instead)."
+            )
+        if self.do_sample and not 0 < self.top_p <= 1:
+            raise PromptError(f"Sampling needs 0 < top_p ≤ 1; got {self.top_p!r}.")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_seed(seed: object) -> None:
+    """Refuse a seed torch's generator cannot take.
+
+    Raises:
+        PromptError: ``seed`` is not an integer in 0 … 2**63 − 1.
+
+    """
+    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise PromptError(f"The seed must be an integer between 0 and 2**63 - 1; got {seed!r}.")
+
+
+def check_fits_context(loaded: LoadedModel, rendered: RenderedPrompt, config: GenerationConfig) -> None:
+    """Refuse a generation that would run past the model's context window.
+
+    Raises:
+        PromptError: the prompt's tokens plus ``max_new_tokens`` exceed ``loaded.max_context``.
+
+    """
+    limit = loaded.max_context
+    need = len(rendered.input_ids) + config.max_new_tokens
+    if limit is not None and need > limit:
+        room = limit - len(rendered.input_ids)
+        fix = f"lower max_new_tokens to {room:,} or shorten the prompt" if room >= 1 else "shorten the prompt"
+        raise PromptError(
+            f"The prompt has {len(rendered.input_ids):,} tokens and asks for up to {config.max_new_tokens:,} new ones, "
+            f"but the model reads at most {limit:,}: {fix}."
+        )
 
 
 @dataclass(frozen=True)
@@ -121,6 +172,7 @@ def generate(
     from ic_core.lens import torch_entropy_bits
 
     config = config or GenerationConfig()
+    check_fits_context(loaded, rendered, config)
     start = time.perf_counter()
     eos = loaded.eos_token_ids
     gen = torch.Generator(device="cpu").manual_seed(config.seed)

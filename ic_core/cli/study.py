@@ -13,6 +13,7 @@ from ic_core.cli.common import (
     gen_config_from_args,
     model_from_args,
     print_json,
+    text_type,
 )
 from ic_core.datasets import LoadResult, bundled_sets, load_bundled, load_items
 from ic_core.errors import DataError
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use only the first N items")
     p.add_argument("--out", help="run folder (default: $IC_RUNS_DIR/<set>-<regimes>-n<N>-<time>); resumed if it exists")
     p.add_argument("--no-item-prefix", action="store_true", help="do not read after the items' answer prefixes (direct)")
-    p.add_argument("--answer-prefix", help="forced answer prefix for direct-regime items without their own")
+    p.add_argument("--answer-prefix", type=text_type("--answer-prefix"), help="forced answer prefix for direct-regime items without their own")
     p.add_argument("--no-generate", action="store_true", help="only read states (and grade outputs the file carries)")
     p.add_argument("--batch-size", type=int, default=8)
     add_decoding_options(p, "new tokens per answer (CoT gets at least 192)")

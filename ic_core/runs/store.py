@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import re
 import zipfile
@@ -209,7 +210,26 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
     for key in ("regimes", "n_layers", "d_model"):
         if key not in manifest:
             raise DataError(f"The manifest of {folder.name!r} lacks {key!r}; the run folder is damaged.")
+    _check_manifest_fields(folder, manifest)
     return manifest
+
+
+def _check_manifest_fields(folder: Path, m: dict[str, Any]) -> None:
+    """Refuse manifest fields of the wrong type or range (they are read with ``int()``/``tuple()`` later)."""
+    def bad(key: str, want: str) -> DataError:
+        return DataError(f"The manifest of {folder.name!r} has {key} = {m[key]!r:.60}; expected {want}. The run folder is damaged.")
+
+    regimes = m["regimes"]
+    if not isinstance(regimes, list) or not regimes or not all(isinstance(r, str) and r for r in regimes):
+        raise bad("regimes", "a non-empty list of regime names")
+    for key, low in (("n_layers", 1), ("d_model", 1), ("n_rows_planned", 0), ("n_rows_done", 0), ("batch_size", 1)):
+        if key in m and not (isinstance(m[key], int) and not isinstance(m[key], bool) and low <= m[key] <= 2**31):
+            raise bad(key, f"an integer ≥ {low}")
+    for key in ("status", "model_label", "created"):
+        if key in m and not isinstance(m[key], str):
+            raise bad(key, "text")
+    if "dataset" in m and not (isinstance(m["dataset"], dict) and isinstance(m["dataset"].get("name", ""), str)):
+        raise bad("dataset", "an object with a 'name'")
 
 
 def read_rows(folder: Path) -> tuple[dict[int, RunRow], bool]:
@@ -264,27 +284,77 @@ def shard_files(folder: Path) -> list[Path]:
     return sorted((folder / STATES_DIR).glob("shard-*.npz"))
 
 
+_SHARD_ARRAYS = ("rows", "hidden", "lens_entropy_bits")
+
+
+def _shard_headers(file: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype each array of a shard declares, read from the ``.npy`` headers without loading data.
+
+    Raises:
+        DataError: not a zip of ``.npy`` files, an array missing, or an array declaring more bytes than its
+            zip member holds (a forged header would otherwise make ``np.load`` allocate that much).
+
+    """
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    try:
+        with zipfile.ZipFile(file) as zf:
+            for name in _SHARD_ARRAYS:
+                info = zf.getinfo(f"{name}.npy")
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                    else:
+                        raise ValueError(f"unsupported .npy version {version}")
+                    size = math.prod(shape) * dtype.itemsize
+                    if dtype.hasobject or size > info.file_size - fh.tell():
+                        raise DataError(
+                            f"State file {file.name}: array {name!r} declares shape {shape} {dtype} ({size:,} bytes) "
+                            f"but holds {info.file_size:,} bytes; the run folder is damaged."
+                        )
+                out[name] = (tuple(shape), dtype)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"State file {file.name} is damaged or not a study shard ({exc}).") from exc
+    return out
+
+
+def _check_shard_shapes(file: Path, n_layers: int, d_model: int) -> None:
+    """Refuse a shard whose declared shapes/dtypes do not match the manifest, before anything is loaded."""
+    h = _shard_headers(file)
+    (rows_shape, rows_dtype), (hidden_shape, hidden_dtype), (lens_shape, lens_dtype) = (h[n] for n in _SHARD_ARRAYS)
+    if len(rows_shape) != 1 or rows_dtype.kind not in "iu":
+        raise DataError(f"State file {file.name} has rows of shape {rows_shape} ({rows_dtype}); expected (B,) integers. "
+                        "The run folder is damaged.")
+    b = rows_shape[0]
+    if hidden_shape != (b, n_layers + 1, d_model) or lens_shape != (b, n_layers) or hidden_dtype != np.float16 \
+            or lens_dtype.kind != "f":
+        raise DataError(
+            f"State file {file.name} has shapes {hidden_shape}/{lens_shape} ({hidden_dtype}); the manifest says "
+            f"L={n_layers}, d={d_model}, float16. The run folder is damaged."
+        )
+
+
 def _read_shard(file: Path, n_layers: int, d_model: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    _check_shard_shapes(file, n_layers, d_model)
     try:
         with np.load(file, allow_pickle=False) as data:
             rows, hidden, lens = data["rows"], data["hidden"], data["lens_entropy_bits"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"State file {file.name} is damaged or not a study shard ({exc}).") from exc
-    b = rows.shape[0]
-    if hidden.shape != (b, n_layers + 1, d_model) or lens.shape != (b, n_layers) or hidden.dtype != np.float16:
-        raise DataError(
-            f"State file {file.name} has shapes {hidden.shape}/{lens.shape} ({hidden.dtype}); the manifest says "
-            f"L={n_layers}, d={d_model}, float16. The run folder is damaged."
-        )
     return rows.astype(np.int64), hidden, lens.astype(np.float32)
 
 
 def shard_rows(file: Path) -> np.ndarray:
-    """(B,) int64 plan rows a shard holds; empty when the shard is unreadable (it is then redone)."""
+    """(B,) int64 plan rows a shard holds; empty when the shard is unreadable or malformed (it is then redone)."""
     try:
+        shape, dtype = _shard_headers(file)["rows"]
+        if len(shape) != 1 or dtype.kind not in "iu":
+            return np.zeros(0, dtype=np.int64)
         with np.load(file, allow_pickle=False) as data:
             return data["rows"].astype(np.int64)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    except (DataError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return np.zeros(0, dtype=np.int64)
 
 
