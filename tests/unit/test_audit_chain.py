@@ -212,8 +212,7 @@ class TestThousandRecords:
 class TestCheckpoints:
     def test_checkpoints_every_100_and_verified(self, tmp_path, keyed250):
         recs = [json.loads(x) for x in _lines(keyed250)]
-        cps = [r for r in recs if r["kind"] == "checkpoint"] if all("kind" in r for r in recs) else \
-            [r for r in recs if r.get("kind") == "checkpoint"]
+        cps = [r for r in recs if r.get("kind") == "checkpoint"]
         assert [c["seq"] for c in cps] == [100, 200] and cps[0]["head_seq"] == 99
         assert keys.tag_matches(KEY, f"99:{cps[0]['head_sha256']}".encode(), "audit-checkpoint", cps[0]["tag"])
         r = _verify(tmp_path, keyed250, key=KEY)
@@ -239,7 +238,9 @@ class TestCheckpoints:
         assert "forged" in r.problem.message and r.n_records == 100
         lines = _lines(keyed250)  # tag edited in place: the record's own hash catches it, key or not
         lines[100] = lines[100].replace(b'"tag":"', b'"tag":"0', 1)[:-2] + b'"}'
-        assert (_verify(tmp_path, _join(lines)).problem.line, _verify(tmp_path, _join(lines)).problem.kind) == (101, "edited")
+        for key in (None, KEY):
+            r = _verify(tmp_path, _join(lines), key=key)
+            assert (r.problem.line, r.problem.kind) == (101, "edited")
 
     def test_removed_checkpoint(self, tmp_path, keyed250):
         recs = [json.loads(x) for x in _lines(keyed250)]
