@@ -29,12 +29,14 @@ Figures (see ``docs/benchmark.md`` for the JSON layout and how to read it):
 from __future__ import annotations
 
 import os
+import platform
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from ic_core.bench.timing import NOISY_SPREAD, TARGETS, RatioStats, _r
+from ic_core.bench.timing import NOISY_SPREAD, TARGETS, RatioStats, rounded
 from ic_core.bench.workloads import (
     bench_analysis_over_forward,
     bench_batched_over_sequential,
@@ -43,7 +45,6 @@ from ic_core.bench.workloads import (
     bench_memory,
     bench_throughput,
     length_prompts,
-    machine_info,
 )
 from ic_core.errors import ICError
 from ic_core.models import LoadedModel
@@ -105,6 +106,28 @@ class BenchSettings:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready copy."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+
+def machine_info() -> dict[str, Any]:
+    """Cores, torch threads, CPU model, versions, load average."""
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu_model": cpu, "logical_cores": os.cpu_count(), "usable_cores": affinity,
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "load_average_1m_start": rounded(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
 
 
 def noisy_figures(result: Mapping[str, Any], spread: float = NOISY_SPREAD) -> list[str]:
@@ -198,10 +221,10 @@ def run_benchmark(
     result["prompt_tokens"] = {str(k): p.n_tokens for k, p in prompts.items()}
     result["model"] = {"label": loaded.spec.label, "spec": loaded.spec.to_dict(), "n_layers": loaded.n_layers,
                        "d_model": loaded.d_model, "vocab_size": loaded.vocab_size, "device": loaded.device_label}
-    machine["load_average_1m_end"] = _r(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    machine["load_average_1m_end"] = rounded(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     result["machine"] = machine
     result["settings"] = settings.to_json()
-    result["wall_time_s"] = _r(time.perf_counter() - wall_start, 1)
+    result["wall_time_s"] = rounded(time.perf_counter() - wall_start, 1)
     return result
 
 

@@ -48,13 +48,14 @@ class RatioStats:
     def to_json(self) -> dict[str, Any]:
         """``{"median", "min", "max", "n", "numerator_median_s", "denominator_median_s", "target", "pass", ...}``."""
         return {
-            "median": _r(self.median), "min": _r(self.min), "max": _r(self.max), "n": self.n,
-            "numerator_median_s": _r(self.numerator_median_s, 5), "denominator_median_s": _r(self.denominator_median_s, 5),
+            "median": rounded(self.median), "min": rounded(self.min), "max": rounded(self.max), "n": self.n,
+            "numerator_median_s": rounded(self.numerator_median_s, 5), "denominator_median_s": rounded(self.denominator_median_s, 5),
             "target": self.target, "pass": self.passed, **self.extra,
         }
 
 
-def _r(x: float | None, nd: int = 4) -> float | None:
+def rounded(x: float | None, nd: int = 4) -> float | None:
+    """``x`` rounded to ``nd`` digits for the JSON report (None stays None)."""
     return None if x is None else round(float(x), nd)
 
 

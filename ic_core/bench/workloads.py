@@ -6,7 +6,6 @@ import gc
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ic_core.analysis import analyze
-from ic_core.bench.timing import TARGETS, RatioStats, _r, ratio_stats, time_rounds
+from ic_core.bench.timing import TARGETS, RatioStats, ratio_stats, rounded, time_rounds
 from ic_core.capture import capture, capture_batch
 from ic_core.errors import ICError
 from ic_core.generate import GenerationConfig, generate
@@ -348,14 +347,14 @@ def bench_load(spec: ModelSpec, rounds: int) -> dict[str, Any]:
                 if not str(out["loaded_from"]).endswith(".gguf"):
                     raise ICError(f"The cold load read {out['loaded_from']}, not the GGUF file.")
                 cold.append(out["load_s"])
-            details.append({"arm": arm, **{k2: (_r(v) if isinstance(v, float) else v) for k2, v in out.items()}})
+            details.append({"arm": arm, **{k2: (rounded(v) if isinstance(v, float) else v) for k2, v in out.items()}})
     with_imports = ratio_stats(
         [d["import_s"] + d["load_s"] for d in details if d["arm"] == "warm"],
         [d["import_s"] + d["load_s"] for d in details if d["arm"] == "cold"],
     )
     stats = ratio_stats(warm, cold, TARGETS["warm_over_cold_load"])
-    return {**stats.to_json(), "including_imports": {"median": _r(with_imports.median), "min": _r(with_imports.min),
-                                                     "max": _r(with_imports.max)},
+    return {**stats.to_json(), "including_imports": {"median": rounded(with_imports.median), "min": rounded(with_imports.min),
+                                                     "max": rounded(with_imports.max)},
             "loads": details,
             "method": "load_model() timed inside a fresh Python process, after importing torch, transformers and "
                       "its generic model machinery (modeling_utils, activations: timed apart as import_s); "
@@ -445,14 +444,14 @@ def bench_memory(loaded: LoadedModel, n_items: int, target_items: int = 1000) ->
     peak_n = growth if growth is not None else held_traced
     peak_target = peak_n + (target_items - n) * per_item
     return {
-        "study_peak_mb_1000": _r(peak_target / 1e6, 2),
+        "study_peak_mb_1000": rounded(peak_target / 1e6, 2),
         "bytes_per_item": int(round(per_item)),
         "details": {
             "measured_items": n, "extrapolated_to_items": target_items,
-            "measured_peak_rss_growth_mb": _r(growth / 1e6, 2) if growth is not None else None,
-            "held_arrays_mb_measured": _r(held_arrays / 1e6, 3),
-            "held_traced_mb_measured": _r(held_traced / 1e6, 3),
-            "held_mb_1000": _r(per_item * target_items / 1e6, 2),
+            "measured_peak_rss_growth_mb": rounded(growth / 1e6, 2) if growth is not None else None,
+            "held_arrays_mb_measured": rounded(held_arrays / 1e6, 3),
+            "held_traced_mb_measured": rounded(held_traced / 1e6, 3),
+            "held_mb_1000": rounded(per_item * target_items / 1e6, 2),
             "hidden_dtype": hidden_dtype, "hidden_shape": shape,
             "float16_states_bytes_per_item": float16_only,
             "float32_intention_state_bytes_per_item": (L + 1) * d * 4 + loaded.vocab_size * 4,
@@ -480,30 +479,9 @@ def bench_throughput(loaded: LoadedModel, n_items: int, direct_new_tokens: int, 
             wall = time.perf_counter() - start
         generated = [len(str(t)) for t in run.table["output_text"]]
         out[regime] = {
-            "items_per_s": _r(len(run.table) / wall),
-            "items": len(run.table), "wall_s": _r(wall, 3),
+            "items_per_s": rounded(len(run.table) / wall),
+            "items": len(run.table), "wall_s": rounded(wall, 3),
             "max_new_tokens": int(run.manifest["generation"]["max_new_tokens_by_regime"][regime]),
-            "output_chars_mean": _r(statistics.mean(generated), 1),
+            "output_chars_mean": rounded(statistics.mean(generated), 1),
         }
     return out
-
-
-def machine_info() -> dict[str, Any]:
-    """Cores, torch threads, CPU model, versions, load average."""
-    import torch
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu_model": cpu, "logical_cores": os.cpu_count(), "usable_cores": affinity,
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "load_average_1m_start": _r(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-    }
