@@ -308,8 +308,10 @@ def _shard_headers(file: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                         shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
                     else:
                         raise ValueError(f"unsupported .npy version {version}")
+                    if dtype.hasobject:
+                        raise ValueError(f"array {name!r} holds Python objects (pickles), which are never loaded")
                     size = math.prod(shape) * dtype.itemsize
-                    if dtype.hasobject or size > info.file_size - fh.tell():
+                    if size > info.file_size - fh.tell():
                         raise DataError(
                             f"State file {file.name}: array {name!r} declares shape {shape} {dtype} ({size:,} bytes) "
                             f"but holds {info.file_size:,} bytes; the run folder is damaged."
