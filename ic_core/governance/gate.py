@@ -108,6 +108,17 @@ def load_policy_probe(
         raise DataError(f"Policy {policy.policy_id} reads a probe but names no probe file; fit or save it again.")
     probe = SavedProbe.load(target, root)
     check_probe(policy, probe)
+    want = {k: (policy.probe or {}).get(k) for k in ("json_sha256", "npz_sha256")}
+    if any(want.values()):
+        from ic_core.governance.policy import probe_digests
+
+        have = probe_digests(target) or {}
+        for key, value in want.items():
+            if have.get(key) != value:
+                raise DataError(
+                    f"Policy {policy.policy_id} pins the probe's .{key[:-7]} to SHA-256 {str(value)[:12]}… but the file "
+                    f"at {target} has {str(have.get(key))[:12]}…: the probe was swapped or changed; refit the policy."
+                )
     return probe
 
 

@@ -87,6 +87,8 @@ class Policy:
     format_version: int = FORMAT_VERSION
     policy_id: str = ""
     """Content hash; filled in automatically."""
+    signature: str = ""
+    """HMAC-SHA256 (operator key, purpose ``policy``) of the canonical JSON of every other field; "" = unsigned."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -100,12 +102,39 @@ class Policy:
 
     def content_hash(self) -> str:
         """16 hex digits of the SHA-256 of the canonical JSON content (without id and time)."""
-        body = {k: v for k, v in self._fields_dict().items() if k not in ("policy_id", "created")}
+        body = {k: v for k, v in self._fields_dict().items() if k not in ("policy_id", "created", "signature")}
         text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     def _fields_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def signed_bytes(self) -> bytes:
+        """The canonical JSON the signature covers: every field but ``signature`` itself."""
+        body = {k: v for k, v in self._fields_dict().items() if k != "signature"}
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+    def sign(self, key: bytes | None = None) -> Policy:
+        """A copy signed with ``key`` (default: :func:`ic_core.governance.keys.operator_key`)."""
+        from dataclasses import replace
+
+        from ic_core.governance.keys import operator_key, tag
+
+        k = operator_key() if key is None else key
+        return replace(self, signature=tag(k, self.signed_bytes(), "policy"))
+
+    def signature_valid(self, key: bytes | None = None) -> bool:
+        """Whether ``signature`` is this content's tag under ``key`` (default: the operator key)."""
+        from ic_core.governance.keys import operator_key, tag_matches
+
+        if not self.signature:
+            return False
+        return tag_matches(operator_key() if key is None else key, self.signed_bytes(), "policy", self.signature)
+
+    @property
+    def is_signed(self) -> bool:
+        """Whether the policy carries a signature (verified when it was loaded without ``allow_unsigned``)."""
+        return bool(self.signature)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field."""
@@ -116,29 +145,74 @@ class Policy:
         return json.dumps(self._fields_dict(), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> Policy:
-        """Parse and validate a policy document.
+    def from_json(cls, text: str | bytes, allow_unsigned: bool = False) -> Policy:
+        """Parse, validate and verify a policy document.
+
+        Args:
+            text: The JSON document.
+            allow_unsigned: Accept a policy without a valid signature (the caller takes the risk
+                that anyone who can edit the file can change its thresholds).
 
         Raises:
-            DataError: not JSON, not an object, unknown/missing fields, wrong types, bad values,
-                or a ``policy_id`` that does not match the content.
+            DataError: not JSON (NaN/Infinity, numbers past Python's int-string limit and nesting
+                deeper than :data:`MAX_DEPTH` included), not an object, unknown/missing fields,
+                wrong types, bad values, a ``policy_id`` that does not match the content, or a
+                missing/wrong signature without ``allow_unsigned``.
 
         """
+        if len(text) > MAX_POLICY_BYTES:
+            raise DataError(f"The policy file is {len(text)} bytes; a policy is at most {MAX_POLICY_BYTES}.")
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_refuse_constant)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"The policy file is not valid JSON: {exc}.") from exc
-        return cls.from_dict(data)
+        except RecursionError as exc:
+            raise DataError(f"The policy file nests deeper than {MAX_DEPTH} levels.") from exc
+        except ValueError as exc:  # int-string conversion limit, NaN/Infinity
+            raise DataError(f"The policy file is not valid JSON: {str(exc).splitlines()[0]}.") from exc
+        return cls.from_dict(data, allow_unsigned=allow_unsigned)
 
     @classmethod
-    def from_dict(cls, data: Any) -> Policy:
-        """Build from a parsed JSON object (validated; see :meth:`from_json`)."""
+    def from_dict(cls, data: Any, allow_unsigned: bool = False) -> Policy:
+        """Build from a parsed JSON object (validated and verified; see :meth:`from_json`)."""
+        policy = cls._from_dict_unverified(data)
+        if not allow_unsigned:
+            policy.verify()
+        return policy
+
+    def verify(self) -> None:
+        """Refuse an unsigned policy or one whose signature is not the operator key's tag of it.
+
+        Raises:
+            DataError: unsigned, wrongly signed, or no operator key to check with.
+
+        """
+        from ic_core.governance.keys import KeyMissingError
+
+        if not self.signature:
+            raise DataError(
+                f"Policy {self.policy_id} is unsigned: sign it (`python -m ic_core policy sign FILE`) or pass "
+                "--allow-unsigned to accept that anyone who can edit the file can change its thresholds."
+            )
+        try:
+            ok = self.signature_valid()
+        except KeyMissingError as exc:
+            raise DataError(f"Policy {self.policy_id} is signed but cannot be verified: {exc}") from exc
+        if not ok:
+            raise DataError(
+                f"Policy {self.policy_id} has a wrong signature: it was edited after signing or signed with "
+                "another operator key; refit or re-sign it."
+            )
+
+    @classmethod
+    def _from_dict_unverified(cls, data: Any) -> Policy:
+        _check_depth(data)
         if not isinstance(data, dict):
             raise DataError("A policy must be a JSON object.")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise DataError(f"Unknown policy fields: {', '.join(unknown)}.")
+            raise DataError(f"Unknown policy fields: {', '.join(json.dumps(u)[1:-1][:40] for u in unknown[:5])}.")
         missing = sorted(n for n in _REQUIRED_IN_FILE if n not in data)
         if missing:
             raise DataError(f"The policy is missing required fields: {', '.join(missing)}.")
@@ -149,11 +223,11 @@ class Policy:
         return cls(**data)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Policy:
-        """Read a policy file.
+    def load(cls, path: str | os.PathLike[str], allow_unsigned: bool = False) -> Policy:
+        """Read a policy file (see :meth:`from_json` for ``allow_unsigned``).
 
         Raises:
-            DataError: unreadable file or invalid document.
+            DataError: unreadable file, invalid document or bad signature.
 
         """
         p = Path(path)
@@ -161,13 +235,23 @@ class Policy:
             text = p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise DataError(f"Cannot read the policy file {str(p)!r}: {exc}.") from exc
-        return cls.from_json(text)
+        return cls.from_json(text, allow_unsigned=allow_unsigned)
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the policy atomically (:func:`ic_core.io.atomic_write`)."""
+    def save(self, path: str | os.PathLike[str], sign: bool | None = None) -> Path:
+        """Write the policy atomically (:func:`ic_core.io.atomic_write`).
+
+        Args:
+            path: The file.
+            sign: True signs with the operator key (error if none), False writes it as it is,
+                None (default) signs when a key is configured.
+
+        """
+        from ic_core.governance.keys import has_operator_key
+
+        policy = self.sign() if sign or (sign is None and has_operator_key()) else self
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write_text(target, self.to_json() + "\n")
+        return atomic_write_text(target, policy.to_json() + "\n")
 
     @property
     def entropy_name(self) -> str | None:
@@ -192,6 +276,41 @@ class Policy:
         return "Escalate when " + " or ".join(parts) + "."
 
 
+MAX_DEPTH = 32
+"""Deepest JSON nesting a policy may have (real ones nest 4 levels)."""
+MAX_POLICY_BYTES = 1_000_000
+MAX_INT = 10**12
+"""Largest integer any policy field may hold (layer counts, item counts, seeds fit easily)."""
+DTYPES = ("float32", "bfloat16", "float16")
+SOURCES = ("default", "hub", "local", "gguf")
+"""ModelSpec's dtypes and sources (``ic_core.models.DType`` / ``SourceKind``)."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _check_depth(data: Any) -> None:
+    """Refuse nesting past :data:`MAX_DEPTH`, non-finite floats and huge ints anywhere (iteratively)."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise DataError(f"The policy nests deeper than {MAX_DEPTH} levels.")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+            if not all(isinstance(k, str) for k in value):
+                raise DataError("Policy object keys must be strings.")
+        elif isinstance(value, list | tuple):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise DataError(f"The policy holds a non-finite number ({value!r}); every number must be finite.")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise DataError(f"The policy holds an integer past {MAX_INT:.0e}; no field needs one that large.")
+        elif value is not None and not isinstance(value, str | int | float | bool):
+            raise DataError(f"The policy holds a {type(value).__name__}; only JSON values are allowed.")
+
+
 _REQUIRED_IN_FILE = ("format_version", "policy_id", "signal", "model", "regime", "kind", "prefix_mode", "created")
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -200,7 +319,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "entropy_signal": (str, type(None)), "t_probe": (int, float, type(None)), "escalate_all": (bool,),
     "probe": (dict, type(None)), "model_n_layers": (int, type(None)), "model_d_model": (int, type(None)),
     "fitted_on": (dict,), "target_error": (int, float, type(None)), "held_out": (dict,),
-    "store_prompt_text": (bool,), "created": (str,), "format_version": (int,), "policy_id": (str,),
+    "store_prompt_text": (bool,), "created": (str,), "format_version": (int,), "policy_id": (str,), "signature": (str,),
 }
 
 
@@ -216,8 +335,47 @@ def _check_types(p: Policy) -> None:
             raise DataError(f"Policy field {name!r} must be a finite number; got {value!r}.")
 
 
+def _finite(name: str, value: Any, lo: float | None = None, hi: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DataError(f"Policy field {name!r} must be a finite number; got {type(value).__name__} {value!r:.60}.")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise DataError(f"Policy field {name!r} must be in [{lo}, {hi}]; got {value!r:.60}.")
+
+
+def _check_fields(p: Policy) -> None:
+    """Ranges and enums of the numeric and model fields (types are :func:`_check_types`')."""
+    _check_depth(p._fields_dict())
+    if p.signature and not (len(p.signature) == 64 and all(c in "0123456789abcdef" for c in p.signature)):
+        raise DataError("Policy field 'signature' must be empty or 64 lowercase hex digits (an HMAC-SHA256).")
+    if p.t_probe is not None:
+        _finite("t_probe", p.t_probe, 0.0, 1.0)
+    if p.t_entropy_bits is not None:
+        _finite("t_entropy_bits", p.t_entropy_bits, 0.0, 64.0)
+    for name in ("model_n_layers", "model_d_model"):
+        value = getattr(p, name)
+        if value is not None and not 1 <= value <= MAX_INT:
+            raise DataError(f"Policy field {name!r} must be a positive integer; got {value!r:.60}.")
+    if p.model.get("dtype") not in DTYPES:
+        raise DataError(f"The policy's model.dtype {p.model.get('dtype')!r:.60} is not one of {', '.join(DTYPES)}.")
+    if p.model.get("source") not in SOURCES:
+        raise DataError(f"The policy's model.source {p.model.get('source')!r:.60} is not one of {', '.join(SOURCES)}.")
+    if p.probe is not None:
+        for key in ("platt_coef", "platt_intercept"):
+            if key in p.probe:
+                _finite(f"probe.{key}", p.probe[key], -1e6, 1e6)
+        for key in ("path", "id"):
+            if key in p.probe and not isinstance(p.probe[key], str):
+                raise DataError(f"Policy field 'probe.{key}' must be a string; got {type(p.probe[key]).__name__}.")
+        for key in ("json_sha256", "npz_sha256"):
+            value = p.probe.get(key)
+            if value is not None and not (isinstance(value, str) and len(value) == 64
+                                          and all(c in "0123456789abcdef" for c in value)):
+                raise DataError(f"Policy field 'probe.{key}' must be 64 lowercase hex digits (a SHA-256).")
+
+
 def _validate(p: Policy) -> None:
     _check_types(p)
+    _check_fields(p)
     if p.signal not in SIGNALS:
         raise DataError(f"Unknown policy signal {p.signal!r}; choose one of {', '.join(SIGNALS)}.")
     if p.prefix_mode not in ("none", "fixed", "per_item"):
@@ -299,8 +457,27 @@ def check_model(policy: Policy, loaded: LoadedModel) -> None:
 
 
 def probe_entry(path: str, probe_id: str, calibration: PlattCalibration) -> dict[str, Any]:
-    """The ``probe`` field of a policy."""
-    return {"path": str(path), "id": str(probe_id), **{f"platt_{k}": v for k, v in asdict(calibration).items()}}
+    """The ``probe`` field of a policy, pinning the SHA-256 of the probe's ``.json`` and ``.npz`` when they exist."""
+    entry: dict[str, Any] = {"path": str(path), "id": str(probe_id), **{f"platt_{k}": v for k, v in asdict(calibration).items()}}
+    entry.update(probe_digests(path) or {})
+    return entry
+
+
+def probe_digests(path: str | os.PathLike[str]) -> dict[str, str] | None:
+    """``{"json_sha256", "npz_sha256"}`` of the probe pair at ``path`` (json, npz or stem); None if either is missing."""
+    if not str(path):
+        return None
+    p = Path(path)
+    if not p.name:
+        return None
+    stem = p.with_suffix("") if p.suffix in (".json", ".npz") else p
+    out = {}
+    for ext in ("json", "npz"):
+        f = stem.with_name(stem.name + "." + ext)
+        if not f.is_file():
+            return None
+        out[f"{ext}_sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
 
 
 def calibration_of(policy: Policy) -> PlattCalibration | None:

@@ -13,11 +13,19 @@ import pytest
 
 from ic_core.analysis import analyze
 from ic_core.errors import DataError, PromptError
-from ic_core.governance.audit import prompt_sha256, read_audit
+from ic_core.governance.audit import prompt_hmac, prompt_sha256, read_audit
 from ic_core.governance.gate import decide_for_analysis, gate_check
+from ic_core.governance.keys import operator_key
 from ic_core.governance.policy import ModelMismatchError, Policy, probe_entry
 from ic_core.models import ModelSpec
 from ic_core.stats.gating import PlattCalibration
+
+
+@pytest.fixture(autouse=True)
+def _operator_key(monkeypatch):
+    """Policies are signed on save and verified on load (issue 11 case 2): give this module a key."""
+    monkeypatch.setenv("IC_POLICY_KEY", "test-operator-key-" + "0" * 32)
+
 
 ROOT = Path(__file__).resolve().parents[2]
 Q = "what is the capital of france?"
@@ -260,7 +268,7 @@ class TestGateCli:
         assert out["decision"] == "escalate" and out["policy_id"] == pol.policy_id
         assert out["signals"]["h_int_bits"] > 0.5 and out["elapsed_s"] > 0 and "threshold 0.50 bits" in out["reason"]
         recs, skipped = read_audit(log)
-        assert skipped == 0 and len(recs) == 1 and recs[0]["prompt_sha256"] == prompt_sha256(Q)
+        assert skipped == 0 and len(recs) == 1 and recs[0]["prompt_hmac"] == prompt_hmac(operator_key(), Q)
         # The human-readable form, and the model given explicitly (same model: accepted).
         proc = run_cli("gate", "--policy", str(path), "--prompt", Q, "--model", str(tiny_dir), "--no-audit")
         assert proc.returncode == 0 and proc.stdout.startswith("ESCALATE: H_int")

@@ -12,6 +12,13 @@ from ic_core.errors import DataError
 from ic_core.governance.policy import Policy
 from ic_core.models import ModelSpec
 
+
+@pytest.fixture(autouse=True)
+def _operator_key(monkeypatch):
+    """Policies are signed on save and verified on load (issue 11 case 2): give this module a key."""
+    monkeypatch.setenv("IC_POLICY_KEY", "test-operator-key-" + "0" * 32)
+
+
 SPEC = ModelSpec(source="local", name="tiny-llama").to_dict()
 
 

@@ -21,6 +21,13 @@ from ic_core.stats.gating import (
     split_items,
 )
 
+
+@pytest.fixture(autouse=True)
+def _operator_key(monkeypatch):
+    """Policies are signed on save and verified on load (issue 11 case 2): give this module a key."""
+    monkeypatch.setenv("IC_POLICY_KEY", "test-operator-key-" + "0" * 32)
+
+
 SPEC = ModelSpec(source="local", name="tiny-llama").to_dict()
 
 
@@ -41,7 +48,7 @@ class TestPolicyDocument:
         p = _policy(target_error=0.1, fitted_on={"n_train": 30, "n_held_out": 20}, store_prompt_text=True)
         path = p.save(tmp_path / "sub" / "policy.json")
         q = Policy.load(path)
-        assert q == p and q.policy_id == p.policy_id and len(p.policy_id) == 16
+        assert q == p.sign() and q.is_signed and q.policy_id == p.policy_id and len(p.policy_id) == 16
         assert not list(path.parent.glob("*.tmp"))  # atomic write leaves no temp file
 
     def test_id_is_a_content_hash(self):
