@@ -13,6 +13,7 @@ import string
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from secrets import token_hex
 from typing import TYPE_CHECKING, Literal
 
 from ic_core.errors import PromptError
@@ -232,14 +233,14 @@ def render(
     user_text = fill_user_message(template, question, choices)
     chat = bool(getattr(tokenizer, "chat_template", None))
     if chat:
-        messages = ([{"role": "system", "content": template.system}] if template.system else []) + [
-            {"role": "user", "content": user_text}
-        ]
-        head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        head, segments = _chat_segments(tokenizer, template, user_text)
     else:
         head = (template.system + "\n\n" if template.system else "") + user_text + "\n\n"
+        segments = [(head, "user")]
+    if template.answer_prefix:
+        segments.append((template.answer_prefix, "prefix"))
     text = head + (template.answer_prefix or "")
-    ids = tuple(int(i) for i in tokenizer(text, add_special_tokens=not chat)["input_ids"])
+    ids, user_end = _encode(tokenizer, text, segments, chat)
     if not ids:
         raise PromptError("The prompt rendered to zero tokens.")
     if max_tokens is not None and len(ids) > max_tokens:
@@ -247,7 +248,8 @@ def render(
             f"The rendered prompt has {len(ids):,} tokens but the model reads at most {max_tokens:,}. Shorten it."
         )
     tokens = tuple(tokenizer.decode([i]) for i in ids)
-    index = _readout_index(tokenizer, text, user_text, ids, readout, chat)
+    index = _readout_index(tokenizer, text, user_text, ids, readout, chat) if user_end is None or readout != "user_end" \
+        else max(0, min(len(ids) - 1, user_end - 1))
     return RenderedPrompt(text, ids, tokens, index, template.regime, user_text, template.answer_prefix, chat)
 
 
@@ -257,7 +259,7 @@ def _readout_index(tokenizer: PreTrainedTokenizerBase, text: str, user_text: str
         return n - 1
     if readout == "user_end":
         end = text.rfind(user_text) + len(user_text)
-        prefix_ids = tokenizer(text[:end], add_special_tokens=not chat)["input_ids"]
+        prefix_ids = tokenizer(text[:end], add_special_tokens=not chat, split_special_tokens=not chat)["input_ids"]
         return max(0, min(n - 1, len(prefix_ids) - 1))
     if isinstance(readout, int) and not isinstance(readout, bool):
         index = readout + n if readout < 0 else readout
@@ -265,3 +267,71 @@ def _readout_index(tokenizer: PreTrainedTokenizerBase, text: str, user_text: str
             return index
         raise PromptError(f"Read-out index {readout} is outside the prompt's {n} tokens.")
     raise PromptError(f"Unknown read-out position {readout!r}; use 'last', 'user_end' or a token index.")
+
+
+def control_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Ids of the tokenizer's special (control) tokens, ``<unk>`` excepted (plain unknown words map to it)."""
+    ids = set(tokenizer.all_special_ids)
+    ids |= {int(i) for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(tok, "special", False)}
+    ids.discard(tokenizer.unk_token_id)
+    return frozenset(ids)
+
+
+def _chat_segments(tokenizer: PreTrainedTokenizerBase, template: PromptTemplate, user_text: str) -> tuple[str, list[tuple[str, str | None]]]:
+    """The chat-rendered head and its pieces: ``(text, None)`` from the template, ``(text, role)`` from the user.
+
+    The template is rendered once around random placeholders to find where the message texts sit.
+    """
+    contents = ({"system": template.system} if template.system else {}) | {"user": user_text}
+    marks = {role: f"ICMSG{role.upper()}{token_hex(8)}" for role in contents}
+
+    def rendered(fill: dict[str, str]) -> str:
+        messages = [{"role": role, "content": fill[role]} for role in contents]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    head, marked = rendered(contents), rendered(marks)
+    if any(marked.count(mark) != 1 for mark in marks.values()):
+        raise PromptError("The model's chat template repeats or drops the message text; the user's text cannot be kept apart from its control tokens.")
+    segments: list[tuple[str, str | None]] = []
+    rest = marked
+    for role in sorted(contents, key=lambda r: marked.find(marks[r])):
+        before, _, rest = rest.partition(marks[role])
+        segments += [(before, None), (contents[role], role)]
+    segments.append((rest, None))
+    if "".join(piece for piece, _ in segments) != head:
+        raise PromptError("The model's chat template rewrites the message text; the user's text cannot be kept apart from its control tokens.")
+    return head, segments
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str, segments: list[tuple[str, str | None]], chat: bool) -> tuple[tuple[int, ...], int | None]:
+    """Ids of ``text`` in which only the chat template's own pieces may yield control tokens.
+
+    Without a chat template everything is user text: one call with special tokens split. With
+    one, the whole text tokenized as before is kept when its control tokens are exactly those
+    of the template pieces (same ids as ever for ordinary prompts); otherwise the user's text
+    smuggled control strings, and the ids are built piece by piece, user pieces as plain text.
+    Also returns, for piecewise ids, how many of them end the user message.
+
+    Raises:
+        PromptError: the tokenizer cannot encode a user piece without control tokens.
+
+    """
+    def encode(piece: str, plain: bool) -> list[int]:
+        return [int(i) for i in tokenizer(piece, add_special_tokens=not chat, split_special_tokens=plain)["input_ids"]]
+
+    if not chat:
+        return tuple(encode(text, True)), None
+    controls = control_token_ids(tokenizer)
+    pieces: list[int] = []
+    user_end = None
+    for piece, role in segments:
+        ids = encode(piece, role is not None) if piece else []
+        if role is not None and controls.intersection(ids):
+            raise PromptError("The tokenizer turns the user's text into control tokens even as plain text; this model cannot be used safely.")
+        pieces += ids
+        if role == "user":
+            user_end = len(pieces)
+    whole = encode(text, False)
+    if [i for i in whole if i in controls] == [i for i in pieces if i in controls]:
+        return tuple(whole), None
+    return tuple(pieces), user_end
