@@ -66,3 +66,19 @@ def runs_dir(tmp_path, monkeypatch):
 def _audit_log_in_tmp(tmp_path, monkeypatch):
     """No test writes to the repository's default audit log (tests that care set their own)."""
     monkeypatch.setenv("IC_AUDIT_LOG", str(tmp_path / "audit" / "gate_audit.jsonl"))
+
+
+TEST_OPERATOR_KEY = "test-operator-key-" + "0" * 32
+
+
+@pytest.fixture(autouse=True)
+def _operator_key(tmp_path, monkeypatch):
+    """Every test signs and verifies with one test key; the default key file lives in tmp_path.
+
+    No test reads or creates the operator's real ``~/.config/ic-dashboard/operator.key``.
+    """
+    from ic_core.governance import keys
+
+    monkeypatch.setenv(keys.ENV_KEY, TEST_OPERATOR_KEY)
+    monkeypatch.delenv(keys.ENV_KEY_FILE, raising=False)
+    monkeypatch.setattr(keys, "DEFAULT_KEY_FILE", tmp_path / "operator-home" / "operator.key")

@@ -118,9 +118,9 @@ class Policy:
         """A copy signed with ``key`` (default: :func:`ic_core.governance.keys.operator_key`)."""
         from dataclasses import replace
 
-        from ic_core.governance.keys import operator_key, tag
+        from ic_core.governance.keys import signing_key, tag
 
-        k = operator_key() if key is None else key
+        k = signing_key() if key is None else key
         return replace(self, signature=tag(k, self.signed_bytes(), "policy"))
 
     def signature_valid(self, key: bytes | None = None) -> bool:
@@ -237,18 +237,17 @@ class Policy:
             raise DataError(f"Cannot read the policy file {str(p)!r}: {exc}.") from exc
         return cls.from_json(text, allow_unsigned=allow_unsigned)
 
-    def save(self, path: str | os.PathLike[str], sign: bool | None = None) -> Path:
+    def save(self, path: str | os.PathLike[str], sign: bool = True) -> Path:
         """Write the policy atomically (:func:`ic_core.io.atomic_write`).
 
         Args:
             path: The file.
-            sign: True signs with the operator key (error if none), False writes it as it is,
-                None (default) signs when a key is configured.
+            sign: True (default) signs with the operator key (creating the default key file on
+                first use, see :func:`ic_core.governance.keys.signing_key`); False writes the
+                policy as it is (unsigned unless it already carries a signature).
 
         """
-        from ic_core.governance.keys import has_operator_key
-
-        policy = self.sign() if sign or (sign is None and has_operator_key()) else self
+        policy = self.sign() if sign else self
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         return atomic_write_text(target, policy.to_json() + "\n")

@@ -19,11 +19,13 @@ from ic_core.governance.audit import (
     ENV_AUDIT_LOG,
     append_record,
     make_record,
+    prompt_hmac,
     prompt_sha256,
     read_audit,
     resolve_audit_path,
 )
 from ic_core.governance.audit_verify import verify_audit
+from ic_core.governance.keys import operator_key
 
 
 def _record(i: int, writer: str = "w", store: bool = False) -> dict:
@@ -46,12 +48,21 @@ class TestRecords:
         append_record(log, _record(2, store=True))
         recs, skipped = read_audit(log)
         assert skipped == 0 and len(recs) == 2
-        assert "prompt" not in recs[0] and recs[0]["prompt_sha256"] == prompt_sha256("question 1 from w")
+        # With an operator key (the test key), the prompt is kept only as a keyed hash.
+        assert "prompt" not in recs[0] and recs[0]["prompt_hmac"] == prompt_hmac(operator_key(), "question 1 from w")
+        assert "prompt_sha256" not in recs[0] and recs[0]["prompt_hash"] == "hmac-sha256"
         assert recs[1]["prompt"] == "question 2 from w"
         assert recs[0]["time"].endswith("+00:00") and recs[0]["signals"] == {"h_int_bits": 2.0}
-        assert recs[0]["prompt_hash"] == "sha256-unkeyed" and [r["seq"] for r in recs] == [0, 1]
+        assert [r["seq"] for r in recs] == [0, 1]
         assert recs[1]["prev_sha256"] == recs[0]["record_sha256"]
         assert log.read_bytes().count(b"\n") == 2
+
+    def test_unkeyed_prompt_hash_labelled(self, tmp_path, monkeypatch):
+        monkeypatch.delenv("IC_POLICY_KEY")
+        log = tmp_path / "a.jsonl"
+        append_record(log, _record(1))
+        (rec,), _ = read_audit(log)
+        assert rec["prompt_sha256"] == prompt_sha256("question 1 from w") and rec["prompt_hash"] == "sha256-unkeyed"
 
     def test_last_n_and_missing_file(self, tmp_path):
         log = tmp_path / "a.jsonl"
@@ -129,9 +140,12 @@ class TestDurability:
             assert [r["i"] for r in recs if r["writer"] == name] == list(range(n))
         lines = Path(log).read_bytes().split(b"\n")
         assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])
-        assert [r["seq"] for r in recs] == list(range(2 * n))  # one chain across both writers
+        # One chain across both writers; with the operator key a checkpoint follows every 100th record.
+        n_checkpoints = (2 * n) // 100
+        seqs = [r["seq"] for r in recs]
+        assert seqs == sorted(set(seqs)) and len(lines) - 1 == 2 * n + n_checkpoints
         report = verify_audit(log)
-        assert report.clean and report.n_records == 2 * n and report.head_seq == 2 * n - 1
+        assert report.clean and report.n_records == 2 * n + n_checkpoints and report.head_seq == 2 * n + n_checkpoints - 1
 
     def test_killed_writer_leaves_a_readable_log(self, tmp_path):
         log = tmp_path / "a.jsonl"
