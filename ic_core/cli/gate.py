@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ic_core.cli.common import print_json
+from ic_core.cli.policy import warn_if_unverified
 from ic_core.governance.gate import gate_check, load_policy_probe, resolve_answer_prefix
 from ic_core.governance.policy import Policy, check_model_spec
 from ic_core.models import ModelSpec, get_model
@@ -31,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the policy's dtype")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a hub model")
+    p.add_argument("--allow-unsigned", action="store_true",
+                   help="accept a policy without a valid signature (anyone who can edit it can change its thresholds)")
     p.set_defaults(func=run)
 
 
@@ -67,7 +70,8 @@ def probe_root(policy_file: str | Path, policy: Policy, probe_arg: str | None) -
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``gate``."""
-    policy = Policy.load(args.policy)
+    policy = Policy.load(args.policy, allow_unsigned=args.allow_unsigned)
+    warn_if_unverified(policy)
     spec = _spec(args, policy)
     # Refuse a different model or a missing prefix before spending time loading the model.
     check_model_spec(policy, spec)
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     decision = gate_check(
         loaded, policy, args.prompt, kind=args.kind, probe=probe,
         audit_log=False if args.no_audit else args.audit_log, answer_prefix=args.answer_prefix,
-        choices=args.choices.split("|") if args.choices else (),
+        choices=args.choices.split("|") if args.choices else (), source="cli",
     )
     if args.json:
         print_json(decision.to_json())

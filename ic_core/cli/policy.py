@@ -10,6 +10,7 @@ from pathlib import Path
 from ic_core.cli.common import print_json
 from ic_core.errors import DataError
 from ic_core.governance.fit import fit_policy_on_run, with_probe_path
+from ic_core.governance.keys import DEFAULT_KEY_FILE, create_key_file
 from ic_core.governance.policy import Policy
 
 
@@ -31,9 +32,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--store-prompt-text", action="store_true",
                      help="let the audit log keep prompt text (default: only its SHA-256)")
     fit.set_defaults(func=run_fit)
-    show = actions.add_parser("show", help="validate a policy file and print it")
+    show = actions.add_parser("show", help="validate a policy file and print it with its signature status")
     show.add_argument("file")
     show.set_defaults(func=run_show)
+    sign = actions.add_parser("sign", help="check a policy file's fields and sign it with the operator key")
+    sign.add_argument("file")
+    sign.add_argument("--out", help="signed copy to write (default: sign the file in place)")
+    sign.set_defaults(func=run_sign)
+    verify = actions.add_parser("verify", help="exit 0 only if the policy is valid and signed with the operator key")
+    verify.add_argument("file")
+    verify.set_defaults(func=run_verify)
+    keygen = actions.add_parser("keygen", help=f"create the operator key file (default {DEFAULT_KEY_FILE})")
+    keygen.add_argument("--out", help="key file to create (never overwritten)")
+    keygen.set_defaults(func=run_keygen)
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -70,10 +81,53 @@ def run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def signature_status(policy: Policy) -> str:
+    """``valid``, ``unsigned``, ``wrong`` or ``unverifiable (…)`` under the operator key."""
+    if not policy.is_signed:
+        return "unsigned"
+    try:
+        return "valid" if policy.signature_valid() else "wrong"
+    except DataError as exc:
+        return f"unverifiable ({exc})"
+
+
+def warn_if_unverified(policy: Policy) -> None:
+    """One stderr line when a policy was accepted without a valid signature (``--allow-unsigned``)."""
+    status = signature_status(policy)
+    if status != "valid":
+        print(f"warning: policy {policy.policy_id} is {status.split(' (')[0]}: accepted only because of "
+              "--allow-unsigned; anyone who can edit the file can change what it approves.", file=sys.stderr)
+
+
 def run_show(args: argparse.Namespace) -> int:
-    """Execute ``policy show``."""
-    policy = Policy.load(args.file)
+    """Execute ``policy show`` (fields are validated; the signature is reported, not required)."""
+    policy = Policy.load(args.file, allow_unsigned=True)
     data = policy.to_dict()
     data["rule"] = policy.describe()
+    data["signature_status"] = signature_status(policy)
     print_json(data)
+    return 0
+
+
+def run_sign(args: argparse.Namespace) -> int:
+    """Execute ``policy sign``: validate every field, then sign (the operator vouches for the content)."""
+    policy = Policy.load(args.file, allow_unsigned=True)
+    out = Path(args.out or args.file)
+    policy.save(out, sign=True)
+    print(f"signed policy {policy.policy_id} -> {out}: {policy.describe()}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Execute ``policy verify``: a refused policy is a one-line error and exit 2."""
+    policy = Policy.load(args.file)
+    print(f"OK: policy {policy.policy_id} is signed with the operator key: {policy.describe()}")
+    return 0
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    """Execute ``policy keygen``."""
+    path = create_key_file(Path(args.out) if args.out else None)
+    print(f"created operator key {path} (mode 0600); keep it secret, back it up: policies signed with it "
+          "verify only with it")
     return 0

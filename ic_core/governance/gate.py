@@ -45,6 +45,9 @@ class Decision:
     """SHA-256 of the prompt text (set by :func:`gate_check`)."""
     audit_log: str | None = field(default=None)
     """Where the record was appended (None when not logged)."""
+    policy_signed: bool | None = None
+    """Whether the policy carried a signature (it was verified on load unless the operator
+    allowed unsigned policies); None when not known (decisions outside :func:`gate_check`)."""
 
     @property
     def escalate(self) -> bool:
@@ -243,6 +246,9 @@ def gate_check(
     audit_log: str | os.PathLike[str] | None | Literal[False] = None,
     answer_prefix: str | None = None,
     choices: Sequence[str] = (),
+    *,
+    actor: str | None = None,
+    source: str = "api",
 ) -> Decision:
     """Check one prompt before the agent acts on it: one forward pass, a decision, an audit record.
 
@@ -256,6 +262,8 @@ def gate_check(
             (``$IC_AUDIT_LOG`` or ``audit/gate_audit.jsonl``), or False for no record.
         answer_prefix: This prompt's forced answer prefix, for policies fitted per item.
         choices: Option texts for multiple-choice prompts.
+        actor: Who asked, for the audit record (default: the operating-system user).
+        source: Where the request came from: ``cli``, ``app``, ``api`` or ``demo``.
 
     Raises:
         ModelMismatchError: the loaded model is not the policy's.
@@ -278,9 +286,14 @@ def gate_check(
     decision = Decision(
         decision.decision, decision.reason, decision.signals, decision.policy_id, elapsed,
         loaded.spec.label, prompt_sha256(prompt), str(target) if target is not None else None,
+        policy.is_signed,
     )
     if target is not None:
-        audit_decision(policy, decision, prompt, target)
+        audit_decision(
+            policy, decision, prompt, target, actor=actor, source=source,
+            probe_sha256=(policy.probe or {}).get("npz_sha256") if probe is not None else None,
+            weights_sha256=getattr(loaded, "weights_sha256", None),
+        )
     return decision
 
 
@@ -307,6 +320,6 @@ def audit_decision(
         prompt=prompt, model=decision.model, policy_id=policy.policy_id, signals=logged,
         decision=decision.decision, reason=decision.reason, elapsed_s=decision.elapsed_s,
         store_prompt_text=policy.store_prompt_text, actor=actor, source=source,
-        probe_sha256=probe_sha256, weights_sha256=weights_sha256,
+        probe_sha256=probe_sha256, weights_sha256=weights_sha256, extra={"policy_signed": policy.is_signed},
     )
     append_record(Path(audit_log), record)

@@ -20,13 +20,6 @@ from ic_core.governance.policy import ModelMismatchError, Policy, probe_entry
 from ic_core.models import ModelSpec
 from ic_core.stats.gating import PlattCalibration
 
-
-@pytest.fixture(autouse=True)
-def _operator_key(monkeypatch):
-    """Policies are signed on save and verified on load (issue 11 case 2): give this module a key."""
-    monkeypatch.setenv("IC_POLICY_KEY", "test-operator-key-" + "0" * 32)
-
-
 ROOT = Path(__file__).resolve().parents[2]
 Q = "what is the capital of france?"
 PREFIX = "the capital of france is"
@@ -216,6 +209,26 @@ class TestLoadPolicyProbe:
             load_policy_probe(self._probe_policy(tiny, "", "probe-999"), tmp_path / "runs")
 
 
+    def test_swapped_probe_refused_by_digest(self, tiny, tmp_path):
+        """Issue 11 case 1: same id, same path, other weights (a probe refitted or edited in place) -> refused."""
+        from ic_core.governance.gate import load_policy_probe
+
+        probe, path = _saved_probe(tiny, tmp_path / "runs" / "r")
+        policy = self._probe_policy(tiny, path, probe.probe_id)
+        assert policy.probe["npz_sha256"] and policy.probe["json_sha256"]
+        assert load_policy_probe(policy, tmp_path / "runs").probe_id == probe.probe_id
+        # The probe id (a 48-bit content hash) is unchanged by metadata edits; the pinned SHA-256 is not.
+        meta = json.loads(path.read_text())
+        meta["cv_auroc"] = 0.99
+        path.write_text(json.dumps(meta))
+        with pytest.raises(DataError, match="the probe was swapped or changed"):
+            load_policy_probe(policy, tmp_path / "runs")
+        other, _ = _saved_probe(tiny, tmp_path / "runs" / "other", seed=1)
+        other.save(path.with_suffix(""))  # a different probe under the same name: its id differs
+        with pytest.raises(DataError, match="calibrated with probe"):
+            load_policy_probe(policy, tmp_path / "runs")
+
+
 class TestCliProbeRoot:
     """Which folder ``gate`` reads a policy's probe from."""
 
@@ -281,6 +294,54 @@ class TestGateCli:
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: Policy") and "SmolLM2" in lines[0]
+
+    def test_unsigned_forged_and_signed_policies_from_the_cli(self, tiny_dir, tmp_path):
+        """Issue 11 case 2 from the CLI: unsigned refused unless --allow-unsigned; a forged threshold refused;
+        ``policy sign`` then ``verify``; ``show`` reports the status; the audit record says cli and signed."""
+        spec = ModelSpec.parse(str(tiny_dir))
+        pol = Policy(signal="h_int", model=spec.to_dict(), t_entropy_bits=0.5, kind="short_answer",
+                     model_n_layers=4, model_d_model=32)
+        unsigned = pol.save(tmp_path / "unsigned.json", sign=False)
+        proc = run_cli("gate", "--policy", str(unsigned), "--prompt", Q, "--no-audit")
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is unsigned" in proc.stderr
+        assert "--allow-unsigned" in proc.stderr
+        proc = run_cli("gate", "--policy", str(unsigned), "--prompt", Q, "--no-audit", "--allow-unsigned", "--json")
+        assert proc.returncode == 0 and "warning: policy" in proc.stderr and "is unsigned" in proc.stderr
+        assert json.loads(proc.stdout)["policy_signed"] is False
+        show = json.loads(run_cli("policy", "show", str(unsigned)).stdout)
+        assert show["signature_status"] == "unsigned"
+        assert run_cli("policy", "verify", str(unsigned)).returncode == 2
+        # Sign it, verify it, gate with it: the record names the source and the signed policy.
+        proc = run_cli("policy", "sign", str(unsigned), "--out", str(tmp_path / "signed.json"))
+        assert proc.returncode == 0 and proc.stdout.startswith(f"signed policy {pol.policy_id}")
+        proc = run_cli("policy", "verify", str(tmp_path / "signed.json"))
+        assert proc.returncode == 0 and proc.stdout.startswith("OK: policy")
+        assert json.loads(run_cli("policy", "show", str(tmp_path / "signed.json")).stdout)["signature_status"] == "valid"
+        log = tmp_path / "audit.jsonl"
+        proc = run_cli("gate", "--policy", str(tmp_path / "signed.json"), "--prompt", Q, "--audit-log", str(log))
+        assert proc.returncode == 0 and "warning" not in proc.stderr
+        (rec,), _ = read_audit(log)
+        assert rec["source"] == "cli" and rec["policy_signed"] is True and rec["policy_id"] == pol.policy_id
+        # Forge: raise the threshold so everything is approved, recompute the id; the signature no longer fits.
+        doc = json.loads((tmp_path / "signed.json").read_text())
+        doc["t_entropy_bits"] = 64.0
+        doc["policy_id"] = Policy(**{**{k: v for k, v in doc.items() if k != "signature"}, "policy_id": ""}).policy_id
+        (tmp_path / "forged.json").write_text(json.dumps(doc))
+        proc = run_cli("gate", "--policy", str(tmp_path / "forged.json"), "--prompt", Q, "--no-audit")
+        assert proc.returncode == 2 and "wrong signature" in proc.stderr and "Traceback" not in proc.stderr
+        proc = run_cli("policy", "verify", str(tmp_path / "forged.json"))
+        assert proc.returncode == 2 and "wrong signature" in proc.stderr
+        # Another operator's key does not verify this operator's policy.
+        proc = run_cli("policy", "verify", str(tmp_path / "signed.json"), env_extra={"IC_POLICY_KEY": "x" * 40})
+        assert proc.returncode == 2 and "wrong signature" in proc.stderr
+
+    def test_keygen_creates_a_key_once(self, tmp_path):
+        key = tmp_path / "k" / "operator.key"
+        proc = run_cli("policy", "keygen", "--out", str(key))
+        assert proc.returncode == 0 and key.is_file() and (key.stat().st_mode & 0o777) == 0o600
+        assert len(key.read_text().strip()) == 64
+        proc = run_cli("policy", "keygen", "--out", str(key))
+        assert proc.returncode == 2 and "never overwritten" in proc.stderr
 
     def test_bad_policy_file_exits_2(self, tmp_path):
         bad = tmp_path / "p.json"
