@@ -4,6 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
+HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
 
 .PHONY: run test bench install browser lint clean
@@ -24,7 +25,7 @@ browser:
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
 
 run: install
-	$(PY) -m streamlit run app.py --server.port $(PORT)
+	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)
 
 test: install browser
 	$(PY) -m pytest
