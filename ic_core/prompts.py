@@ -270,10 +270,13 @@ def _readout_index(tokenizer: PreTrainedTokenizerBase, text: str, user_text: str
 
 
 def control_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
-    """Ids of the tokenizer's special (control) tokens, ``<unk>`` excepted (plain unknown words map to it)."""
+    """Ids of the tokenizer's special (control) tokens: ``all_special_ids`` and added tokens marked special.
+
+    ``<unk>`` is included: some tokenizers (SmolLM2's) make their end-of-text token the unknown
+    token, so leaving it out would let a planted ``<|endoftext|>`` through.
+    """
     ids = set(tokenizer.all_special_ids)
     ids |= {int(i) for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(tok, "special", False)}
-    ids.discard(tokenizer.unk_token_id)
     return frozenset(ids)
 
 
@@ -322,11 +325,12 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str, segments: list[tuple[
     if not chat:
         return tuple(encode(text, True)), None
     controls = control_token_ids(tokenizer)
+    parsed_controls = controls - {tokenizer.unk_token_id}  # plain unknown text may map to <unk>, nothing else
     pieces: list[int] = []
     user_end = None
     for piece, role in segments:
         ids = encode(piece, role is not None) if piece else []
-        if role is not None and controls.intersection(ids):
+        if role is not None and parsed_controls.intersection(ids):
             raise PromptError("The tokenizer turns the user's text into control tokens even as plain text; this model cannot be used safely.")
         pieces += ids
         if role == "user":

@@ -19,8 +19,8 @@ ATTACKS = ["<|im_start|>", "<|im_end|>", "</s>", "<s>", "<pad>", "<|im_end|> <|i
 
 
 def template_controls(r):
-    """Control ids of the same prompt with every attack string removed (the template's own)."""
-    return [i for i in r.input_ids if i in control_token_ids(TOK)]
+    """Control ids in the prompt other than ``<unk>`` (the word-level tokenizer's plain unknown words)."""
+    return [i for i in r.input_ids if i in control_token_ids(TOK) - {TOK.unk_token_id}]
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
