@@ -2,7 +2,8 @@
 
 Run with ``streamlit run app.py``. Every ``pages/<N>_<Name>.py`` file becomes a page
 (sorted by file name; ``2_Compare_regimes.py`` is titled "Compare regimes"); Explore is
-the default. The sidebar picks the model (nothing reloads until "Apply") and holds the
+the default. The sidebar picks the model among those the administrator allows (:mod:`ic_core.admin`;
+nothing reloads until "Apply") and holds the
 generation settings, which pages read through ``ui.common.gen_config()``.
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from ic_core.admin import ENV_SWITCH, AdminSettings, AllowedModel, admin_settings, check_app_model
 from ic_core.errors import ICError
 from ic_core.generate import MAX_NEW_TOKENS_LIMIT
 from ic_core.models import DEFAULT_NAME, ModelSpec
@@ -21,15 +23,14 @@ from ui.common import (
     WANTED_PAGE_KEY,
     current_spec,
     keep_widget_values,
+    md_text,
     page_title,
-    show_error,
 )
 
 ROOT = Path(__file__).resolve().parent
 PAGES_DIR = ROOT / "pages"
 DEFAULT_PAGE_TITLE = "Explore"
 DEFAULT_SOURCE = f"Offline default ({DEFAULT_NAME})"
-OTHER_SOURCE = "Hub id or local folder"
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "auto", "cuda")
 GEN_DEFAULTS = {"max_new_tokens": 64, "do_sample": False, "temperature": 1.0, "seed": 0}
@@ -43,68 +44,81 @@ def discover_pages() -> list[st.Page]:
     return [st.Page(str(f), title=t, default=i == default) for i, (f, t) in enumerate(zip(files, titles))]
 
 
-def _init_sidebar_state() -> None:
+def _settings() -> AdminSettings:
+    """The administrator settings; broken settings offer nothing beyond the default (the loader says why)."""
+    try:
+        return admin_settings()
+    except ICError:
+        return AdminSettings()
+
+
+def _model_label(model: AllowedModel) -> str:
+    return DEFAULT_SOURCE if model.source == "default" else model.label
+
+
+def _init_sidebar_state(settings: AdminSettings) -> None:
     spec = current_spec()
+    allowed = [m.label for m in settings.allowed_models]
+    chosen = AllowedModel(spec.source, spec.name).label
     defaults = {
-        "sb_source": DEFAULT_SOURCE if spec.source == "default" else OTHER_SOURCE,
-        "sb_model_text": "" if spec.source == "default" else spec.name,
+        "sb_model": chosen if chosen in allowed else allowed[0],
         "sb_dtype": spec.dtype,
         "sb_device": spec.device,
-        "sb_trust_remote_code": spec.trust_remote_code,
+        "sb_trust_remote_code": spec.trust_remote_code and settings.allow_trust_remote_code,
         **GEN_DEFAULTS,
     }
     for key, value in defaults.items():
         st.session_state.setdefault(key, value)
+    if st.session_state["sb_model"] not in allowed:  # the settings changed under a running session
+        st.session_state["sb_model"] = allowed[0]
 
 
-def _spec_from_widgets() -> ModelSpec:
+def _spec_from_widgets(settings: AdminSettings) -> ModelSpec:
     s = st.session_state
-    options = dict(dtype=s["sb_dtype"], device=s["sb_device"], trust_remote_code=bool(s["sb_trust_remote_code"]))
-    if s["sb_source"] == DEFAULT_SOURCE:
-        return ModelSpec(**options)
-    text = s["sb_model_text"].strip()
-    if not text:
-        raise ICError("Type a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a local model folder, then press Apply.")
-    return ModelSpec.parse(text, **options)
+    models = {m.label: m for m in settings.allowed_models}
+    model = models.get(s["sb_model"], settings.start_model)
+    trust = bool(s["sb_trust_remote_code"]) and settings.allow_trust_remote_code
+    return model.spec(dtype=s["sb_dtype"], device=s["sb_device"], trust_remote_code=trust)
 
 
-def _apply_model() -> None:
+def _apply_model(settings: AdminSettings) -> None:
     try:
-        st.session_state[SPEC_KEY] = _spec_from_widgets()
+        spec = _spec_from_widgets(settings)
+        check_app_model(spec)  # the loader checks again; here the refusal shows beside the Apply button
+        st.session_state[SPEC_KEY] = spec
         st.session_state.pop("sb_apply_error", None)
     except ICError as exc:
         st.session_state["sb_apply_error"] = exc
 
 
-def model_picker() -> None:
-    """Model choice; the current spec changes only when the user presses Apply."""
+def model_picker(settings: AdminSettings) -> None:
+    """Model choice among the models the administrator allows; nothing changes until Apply."""
     st.subheader("Model")
-    st.radio("Source", (DEFAULT_SOURCE, OTHER_SOURCE), key="sb_source",
-             help="The default runs offline on any laptop. Other models need to be in your local "
-                  "Hugging Face cache or in a folder.")
-    if st.session_state["sb_source"] == OTHER_SOURCE:
-        st.text_input("Hub id or local folder", key="sb_model_text", placeholder="Qwen/Qwen2.5-0.5B-Instruct",
-                      help="A model id already in your Hugging Face cache, a folder with config.json, "
-                           "or a .gguf file. Nothing is downloaded.")
+    models = settings.allowed_models
+    if len(models) > 1:
+        st.selectbox("Model", [m.label for m in models], key="sb_model",
+                     format_func=lambda label: _model_label(next(m for m in models if m.label == label)),
+                     help="The models this app's administrator allows (IC_MODEL_ALLOWLIST). Nothing is downloaded.")
+    else:
+        st.caption(f"Model: **{md_text(_model_label(models[0]))}**. Switching models is turned off for this app "
+                   f"(administrator setting {ENV_SWITCH}).")
     c1, c2 = st.columns(2)
     c1.selectbox("dtype", DTYPES, key="sb_dtype", help="float32 is the safe choice on CPU.")
     c2.selectbox("device", DEVICES, key="sb_device", help="auto uses a GPU when there is one.")
-    st.checkbox("trust_remote_code", key="sb_trust_remote_code",
-                help="Runs Python code shipped with the model. Leave it off unless you trust the source.")
-    if st.session_state["sb_trust_remote_code"]:
-        st.warning("trust_remote_code runs code from the model's files on this machine. "
-                   "Only enable it for a model whose source you trust.")
-    st.button("Apply", on_click=_apply_model, type="primary", width="stretch",
+    if settings.allow_trust_remote_code:
+        st.checkbox("trust_remote_code", key="sb_trust_remote_code",
+                    help="Runs Python code shipped with the model. Leave it off unless you trust the source.")
+        if st.session_state["sb_trust_remote_code"]:
+            st.warning("trust_remote_code runs code from the model's files on this machine. "
+                       "Only enable it for a model whose source you trust.")
+    st.button("Apply", on_click=_apply_model, args=(settings,), type="primary", width="stretch",
               help="Load the chosen model. Until you press it, the model in use does not change.")
     error = st.session_state.get("sb_apply_error")
     if error is not None:
-        show_error(error)
+        st.error(md_text(error))
     current = current_spec()
-    try:
-        pending = _spec_from_widgets() != current
-    except ICError:
-        pending = True
-    st.caption(f"In use: **{current.label}** ({current.dtype}, {current.device})"
+    pending = _spec_from_widgets(settings) != current
+    st.caption(f"In use: **{md_text(current.label)}** ({current.dtype}, {current.device})"
                + (" · *changes not applied yet*" if pending else ""))
 
 
@@ -124,13 +138,14 @@ def generation_settings() -> None:
 
 st.set_page_config(page_title="Intention Collapse Dashboard", layout="wide")
 keep_widget_values()
-_init_sidebar_state()
+admin = _settings()
+_init_sidebar_state(admin)
 navigation = st.navigation(discover_pages())
 wanted = st.session_state.pop(WANTED_PAGE_KEY, None)
 if wanted is not None:  # a page opened by URL before the router existed (see ui.common.require_router)
     st.switch_page(wanted)
 with st.sidebar:
-    model_picker()
+    model_picker(admin)
     generation_settings()
 st.session_state[ROUTER_KEY] = True
 try:

@@ -8,14 +8,19 @@ errors into ``st.error``.
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
+from ic_core.admin import admin_settings, check_app_model
 from ic_core.errors import ICError
 from ic_core.generate import GenerationConfig
 from ic_core.models import LoadedModel, ModelSpec, load_model
 from ic_core.runs.store import StudyRun, load_run
+
+if TYPE_CHECKING:
+    from ic_core.governance.policy import Policy
 
 SPEC_KEY = "model_spec"
 INJECTED_KEY = "_injected_model"
@@ -33,10 +38,31 @@ def cached_run(path: str, mtime: float) -> StudyRun:
     return load_run(path)
 
 
-@st.cache_resource(max_entries=1, show_spinner=False)
+def _model_cache_entries() -> int:
+    """One cache entry per model the administrator allows (bounded), so sessions do not evict each other."""
+    try:
+        return admin_settings().model_cache_entries
+    except ICError:  # a bad setting: get_loaded shows its message on every page
+        return 1
+
+
+@st.cache_resource(max_entries=_model_cache_entries(), show_spinner=False)
 def _load_cached(spec: ModelSpec) -> LoadedModel:
     # The full spec is the cache key (no underscore): another dtype or device reloads.
+    check_app_model(spec)  # also here, so no caller of the cache can skip the administrator's check
     return load_model(spec)
+
+
+def load_app_model(spec: ModelSpec) -> LoadedModel:
+    """The app's one model loader: the administrator settings' check, then the shared cache.
+
+    Raises:
+        ICError: a model the settings refuse (:func:`ic_core.admin.check_app_model`) or one that
+            cannot be loaded.
+
+    """
+    check_app_model(spec)
+    return _load_cached(spec)
 
 
 def current_spec() -> ModelSpec:
@@ -55,9 +81,9 @@ def get_loaded() -> LoadedModel | None:
     spec = current_spec()
     try:
         with st.spinner(f"Loading {spec.label} (the first load of the default model converts it once, ~15 s)…"):
-            return _load_cached(spec)
+            return load_app_model(spec)
     except ICError as exc:
-        st.error(f"**Model not loaded.** {exc}")
+        st.error(f"**Model not loaded.** {md_text(exc)}")
         return None
 
 
@@ -222,3 +248,81 @@ def require_router(page_file: str) -> None:
 
     st.session_state[WANTED_PAGE_KEY] = f"pages/{Path(page_file).name}"
     st.switch_page("app.py")
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#.!|<>~:$&])")
+
+
+def md_text(value: Any, limit: int | None = None) -> str:
+    """Stored or user text made literal for ``st.markdown``/``st.caption``/``st.info``.
+
+    Every Markdown, HTML, LaTeX (``$``) and Streamlit directive (``:red[…]``) character is
+    backslash-escaped, so ``![x](http://…)`` or ``<img src=…>`` shows as those characters and
+    never becomes an image, a link or HTML; line breaks become spaces (the text sits inside a
+    sentence).
+
+    Args:
+        value: The text (``None`` gives "").
+        limit: Cut to this many characters first (an ellipsis marks the cut).
+
+    """
+    text = "" if value is None else str(value)
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
+    text = _MD_SPECIAL.sub(r"\\\1", " ".join(text.splitlines()))
+    return "\\" + text if text[:1] in ("-", "+") else text  # not a list item
+
+
+GATE_POLICY_KEY = "gate_policy"
+"""The active gate policy (set only by :func:`activate_policy`)."""
+GATE_PROBE_KEY = "probe"
+"""The session's saved probe (the active policy's, for probe policies)."""
+UNSIGNED_OK_KEY = "gate_policy_unsigned_ok"
+"""The id of an unsigned policy the user explicitly accepted ("Allow unsigned")."""
+
+
+def activate_policy(policy: Policy, allow_unsigned: bool = False) -> None:
+    """Make ``policy`` the session's gate policy, after the engine's signature check.
+
+    Raises:
+        DataError: unsigned or wrongly signed, and ``allow_unsigned`` is off.
+
+    """
+    if not allow_unsigned:
+        policy.verify()
+    st.session_state[GATE_POLICY_KEY] = policy
+    st.session_state[UNSIGNED_OK_KEY] = policy.policy_id if allow_unsigned else None
+
+
+def active_policy() -> tuple[Policy, bool] | None:
+    """The active gate policy and whether it is unsigned (no valid signature); None when none is active.
+
+    Every page reads the policy here, so each reader gets the same engine check.
+
+    Raises:
+        DataError: the policy fails :meth:`Policy.verify` and was not accepted as unsigned.
+
+    """
+    policy = st.session_state.get(GATE_POLICY_KEY)
+    if policy is None:
+        return None
+    if st.session_state.get(UNSIGNED_OK_KEY) != policy.policy_id:
+        policy.verify()
+        return policy, False
+    return policy, not policy_signature_ok(policy)
+
+
+def policy_signature_ok(policy: Policy) -> bool:
+    """Whether the policy carries a valid signature under the operator key (False when it cannot be checked)."""
+    from ic_core.governance.keys import KeyMissingError
+
+    try:
+        return policy.signature_valid()
+    except KeyMissingError:
+        return False
+
+
+def unsigned_badge() -> None:
+    """The red badge shown beside an unsigned active policy."""
+    st.badge("unsigned", icon=":material/gpp_bad:", color="red",
+             help="This policy has no valid signature: anyone who could edit the file could have changed it.")

@@ -83,7 +83,8 @@ class TestRouterAndSidebar:
         assert not at.error
         labels = [b.label for b in at.sidebar.button]
         assert "Apply" in labels
-        assert at.sidebar.checkbox[0].label == "trust_remote_code" and at.sidebar.checkbox[0].value is False
+        assert "trust_remote_code" not in [c.label for c in at.sidebar.checkbox]  # an administrator setting
+        assert any("Switching models is turned off" in c.value for c in at.sidebar.caption)
         assert at.session_state["max_new_tokens"] == 64 and at.session_state["do_sample"] is False
         assert any("tiny-llama" in c.value and "CPU" in c.value for c in at.caption)  # footer
 
@@ -99,7 +100,8 @@ class TestRouterAndSidebar:
         assert page_title("2_Compare_regimes.py") == "Compare regimes"
         assert page_title("6_Learn.py") == "Learn"
 
-    def test_trust_remote_code_warns_and_changes_nothing_until_apply(self, tiny):
+    def test_trust_remote_code_warns_and_changes_nothing_until_apply(self, tiny, monkeypatch):
+        monkeypatch.setenv("IC_ALLOW_TRUST_REMOTE_CODE", "1")
         at = start(tiny)
         at.sidebar.checkbox[0].check().run()
         assert any("trust_remote_code runs code" in w.value for w in at.sidebar.warning)
@@ -108,20 +110,30 @@ class TestRouterAndSidebar:
         at.sidebar.button[0].click().run()
         assert at.session_state[SPEC_KEY] == ModelSpec(trust_remote_code=True)
 
-    def test_apply_with_a_missing_folder_shows_what_to_do(self, tiny):
+    def test_apply_offers_only_allow_listed_models_and_shows_load_errors(self, tiny, monkeypatch):
+        monkeypatch.setenv("IC_ALLOW_MODEL_SWITCH", "1")
+        monkeypatch.setenv("IC_MODEL_ALLOWLIST", "hub:no-such-org/no-such-model-xyz")
         at = start(tiny)
-        at.sidebar.radio[0].set_value(at.sidebar.radio[0].options[1]).run()
-        at.sidebar.text_input[0].input("./no/such/folder").run()
+        picker = at.sidebar.selectbox(key="sb_model")
+        assert picker.options == ["Offline default (SmolLM2-135M-Instruct)", "hub:no-such-org/no-such-model-xyz"]
+        assert not at.sidebar.text_input  # no free-text model field: only the allow-list
+        picker.set_value("hub:no-such-org/no-such-model-xyz").run()
         at.sidebar.button[0].click().run()
+        assert at.session_state[SPEC_KEY] == ModelSpec(source="hub", name="no-such-org/no-such-model-xyz")
+        del at.session_state["_injected_model"]
+        at.run()
         assert not at.exception
-        assert "does not exist" in " ".join(e.value for e in at.sidebar.error)
-        assert SPEC_KEY not in at.session_state
-
-    def test_load_error_is_shown_not_raised(self):
-        spec = ModelSpec(source="hub", name="no-such-org/no-such-model-xyz")
-        at = start(None, **{SPEC_KEY: spec})
         assert "Model not loaded" in errors(at) and "no-such-org/no-such-model-xyz" in errors(at)
         assert at.button(key="explore_read_btn").disabled
+
+    def test_a_session_cannot_load_a_model_the_administrator_did_not_allow(self):
+        """Every page's loader refuses it (the sidebar is not the only guard)."""
+        spec = ModelSpec(source="hub", name="no-such-org/no-such-model-xyz")
+        at = start(None, **{SPEC_KEY: spec})
+        assert "Model not loaded" in errors(at) and "model switching is turned off" in errors(at)
+        assert at.button(key="explore_read_btn").disabled
+        at = start(None, **{SPEC_KEY: ModelSpec(trust_remote_code=True)})
+        assert "trust\\_remote\\_code is turned off" in errors(at)
 
     @pytest.mark.parametrize("page", [COMPARE, LEARN])
     def test_fresh_server_page_url_still_gets_the_router(self, tiny, page):
