@@ -148,6 +148,17 @@ def answer_config(new_tokens: int) -> GenerationConfig:
     return GenerationConfig(max_new_tokens=new_tokens, stop_at_answer_line=False, **extra)
 
 
+def model_inputs(rendered: RenderedPrompt) -> dict[str, Any]:
+    """The keyword inputs of one forward pass over the rendered prompt's own (safe) ids, shape (1, T) each.
+
+    Never re-tokenizes ``rendered.text``: that would parse control strings in user text again.
+    """
+    import torch
+
+    ids = torch.tensor([rendered.input_ids], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
 class _Arms:
     """The timed operations on one prompt; remembers the last generation of each answering arm."""
 
@@ -157,9 +168,8 @@ class _Arms:
         self.new_tokens = new_tokens
         self.probe = random_probe(loaded)
         self.policy = benchmark_policy(loaded, self.probe, template)
-        text = render(loaded.tokenizer, question, template).text
-        self.inputs = loaded.tokenizer(text, return_tensors="pt", add_special_tokens=not loaded.has_chat_template)
-        self.text = text
+        self.rendered = render(loaded.tokenizer, question, template)
+        self.inputs = model_inputs(self.rendered)
         self.generated: dict[str, int] = {}
         self.token_ids: dict[str, tuple[int, ...]] = {}
 
@@ -197,7 +207,7 @@ class _Arms:
         import torch
 
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
-        inputs = tokenizer(self.text, return_tensors="pt", add_special_tokens=not self.loaded.has_chat_template)
+        inputs = model_inputs(self.rendered)
         with torch.no_grad():
             out = model(**inputs, output_hidden_states=True)
             for h in (*out.hidden_states[1:-1], None):
