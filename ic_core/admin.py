@@ -234,7 +234,8 @@ def check_app_model(spec: ModelSpec, settings: AdminSettings | None = None) -> N
         return
     if not settings.allow_model_switch:
         raise DataError(
-            f"Model switching is turned off for this app (only {settings.start_model.label} may be loaded); "
+            f"{wanted.label[:80]} cannot be loaded: model switching is turned off for this app (only "
+            f"{settings.start_model.label} may be loaded); "
             f"the administrator can allow it with {ENV_SWITCH}=1 and {ENV_ALLOWLIST}."
         )
     raise DataError(

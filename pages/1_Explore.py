@@ -29,22 +29,22 @@ from ui.common import (
     EXPLORE_KEYS,
     EXPLORE_NOTE_KEY,
     EXPLORE_RESULT_KEY,
+    GATE_PROBE_KEY,
     UPLOAD_LIMIT_BYTES,
     footer,
     gen_config,
     get_loaded,
+    html_block,
     json_download,
+    md_text,
     read_text_upload,
     require_router,
     show_error,
 )
+from ui.gate_policy import active_policy, unsigned_badge
 
 K = EXPLORE_KEYS
 UPLOAD_KEY = "explore_upload"
-# Where the Governance page puts the active policy and, for probe policies, its probe.
-# (A bare string here would be drawn on the page by Streamlit's "magic".)
-GATE_POLICY_KEY = "gate_policy"
-GATE_PROBE_KEY = "probe"
 AUDITED_KEY = "explore.audited"
 UPLOAD_MSG_KEY = "explore.upload_message"
 REGIME_LABELS = {
@@ -76,7 +76,7 @@ def _on_upload() -> None:
         return
     try:
         st.session_state[K["question"]] = read_text_upload(uploaded.name, uploaded.getvalue())
-        st.session_state[UPLOAD_MSG_KEY] = ("ok", f"Loaded **{uploaded.name}** into the prompt box.")
+        st.session_state[UPLOAD_MSG_KEY] = ("ok", f"Loaded **{md_text(uploaded.name)}** into the prompt box.")
     except ICError as exc:
         st.session_state[UPLOAD_MSG_KEY] = ("error", str(exc))
 
@@ -116,12 +116,12 @@ def input_panel() -> None:
                          key=UPLOAD_KEY, on_change=_on_upload, max_upload_size=1)
         message = st.session_state.get(UPLOAD_MSG_KEY)
         if message and message[0] == "error":
-            st.error(f"**Upload refused.** {message[1]}")
+            st.error(f"**Upload refused.** {md_text(message[1])}")
         elif message:
             st.caption(message[1])
         note = st.session_state.get(EXPLORE_NOTE_KEY)
         if note and note["note"] and note["question"] == st.session_state[K["question"]]:
-            st.info(f"**About this example.** {note['note']}")
+            st.info(f"**About this example.** {md_text(note['note'])}")
     with right:
         st.radio("Regime", (*REGIMES, "custom"), key=K["regime"], format_func=REGIME_LABELS.get,
                  help="How the question is asked. The paper compares direct answers, chain of thought, "
@@ -152,11 +152,18 @@ def _audit_once(policy: Any, decision: Any, analysis: Analysis) -> None:
 
 def gate_verdict(loaded: LoadedModel, analysis: Analysis) -> None:
     """The pre-generation gate's decision, when the Governance page has made a policy active."""
-    policy = st.session_state.get(GATE_POLICY_KEY)
-    if policy is None:
+    try:
+        current = active_policy()  # the Governance page's engine path: a refused policy gives no verdict
+    except ICError as exc:
+        st.warning(f"**Gate: no verdict, the active policy is refused.** {md_text(exc)}")
+        return
+    if current is None:
         st.info("No gate policy loaded — fit one on the Governance page.")
         return
-    uses_probe = bool(getattr(policy, "uses_probe", False))
+    policy, unsigned = current
+    if unsigned:
+        unsigned_badge()
+    uses_probe = policy.uses_probe
     try:
         check_model(policy, loaded)
         probe = st.session_state.get(GATE_PROBE_KEY) if uses_probe else None
@@ -165,7 +172,7 @@ def gate_verdict(loaded: LoadedModel, analysis: Analysis) -> None:
         decision = decide_for_analysis(policy, analysis, probe=probe)
         _audit_once(policy, decision, analysis)
     except ICError as exc:
-        st.warning(f"**Gate: no verdict for this read-out.** {exc}")
+        st.warning(f"**Gate: no verdict for this read-out.** {md_text(exc)}")
         return
     p_correct = decision.signals.get("probe_p_correct")
     extra = f" Probe P(correct) = {p_correct:.2f}." if p_correct is not None else ""
@@ -208,11 +215,11 @@ def risk_card(loaded: LoadedModel, analysis: Analysis) -> None:
     equivalent = 2 ** state.readout_entropy_bits
     among = f"{equivalent:.1f}" if equivalent < 10 else f"{equivalent:,.0f}"
     st.caption(f"{state.readout_entropy_bits:.2f} bits ≈ as unsure as a fair pick among {among} tokens. "
-               f"Most likely next token: `{top_token}`. This describes the *next token only*: see the Learn page "
+               f"Most likely next token: “{md_text(top_token)}”. This describes the *next token only*: see the Learn page "
                "for when it does and does not predict a correct answer.")
     if rendered.readout_is_formatting and not rendered.answer_prefix:
         st.warning(
-            f"The read-out token is a formatting token (`{visible_token(rendered.readout_token)}`), so "
+            f"The read-out token is a formatting token (“{md_text(visible_token(rendered.readout_token))}”), so "
             f"{signal} measures how the answer will *start* (often boilerplate such as \"The\"), not the "
             "answer itself. On the small default model this raw H_int does not predict correctness; add a "
             "forced answer prefix (e.g. \"The capital of France is\") to read H_slot where the answer is decided.",
@@ -243,18 +250,18 @@ def readout_view(analysis: Analysis) -> None:
     """The prompt token by token, with the read-out token marked."""
     rendered = analysis.rendered
     read_tok = analysis.skipped_tokens[-1] if analysis.skipped_tokens else rendered.readout_token
-    st.caption(f"Read-out token: `{visible_token(read_tok)}` (highlighted). "
+    st.caption(f"Read-out token: “{md_text(visible_token(read_tok))}” (highlighted). "
                + ("Chat template applied." if rendered.chat_template_used else "No chat template."))
     if analysis.skipped_tokens:
         st.caption(f"After the prefix the model writes {len(analysis.skipped_tokens)} whitespace token(s) "
-                   f"({', '.join(repr(t) for t in analysis.skipped_tokens)}); the state is read after them "
+                   f"({md_text(', '.join(repr(t) for t in analysis.skipped_tokens))}); the state is read after them "
                    "(dashed), so it measures the answer, not the spacing.")
     elif rendered.readout_is_formatting:
         st.caption("Note: the read-out is a **formatting token** (whitespace, punctuation or a special token): its "
                    "entropy mostly reflects how the answer *starts*, not the answer. Add a forced answer "
                    "prefix to read H_slot instead.")
-    st.markdown(prompt_tokens_html(rendered.tokens, rendered.readout_index, analysis.skipped_tokens,
-                                   rendered.readout_is_formatting), unsafe_allow_html=True)
+    st.markdown(html_block(prompt_tokens_html(rendered.tokens, rendered.readout_index, analysis.skipped_tokens,
+                                              rendered.readout_is_formatting)), unsafe_allow_html=True)
 
 
 def grade_view(result_grade: Grade | None, expected: str | None) -> None:
@@ -262,13 +269,14 @@ def grade_view(result_grade: Grade | None, expected: str | None) -> None:
     if result_grade is None:
         st.caption("No expected answer given, so the output is not graded.")
         return
-    found = f"“{result_grade.extracted}”" if result_grade.extracted is not None else "nothing answer-like"
+    found = f"“{md_text(result_grade.extracted)}”" if result_grade.extracted is not None else "nothing answer-like"
+    rule, want = md_text(result_grade.rule), md_text(expected)
     if result_grade.correct is True:
-        st.success(f"**Correct.** Extracted {found}; expected “{expected}” (rule: {result_grade.rule}).")
+        st.success(f"**Correct.** Extracted {found}; expected “{want}” (rule: {rule}).")
     elif result_grade.correct is False:
-        st.warning(f"**Wrong.** Extracted {found}; expected “{expected}” (rule: {result_grade.rule}).")
+        st.warning(f"**Wrong.** Extracted {found}; expected “{want}” (rule: {rule}).")
     else:
-        st.info(f"Extracted {found} (rule: {result_grade.rule}); no expected answer to compare with.")
+        st.info(f"Extracted {found} (rule: {rule}); no expected answer to compare with.")
 
 
 def generation_panel(loaded: LoadedModel, result: dict[str, Any]) -> None:
@@ -294,8 +302,8 @@ def generation_panel(loaded: LoadedModel, result: dict[str, Any]) -> None:
         st.caption("Nothing generated yet: the risk card was computed from the prompt alone. "
                    "Press **Generate** to see what the model writes.")
         return
-    st.markdown(token_spans_html(generation.tokens, generation.entropy_bits, generation.chosen_probs,
-                                 generation.answer_prefix), unsafe_allow_html=True)
+    st.markdown(html_block(token_spans_html(generation.tokens, generation.entropy_bits, generation.chosen_probs,
+                                            generation.answer_prefix)), unsafe_allow_html=True)
     st.markdown(entropy_legend_html(), unsafe_allow_html=True)
     mean = generation.mean_entropy_bits
     st.caption(f"{len(generation.tokens)} tokens in {generation.elapsed_s:.1f} s · stop: {generation.stop_reason}"

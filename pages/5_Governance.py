@@ -28,7 +28,6 @@ from ic_core.governance.rule import escalates_everything, outcomes
 from ic_core.governance.signals import RunSignals, run_signals
 from ic_core.models import LoadedModel, ModelSpec
 from ic_core.narrative import (
-    active_policy_text,
     ci_caption,
     comparison_headline,
     comparison_intro,
@@ -38,7 +37,6 @@ from ic_core.narrative import (
     held_out_caption,
     percent_text,
     probe_source_caption,
-    recorded_held_out_text,
     signal_labels,
     small_sample_note,
     split_caption,
@@ -48,10 +46,10 @@ from ic_core.plots.gate import confusion_figure, risk_coverage_figure, score_his
 from ic_core.probes.scores import probe_fitted_on_run
 from ic_core.runs.store import RunInfo, StudyRun, list_runs, runs_root
 from ic_core.stats.gating import HeldOutReport, confusion_from_decisions, risk_coverage
-from ui.common import cached_run, footer, get_loaded, json_download, require_router, show_error
+from ui.common import GATE_PROBE_KEY, cached_run, footer, get_loaded, json_download, md_text, require_router, show_error
+from ui.gate_policy import activate_policy, active_policy, show_active_policy, upload_policy
 
-POLICY_KEY = "gate_policy"
-PROBE_KEY = "probe"
+PROBE_KEY = GATE_PROBE_KEY
 
 
 # ---------------------------------------------------------------- cached engine calls
@@ -365,12 +363,17 @@ def policy_actions(policy: Policy, scores: ProbeScores | None, run: StudyRun) ->
     except ICError as exc:
         show_error(exc)
         return
+    try:
+        saved = saved.sign()  # the operator key: the policy it activates and downloads is a signed one
+    except ICError as exc:
+        show_error(exc)
+        return
     if saved.uses_probe:
-        st.caption(f"The policy's probe is saved at `{saved.probe['path']}`; keep it with the policy file.")
-    st.markdown(f"**Rule:** {saved.describe()}  \n**Policy id:** `{saved.policy_id}`")
+        st.caption(f"The policy's probe is saved at {md_text(saved.probe['path'])}; keep it with the policy file.")
+    st.markdown(f"**Rule:** {saved.describe()}  \n**Policy id:** `{saved.policy_id}` (signed)")
     c1, c2 = st.columns(2)
     if c1.button("Use this policy in Explore (and the live gate)", key="gov_use_btn"):
-        st.session_state[POLICY_KEY] = saved
+        activate_policy(saved)
         if saved.uses_probe:
             st.session_state[PROBE_KEY] = scores.probe
         st.success(f"Policy {saved.policy_id} is active: Explore's risk card now shows its verdict.")
@@ -382,24 +385,17 @@ def policy_actions(policy: Policy, scores: ProbeScores | None, run: StudyRun) ->
 
 
 def policy_tab(loaded: LoadedModel | None) -> None:
-    uploaded = st.file_uploader("Load a policy file (JSON)", type=["json"], key="gov_upload")
-    if uploaded is not None:
-        try:
-            policy = Policy.from_json(uploaded.getvalue())
-        except ICError as exc:
-            show_error(exc)
-        else:
-            st.success(f"Valid policy {policy.policy_id}: {policy.describe()}")
-            if st.button("Use the uploaded policy", key="gov_use_upload"):
-                st.session_state[POLICY_KEY] = policy
-    policy = st.session_state.get(POLICY_KEY)
-    if policy is None:
+    upload_policy()
+    try:
+        current = active_policy()
+    except ICError as exc:
+        show_error(exc)
+        return
+    if current is None:
         st.info("No policy active. Fit one in the 'Tune' tab, or load a policy file.")
         return
-    st.markdown(active_policy_text(policy))
-    recorded = recorded_held_out_text(policy)
-    if recorded:
-        st.caption(recorded)
+    policy, unsigned = current
+    show_active_policy(policy, unsigned)
     if loaded is None:
         return
     try:

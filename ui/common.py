@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import streamlit as st
 
@@ -18,9 +18,6 @@ from ic_core.errors import ICError
 from ic_core.generate import GenerationConfig
 from ic_core.models import LoadedModel, ModelSpec, load_model
 from ic_core.runs.store import StudyRun, load_run
-
-if TYPE_CHECKING:
-    from ic_core.governance.policy import Policy
 
 SPEC_KEY = "model_spec"
 INJECTED_KEY = "_injected_model"
@@ -111,7 +108,7 @@ def footer(loaded: LoadedModel | None) -> None:
     if loaded is None:
         return
     st.caption(
-        f"Model: **{loaded.spec.label}** · {loaded.n_layers} layers · d={loaded.d_model} · "
+        f"Model: **{md_text(loaded.spec.label)}** · {loaded.n_layers} layers · d={loaded.d_model} · "
         f"runs on **{loaded.device_label}** · dtype {loaded.spec.dtype}"
     )
 
@@ -273,56 +270,15 @@ def md_text(value: Any, limit: int | None = None) -> str:
     return "\\" + text if text[:1] in ("-", "+") else text  # not a list item
 
 
-GATE_POLICY_KEY = "gate_policy"
-"""The active gate policy (set only by :func:`activate_policy`)."""
 GATE_PROBE_KEY = "probe"
-"""The session's saved probe (the active policy's, for probe policies)."""
-UNSIGNED_OK_KEY = "gate_policy_unsigned_ok"
-"""The id of an unsigned policy the user explicitly accepted ("Allow unsigned")."""
+"""The session's saved probe (the active policy's, for probe policies; Recoverability saves one too)."""
 
 
-def activate_policy(policy: Policy, allow_unsigned: bool = False) -> None:
-    """Make ``policy`` the session's gate policy, after the engine's signature check.
+def html_block(markup: str) -> str:
+    """Escaped HTML from :mod:`ic_core.plots` kept as one HTML block for ``st.markdown(unsafe_allow_html=True)``.
 
-    Raises:
-        DataError: unsigned or wrongly signed, and ``allow_unsigned`` is off.
-
+    A blank line (e.g. a generated ``"\\n\\n"`` token) would end the HTML block, and Markdown after
+    it (an image link in the model's output) would be rendered; numeric references keep the line
+    breaks, which the spans show with ``white-space: pre-wrap``.
     """
-    if not allow_unsigned:
-        policy.verify()
-    st.session_state[GATE_POLICY_KEY] = policy
-    st.session_state[UNSIGNED_OK_KEY] = policy.policy_id if allow_unsigned else None
-
-
-def active_policy() -> tuple[Policy, bool] | None:
-    """The active gate policy and whether it is unsigned (no valid signature); None when none is active.
-
-    Every page reads the policy here, so each reader gets the same engine check.
-
-    Raises:
-        DataError: the policy fails :meth:`Policy.verify` and was not accepted as unsigned.
-
-    """
-    policy = st.session_state.get(GATE_POLICY_KEY)
-    if policy is None:
-        return None
-    if st.session_state.get(UNSIGNED_OK_KEY) != policy.policy_id:
-        policy.verify()
-        return policy, False
-    return policy, not policy_signature_ok(policy)
-
-
-def policy_signature_ok(policy: Policy) -> bool:
-    """Whether the policy carries a valid signature under the operator key (False when it cannot be checked)."""
-    from ic_core.governance.keys import KeyMissingError
-
-    try:
-        return policy.signature_valid()
-    except KeyMissingError:
-        return False
-
-
-def unsigned_badge() -> None:
-    """The red badge shown beside an unsigned active policy."""
-    st.badge("unsigned", icon=":material/gpp_bad:", color="red",
-             help="This policy has no valid signature: anyone who could edit the file could have changed it.")
+    return markup.replace("\r", "&#13;").replace("\n", "&#10;")

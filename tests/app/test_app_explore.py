@@ -15,7 +15,7 @@ from ic_core.generate import GenerationConfig, generate
 from ic_core.grading import grade
 from ic_core.models import ModelSpec
 from ic_core.prompts import REGIMES
-from ui.common import EXPLORE_KEYS, SPEC_KEY, UPLOAD_LIMIT_BYTES, page_title, read_text_upload
+from ui.common import EXPLORE_KEYS, SPEC_KEY, UPLOAD_LIMIT_BYTES, md_text, page_title, read_text_upload
 
 pytestmark = pytest.mark.app
 
@@ -289,7 +289,7 @@ class TestGateVerdict:
 
         fields = dict(signal="h_int", model=tiny.spec.to_dict(), regime="direct", kind="short_answer",
                       t_entropy_bits=threshold_bits)
-        return Policy(**{**fields, **overrides})
+        return Policy(**{**fields, **overrides}).sign()  # the test operator key (root conftest)
 
     @pytest.mark.parametrize(("margin", "box", "word"), [(+0.5, "success", "approve"), (-0.5, "warning", "escalate")])
     def test_active_policy_decides_on_the_card(self, tiny, margin, box, word):
@@ -409,7 +409,7 @@ class TestLearn:
         assert at.text_area(key=K["question"]).value == first["question"]
         assert at.text_input(key=K["answer_prefix"]).value == (first["answer_prefix"] or "")
         assert at.text_input(key=K["expected"]).value == first["answer"]
-        assert any(first["note"] in i.value for i in at.info)
+        assert any(md_text(first["note"]) in i.value for i in at.info)  # shown as text, escaped for Markdown
         at.switch_page(EXPLORE).run()  # AppTest keeps requesting Learn after a switch_page otherwise
         at.button(key="explore_read_btn").click().run()
         label = "H_slot (bits)" if first["answer_prefix"] else "H_int (bits)"
@@ -470,7 +470,7 @@ class TestProbePolicyOnRiskCard:
         path = probe.save(folder / "probes" / "gate-probe")
         entry = probe_entry(str(path), probe.probe_id, PlattCalibration(1.0, 0.0))
         policy = Policy(signal="probe", model=tiny.spec.to_dict(), regime="direct", kind="short_answer",
-                        t_probe=0.5, probe=entry)
+                        t_probe=0.5, probe=entry).sign()
         return policy, probe
 
     def test_probe_inside_the_runs_folder_gives_a_verdict(self, tiny, runs_dir):

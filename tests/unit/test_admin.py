@@ -38,7 +38,7 @@ class TestDefaults:
         check_app_model(ModelSpec(dtype="bfloat16", device="auto"), s)  # dtype/device stay the user's choice
 
     def test_switching_off_refuses_any_other_model(self):
-        with pytest.raises(DataError, match="Model switching is turned off") as info:
+        with pytest.raises(DataError, match="model switching is turned off") as info:
             check_app_model(HUB, settings())
         assert "\n" not in str(info.value) and "IC_ALLOW_MODEL_SWITCH=1" in str(info.value)
 
@@ -64,7 +64,7 @@ class TestAllowList:
 
     def test_an_allow_list_without_the_switch_allows_nothing_more(self):
         s = settings({"IC_MODEL_ALLOWLIST": "hub:org/small-model"})
-        with pytest.raises(DataError, match="Model switching is turned off"):
+        with pytest.raises(DataError, match="model switching is turned off"):
             check_app_model(HUB, s)
 
     def test_local_entries_match_the_resolved_folder(self, tmp_path):

@@ -1,0 +1,110 @@
+"""The active gate policy of a session: how it is uploaded, activated, read and shown.
+
+Every page reads the active policy through :func:`active_policy`, so the Governance page and
+Explore's risk card apply the same engine checks (:meth:`ic_core.governance.policy.Policy.verify`
+for signatures, :func:`ic_core.governance.gate.load_policy_probe` for the probe) and both show
+the red "unsigned" badge for a policy the user accepted without a valid signature.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ic_core.errors import ICError
+from ic_core.governance.gate import load_policy_probe
+from ic_core.governance.policy import Policy
+from ic_core.narrative import recorded_held_out_text
+from ic_core.runs.store import runs_root
+from ui.common import GATE_PROBE_KEY, md_text
+
+GATE_POLICY_KEY = "gate_policy"
+"""The active gate policy (set only by :func:`activate_policy`)."""
+UNSIGNED_OK_KEY = "gate_policy_unsigned_ok"
+"""The id of an unsigned policy the user explicitly accepted ("Allow unsigned")."""
+
+
+def activate_policy(policy: Policy, allow_unsigned: bool = False) -> None:
+    """Make ``policy`` the session's gate policy, after the engine's signature check.
+
+    Raises:
+        DataError: unsigned or wrongly signed, and ``allow_unsigned`` is off.
+
+    """
+    if not allow_unsigned:
+        policy.verify()
+    st.session_state[GATE_POLICY_KEY] = policy
+    st.session_state[UNSIGNED_OK_KEY] = policy.policy_id if allow_unsigned else None
+
+
+def active_policy() -> tuple[Policy, bool] | None:
+    """The active gate policy and whether it is unsigned (no valid signature); None when none is active.
+
+    Every page reads the policy here, so each reader gets the same engine check.
+
+    Raises:
+        DataError: the policy fails :meth:`Policy.verify` and was not accepted as unsigned.
+
+    """
+    policy = st.session_state.get(GATE_POLICY_KEY)
+    if policy is None:
+        return None
+    if st.session_state.get(UNSIGNED_OK_KEY) != policy.policy_id:
+        policy.verify()
+        return policy, False
+    return policy, not policy_signature_ok(policy)
+
+
+def policy_signature_ok(policy: Policy) -> bool:
+    """Whether the policy carries a valid signature under the operator key (False when it cannot be checked)."""
+    from ic_core.governance.keys import KeyMissingError
+
+    try:
+        return policy.signature_valid()
+    except KeyMissingError:
+        return False
+
+
+def unsigned_badge() -> None:
+    """The red badge shown beside an unsigned active policy."""
+    st.badge("unsigned", icon=":material/gpp_bad:", color="red",
+             help="This policy has no valid signature: anyone who could edit the file could have changed it.")
+
+
+def upload_policy() -> None:
+    """Read an uploaded policy through the engine: schema, signature, and its probe confined to the runs folder.
+
+    Only a policy that passed every check can be made active (a refused one never reaches the session).
+    """
+    uploaded = st.file_uploader("Load a policy file (JSON)", type=["json"], key="gov_upload")
+    allow_unsigned = st.checkbox("Allow unsigned", value=False, key="gov_allow_unsigned",
+                                 help="Accept a policy without a valid signature. Anyone who can edit such a file "
+                                      "can change its thresholds; the policy is shown with a red 'unsigned' badge.")
+    if uploaded is None:
+        return
+    try:
+        policy = Policy.from_json(uploaded.getvalue(), allow_unsigned=allow_unsigned)
+        probe = load_policy_probe(policy, runs_root())  # only from inside the runs folder, digest pinned
+    except ICError as exc:
+        st.error(f"**Policy refused.** {md_text(exc)}")
+        return
+    unsigned = not policy_signature_ok(policy)
+    if unsigned:
+        unsigned_badge()
+    st.success(f"Valid policy {policy.policy_id}: {policy.describe()}")
+    if st.button("Use the uploaded policy", key="gov_use_upload"):
+        activate_policy(policy, allow_unsigned=unsigned)
+        st.session_state.pop(GATE_PROBE_KEY, None)
+        if probe is not None:
+            st.session_state[GATE_PROBE_KEY] = probe
+
+
+def show_active_policy(policy: Policy, unsigned: bool) -> None:
+    """The active policy's rule and settings; stored strings (the model name) shown as text."""
+    if unsigned:
+        unsigned_badge()
+    st.markdown(f"**Active policy** `{policy.policy_id}` — {policy.describe()}  \n"
+                f"Signal {policy.signal}, regime {policy.regime}, prefix mode {policy.prefix_mode}, "
+                f"model {md_text(policy.model.get('name'))}.")
+    recorded = recorded_held_out_text(policy)
+    if recorded:
+        st.caption(recorded)
