@@ -152,7 +152,7 @@ def policy_from_thresholds(
     if threshold_origin is not None:
         fitted_on["thresholds"] = threshold_origin
     return Policy(
-        signal=signal, model=signals.model, regime=signals.regime, kind=signals.kind,
+        signal=signal, model=fitted_model(signals), regime=signals.regime, kind=signals.kind,
         prefix_mode=signals.prefix_mode, answer_prefix=signals.answer_prefix,
         t_entropy_bits=None if escalate_all or signal == "probe" else t_entropy_bits,
         entropy_signal=None if signal == "probe" else signals.entropy_signal,
@@ -161,6 +161,26 @@ def policy_from_thresholds(
         model_n_layers=signals.n_layers, model_d_model=signals.d_model, fitted_on=fitted_on,
         target_error=target_error, held_out=held_out.to_json(), store_prompt_text=store_prompt_text,
     )
+
+
+WEIGHTS_KEY = "model_weights_sha256"
+"""The run manifest's record of the SHA-256 of the weights the run was made with."""
+
+
+def fitted_model(signals: RunSignals) -> dict[str, Any]:
+    """The policy's ``model`` entry: the run's ModelSpec dict, pinning ``weights_sha256`` when the run recorded it.
+
+    Runs from before weights were recorded (or a split not read from a run folder) give the spec
+    alone; such a policy is checked by name and says "weights not pinned".
+    """
+    from ic_core.runs.store import read_manifest
+
+    model = {k: v for k, v in signals.model.items() if k != "weights_sha256"}
+    try:
+        digest = read_manifest(signals.run_path).get(WEIGHTS_KEY) if signals.run_path else None
+    except DataError:
+        digest = None
+    return {**model, "weights_sha256": digest} if isinstance(digest, str) and digest else model
 
 
 def fit_policy_on_run(

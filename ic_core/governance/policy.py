@@ -358,6 +358,9 @@ def _check_fields(p: Policy) -> None:
         raise DataError(f"The policy's model.dtype {p.model.get('dtype')!r:.60} is not one of {', '.join(DTYPES)}.")
     if p.model.get("source") not in SOURCES:
         raise DataError(f"The policy's model.source {p.model.get('source')!r:.60} is not one of {', '.join(SOURCES)}.")
+    digest = p.model.get("weights_sha256")
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")):
+        raise DataError("Policy field 'model.weights_sha256' must be null or 64 lowercase hex digits (a SHA-256).")
     if p.probe is not None:
         for key in ("platt_coef", "platt_intercept"):
             if key in p.probe:
@@ -439,11 +442,12 @@ def check_model_spec(policy: Policy, spec: ModelSpec) -> None:
 def check_model(policy: Policy, loaded: LoadedModel) -> None:
     """Refuse a gate whose loaded model is not the one the policy was fitted on.
 
-    Compares the specs (:func:`check_model_spec`) and, when the policy records them, the layer
-    count and width.
+    Compares the specs (:func:`check_model_spec`), the layer count and width when the policy records
+    them, and the weights digest when the policy pins ``model.weights_sha256`` (an unknown digest,
+    e.g. a model built in memory, is refused too; older policies without one are checked by spec only).
 
     Raises:
-        ModelMismatchError: with both models named.
+        ModelMismatchError: one line naming both models or both digests.
 
     """
     check_model_spec(policy, loaded.spec)
@@ -453,6 +457,14 @@ def check_model(policy: Policy, loaded: LoadedModel) -> None:
             raise ModelMismatchError(
                 f"Policy {policy.policy_id} expects {name}={expected} but the loaded model has {getattr(loaded, name)}."
             )
+    pinned = policy.model.get("weights_sha256")
+    have = getattr(loaded, "weights_sha256", None)
+    if pinned and have != pinned:
+        got = "weights that cannot be identified (a model built in memory)" if not have else f"weights {have[:16]}…"
+        raise ModelMismatchError(
+            f"Policy {policy.policy_id} was fitted on {policy.model.get('name')} with weights {pinned[:16]}… but the "
+            f"loaded model has {got}: the file differs from the one the policy was fitted on; load that file or fit again."
+        )
 
 
 def probe_entry(path: str, probe_id: str, calibration: PlattCalibration) -> dict[str, Any]:

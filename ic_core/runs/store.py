@@ -230,6 +230,9 @@ def _check_manifest_fields(folder: Path, m: dict[str, Any]) -> None:
             raise bad(key, "text")
     if "dataset" in m and not (isinstance(m["dataset"], dict) and isinstance(m["dataset"].get("name", ""), str)):
         raise bad("dataset", "an object with a 'name'")
+    digest = m.get("model_weights_sha256")  # written by the runner; a policy fitted on the run pins it
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")):
+        raise bad("model_weights_sha256", "null or a SHA-256 (64 lowercase hex digits)")
 
 
 def read_rows(folder: Path) -> tuple[dict[int, RunRow], bool]:
