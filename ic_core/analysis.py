@@ -18,7 +18,15 @@ from ic_core.errors import PromptError
 from ic_core.generate import Generation, GenerationConfig, generate
 from ic_core.grading import Grade, grade
 from ic_core.models import LoadedModel, ModelSpec
-from ic_core.prompts import PromptTemplate, Readout, RenderedPrompt, render, template_for
+from ic_core.prompts import (
+    PromptTemplate,
+    Readout,
+    RenderedPrompt,
+    check_choice_texts,
+    check_text,
+    render,
+    template_for,
+)
 
 
 @dataclass(frozen=True)
@@ -123,14 +131,29 @@ class Analysis:
 
 
 def check_choices(kind: str, choices: Sequence[str]) -> None:
-    """Refuse a multiple-choice question with fewer than two options.
+    """Refuse a multiple-choice question with fewer than two options, or options that cannot be lettered.
 
     Raises:
-        PromptError: ``kind`` is ``multiple_choice`` and ``choices`` has fewer than two entries.
+        PromptError: ``kind`` is ``multiple_choice`` and ``choices`` has fewer than two entries; more
+            than 26 options, or one that is not valid text (:func:`ic_core.prompts.check_choice_texts`).
 
     """
     if kind == "multiple_choice" and len(choices) < 2:
         raise PromptError("A multiple-choice question needs at least two options: type them one per line.")
+    check_choice_texts(choices)
+
+
+def check_grading_texts(expected: str | None, aliases: Sequence[str]) -> None:
+    """Refuse an expected answer or alias that is not valid text (lone surrogate, NUL).
+
+    Raises:
+        PromptError: a text that :func:`ic_core.prompts.check_text` refuses.
+
+    """
+    if expected is not None:
+        check_text(expected, "The expected answer")
+    for alias in aliases:
+        check_text(alias, "An accepted alias")
 
 
 def answer(loaded: LoadedModel, analysis: Analysis, gen_config: GenerationConfig | None = None) -> Analysis:
@@ -197,11 +220,13 @@ def analyze(
 
     Raises:
         PromptError: bad prompt, template, read-out position or length; a multiple-choice
-            question with fewer than two options.
+            question with fewer than two or more than 26 options; a question, option, answer
+            prefix, expected answer or alias holding a lone surrogate or a NUL character.
 
     """
     start = time.perf_counter()
     check_choices(kind, choices)
+    check_grading_texts(expected, aliases)
     template = template or template_for(regime, kind)
     if answer_prefix is not None:
         template = template.with_prefix(answer_prefix)

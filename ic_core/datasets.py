@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from ic_core.errors import DataError, PromptError
 from ic_core.grading import parse_number
-from ic_core.prompts import TASK_KINDS, clean_prompt
+from ic_core.prompts import MAX_CHOICES, TASK_KINDS, clean_prompt, invalid_text_reason
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_prompts"
 """Folder of the bundled prompt sets (``sample_prompts/*.jsonl``)."""
@@ -30,8 +30,6 @@ MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 """Largest accepted file (5 MB). Raise ``ic_core.datasets.MAX_UPLOAD_BYTES`` to accept more."""
 MAX_ROWS = 5_000
 """Most data rows accepted in one file. Raise ``ic_core.datasets.MAX_ROWS`` to accept more."""
-MAX_CHOICES = 26
-"""Options are lettered A–Z."""
 
 FIELDS: tuple[str, ...] = (
     "id", "question", "answer", "aliases", "choices", "kind", "answer_prefix", "tags", "source", "license", "output",
@@ -450,7 +448,15 @@ def _text(raw: dict[str, Any], key: str, allow_number: bool = False) -> str | No
         return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
     if not isinstance(value, str):
         raise DataError(f"Field {key!r} must be text, got {type(value).__name__}.")
-    return value.strip() or None
+    return _valid_text(value, key).strip() or None
+
+
+def _valid_text(value: str, key: str) -> str:
+    """``value``, or a row error when it holds a lone surrogate (a ``\\ud800`` JSON escape) or a NUL."""
+    reason = invalid_text_reason(value)
+    if reason:
+        raise DataError(f"Field {key!r} {reason}.")
+    return value
 
 
 def _text_list(raw: dict[str, Any], key: str) -> tuple[str, ...]:
@@ -465,7 +471,7 @@ def _text_list(raw: dict[str, Any], key: str) -> tuple[str, ...]:
             v = str(v)
         if not isinstance(v, str):
             raise DataError(f"Field {key!r} must contain only strings, found {type(v).__name__}.")
-        if v.strip():
+        if _valid_text(v, key).strip():
             out.append(v.strip())
     return tuple(out)
 

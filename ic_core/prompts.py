@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import string
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from secrets import token_hex
 from typing import TYPE_CHECKING, Literal
@@ -52,6 +52,8 @@ def readout_label(signals: Iterable[str]) -> str:
 
 MAX_PROMPT_CHARS = 20_000
 """Longer prompts are refused before tokenisation (the model's context is the real limit)."""
+MAX_CHOICES = 26
+"""Multiple-choice options are lettered A … Z."""
 
 _DIRECT = {
     "numeric": "{question}\nAnswer with just the final number.",
@@ -124,8 +126,60 @@ def custom_template(user: str, answer_prefix: str | None = None, system: str | N
 
 
 def format_choices(choices: list[str] | tuple[str, ...]) -> str:
-    """``A. first\\nB. second…`` for multiple-choice questions."""
+    """``A. first\\nB. second…`` for multiple-choice questions (checked by :func:`check_choice_texts`)."""
+    check_choice_texts(choices)
     return "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
+
+
+def invalid_text_reason(value: str) -> str | None:
+    """Why ``value`` is not valid text (a lone UTF-16 surrogate or a NUL character), or None when it is."""
+    if any(unicodedata.category(ch) == "Cs" for ch in value):
+        return "contains unpaired UTF-16 surrogates (e.g. a '\\ud800' escape); it is not valid text"
+    if "\x00" in value:
+        return "contains a NUL character; it is not valid text"
+    return None
+
+
+def check_text(value: object, what: str) -> str:
+    """``value`` when it is valid text; otherwise a one-line error naming ``what``.
+
+    Raises:
+        PromptError: not a string, or it holds a lone surrogate or a NUL character.
+
+    """
+    if not isinstance(value, str):
+        raise PromptError(f"{what} must be text, got {type(value).__name__}.")
+    reason = invalid_text_reason(value)
+    if reason:
+        raise PromptError(f"{what} {reason}.")
+    return value
+
+
+def check_choice_texts(choices: Sequence[object]) -> None:
+    """Refuse more options than letters A … Z, and options that are not valid text.
+
+    Raises:
+        PromptError: more than :data:`MAX_CHOICES` options, or an option that :func:`check_text` refuses.
+
+    """
+    if len(choices) > MAX_CHOICES:
+        raise PromptError(f"{len(choices)} options given; multiple choice is lettered A … Z, so at most {MAX_CHOICES}.")
+    for i, choice in enumerate(choices):
+        check_text(choice, f"Option {chr(65 + i)}")
+
+
+def check_template_texts(template: PromptTemplate) -> None:
+    """Refuse a template whose message, system text or answer prefix is not valid text.
+
+    Raises:
+        PromptError: a field that :func:`check_text` refuses.
+
+    """
+    check_text(template.user, "The template")
+    if template.system is not None:
+        check_text(template.system, "The system message")
+    if template.answer_prefix is not None:
+        check_text(template.answer_prefix, "The answer prefix")
 
 
 def clean_prompt(question: str) -> str:
@@ -203,6 +257,7 @@ def is_formatting_token(token_text: str) -> bool:
 def fill_user_message(template: PromptTemplate, question: str, choices: list[str] | tuple[str, ...] = ()) -> str:
     """Put the question (and lettered choices) into the template."""
     question = clean_prompt(question)
+    check_template_texts(template)
     user = template.user if choices else template.user.replace("\n{choices}", "").replace("{choices}", "")
     return user.format(question=question, choices=format_choices(choices)).strip()
 

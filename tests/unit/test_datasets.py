@@ -140,6 +140,31 @@ class TestJsonl:
         assert items_sha256(a.items) == items_sha256(b.items)
 
 
+class TestInvalidText:
+    """A lone surrogate or NUL in any text field is a row error, not a crash (issue 11 case 8)."""
+
+    @pytest.mark.parametrize("bad, reason", [("\ud800", "unpaired UTF-16 surrogates"), ("\x00", "NUL character")])
+    @pytest.mark.parametrize("field", ["id", "answer", "aliases", "choices", "answer_prefix", "tags", "source", "output"])
+    def test_bad_text_field_is_a_row_error(self, field, bad, reason):
+        row = {"id": "x", "question": "Capital of France?", "answer": "Paris"}
+        row[field] = ["Paris", f"Lutèce{bad}"] if field in ("aliases", "choices", "tags") else f"Par{bad}is"
+        result = load_items(_jsonl({"id": "ok", "question": "What is 2 + 2?", "answer": 4}, row))
+        assert [it.id for it in result.items] == ["ok"]
+        assert [e.line for e in result.errors] == [2]
+        assert result.errors[0].message.startswith(f"Field {field!r} contains ") and reason in result.errors[0].message
+        assert items_jsonl(result.items)  # the kept rows write out as UTF-8
+
+    @pytest.mark.parametrize("bad", ["\ud800", "\udc80", "\x00"])
+    def test_bad_question_is_a_row_error(self, bad):
+        result = load_items(_jsonl({"question": f"What{bad}?", "answer": "x"}, {"question": "Fine?", "answer": "y"}))
+        assert len(result.items) == 1 and [e.line for e in result.errors] == [1]
+
+    def test_nul_in_a_csv_cell_is_a_row_error(self):
+        result = load_items(b"question,answer\nWhat is 2+2?,4\nCapital?,Par\x00is\n", fmt="csv")
+        assert [it.question for it in result.items] == ["What is 2+2?"]
+        assert [e.line for e in result.errors] == [3] and "NUL" in result.errors[0].message
+
+
 class TestCsv:
     def test_mapping_lists_and_line_numbers(self):
         text = (

@@ -7,7 +7,9 @@ from hypothesis import strategies as st
 
 from ic_core.errors import PromptError
 from ic_core.prompts import (
+    MAX_CHOICES,
     MAX_PROMPT_CHARS,
+    check_text,
     clean_prompt,
     custom_template,
     format_choices,
@@ -95,6 +97,46 @@ class TestCleanPrompt:
     def test_formatting_tokens(self):
         assert is_formatting_token("\n") and is_formatting_token(" ") and is_formatting_token("<|im_start|>")
         assert is_formatting_token("?") and not is_formatting_token(" Paris") and not is_formatting_token("7")
+
+
+class TestInvalidText:
+    """Lone surrogates, NUL and letters past Z are refused in the engine, not only on the CLI (issue 11 case 8)."""
+
+    @pytest.mark.parametrize("bad, reason", [("a\ud800b", "unpaired UTF-16 surrogates"), ("a\x00b", "NUL character")])
+    @pytest.mark.parametrize("where", ["prefix", "system", "custom", "choice"])
+    def test_render_refuses_bad_text_in_every_user_field(self, where, bad, reason):
+        question, choices, template = "what is the capital of france?", (), template_for("direct", "free_text")
+        if where == "prefix":
+            template, label = template_for("direct", "free_text", answer_prefix=f"the answer is {bad}"), "The answer prefix"
+        elif where == "system":
+            template, label = custom_template("{question}", system=f"sure {bad}"), "The system message"
+        elif where == "custom":
+            template, label = custom_template(f"{bad} {{question}}"), "The template"
+        else:
+            choices, template, label = ("paris", f"rome {bad}"), template_for("direct", "multiple_choice"), "Option B"
+        with pytest.raises(PromptError, match=f"^{label} contains .*{reason}.*not valid text\\.$") as info:
+            render(TOK, question, template, choices)
+        assert "\n" not in str(info.value)
+
+    @pytest.mark.parametrize("bad", ["a\ud800b", "a\udfffb", "\x00"])
+    def test_question_with_surrogate_or_nul_is_refused(self, bad):
+        with pytest.raises(PromptError, match="surrogates|control character"):
+            render(TOK, f"what is {bad}", template_for("direct", "free_text"))
+
+    def test_at_most_26_choices(self):
+        tpl = template_for("direct", "multiple_choice")
+        options = [str(i) for i in range(MAX_CHOICES)]
+        r = render(TOK, "what is the number?", tpl, options)
+        assert "Z. 25" in r.user_text and "[." not in r.user_text
+        with pytest.raises(PromptError, match="^27 options given; .* at most 26\\.$"):
+            render(TOK, "what is the number?", tpl, [*options, "26"])
+        with pytest.raises(PromptError, match="27 options"):
+            format_choices([*options, "26"])
+
+    def test_check_text_passes_valid_text_through(self):
+        assert check_text("paris \U0001F600 \t\n", "x") == "paris \U0001F600 \t\n"  # a paired astral char is fine
+        with pytest.raises(PromptError, match="^The answer must be text, got int\\.$"):
+            check_text(7, "The answer")
 
 
 @settings(max_examples=150, deadline=None)
