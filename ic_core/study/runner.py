@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ic_core.analysis import check_grading_texts
 from ic_core.datasets import PromptItem, items_jsonl, items_sha256, load_items
 from ic_core.errors import DataError, ICError
-from ic_core.generate import MAX_NEW_TOKENS_LIMIT, GenerationConfig
+from ic_core.generate import MAX_NEW_TOKENS_LIMIT, GenerationConfig, check_fits_context, check_seed
 from ic_core.io import atomic_write_bytes, atomic_write_json
 from ic_core.prompts import REGIMES, PromptTemplate, RenderedPrompt, render, template_for
 from ic_core.runs.lock import acquire_lock, release_lock
@@ -117,23 +118,52 @@ def _gen_by_regime(config: GenerationConfig, regimes: Sequence[str]) -> dict[str
 
 
 def _plan(
-    loaded: LoadedModel, items: Sequence[PromptItem], regimes: Sequence[str], use_item_prefix: bool, answer_prefix: str | None
+    loaded: LoadedModel, items: Sequence[PromptItem], regimes: Sequence[str], use_item_prefix: bool,
+    answer_prefix: str | None, config: GenerationConfig, generate: bool, seed: int,
 ) -> list[_Planned]:
-    max_ctx = loaded.max_context
+    """Every row's rendered prompt, checked before any work starts.
+
+    Each prompt must render, hold valid texts, and (when it is to be generated) leave room in
+    the context for its regime's ``max_new_tokens``; every row's seed ``seed + row`` must be
+    one torch takes. So a study that would fail half-way fails at once, with one line.
+
+    Raises:
+        DataError: naming the first few rows that cannot run, or the seed range.
+
+    """
+    max_ctx, max_new = loaded.max_context, _gen_by_regime(config, regimes)
     plan, problems = [], []
     for item in items:
         for regime in regimes:
             prefix, used = _prefix_for(item, regime, use_item_prefix, answer_prefix)
             template: PromptTemplate = template_for(regime, item.kind, prefix)
             try:
+                check_grading_texts(item.answer, item.aliases)
                 rendered = render(loaded.tokenizer, item.question, template, item.choices, "last", max_ctx)
+                if generate and item.output is None:
+                    check_fits_context(loaded, rendered, replace(config, max_new_tokens=max_new[regime]))
             except ICError as exc:
                 problems.append(f"{item.id} ({regime}): {exc}")
                 continue
             plan.append(_Planned(len(plan), item, regime, rendered, used))
     if problems:
-        raise DataError(f"{len(problems)} prompt(s) cannot be rendered; fix or remove them: " + "; ".join(problems[:5]))
+        raise DataError(f"{len(problems)} prompt(s) cannot be run; fix or remove them: " + "; ".join(problems[:5]))
+    _check_seeds(seed, len(plan))
     return plan
+
+
+def _check_seeds(seed: int, n_rows: int) -> None:
+    """Refuse a seed whose rows' seeds (``seed`` … ``seed + n_rows - 1``) torch cannot take.
+
+    Raises:
+        DataError: one line naming the seed and the number of rows.
+
+    """
+    try:
+        check_seed(seed)
+        check_seed(seed + max(0, n_rows - 1))
+    except ICError as exc:
+        raise DataError(f"Row r samples with seed + r for {n_rows:,} rows: {exc}") from exc
 
 
 def _new_manifest(
@@ -298,7 +328,8 @@ def run_study(
         dataset_sha256: Hash of the source file, recorded in the manifest.
 
     Raises:
-        DataError: unknown regimes, no items, unrenderable prompts, or a folder holding another study.
+        DataError: unknown regimes, no items, unrenderable prompts, a prompt + max_new_tokens past the
+            context, a seed range torch cannot take, or a folder holding another study.
 
     """
     regimes = list(dict.fromkeys(regimes))
@@ -315,7 +346,7 @@ def run_study(
         raise DataError("The prompt set has no items to run.")
     config = gen_config or GenerationConfig()
     folder = Path(out_dir)
-    plan = _plan(loaded, items, regimes, use_item_prefix, answer_prefix)
+    plan = _plan(loaded, items, regimes, use_item_prefix, answer_prefix, config, generate, seed)
     manifest = _open_folder(folder, _new_manifest(
         loaded, items, regimes, config, folder=folder, dataset_name=dataset_name, dataset_sha256=dataset_sha256,
         n_items_in_set=n_in_set, limit=limit, use_item_prefix=use_item_prefix, answer_prefix=answer_prefix,

@@ -226,6 +226,38 @@ class TestInputs:
         assert summarize(run).loc[0, "n_graded"] == 2
 
 
+    def test_prompt_plus_new_tokens_past_the_context_fails_before_any_work(self, tiny, tmp_path):
+        long_q = " ".join(["what is the capital of france"] * 30)
+        items = [ITEMS[1], PromptItem("long", long_q, "paris")]
+        n_prompt = render(tiny.tokenizer, long_q, template_for("direct", "short_answer")).n_tokens
+        assert n_prompt < tiny.max_context < n_prompt + 100  # the prompt fits; the answer would not
+        with pytest.raises(DataError) as info:
+            run_study(tiny, items, ["direct"], tmp_path / "ctx", gen_config=GenerationConfig(max_new_tokens=100))
+        message = str(info.value)
+        assert message.startswith("1 prompt(s) cannot be run") and "long (direct)" in message
+        assert "max_new_tokens" in message and "\n" not in message
+        assert not (tmp_path / "ctx").exists()
+        given = [ITEMS[1], PromptItem("long", long_q, "paris", output="paris")]  # graded from its output: no generation
+        run = run_study(tiny, given, ["direct"], tmp_path / "given", gen_config=GenerationConfig(max_new_tokens=100))
+        assert run.table["output_source"].tolist() == ["generated", "dataset"]
+        assert len(run_study(tiny, items, ["direct"], tmp_path / "states", generate=False).table) == 2
+
+    @pytest.mark.parametrize("seed", [2**63 - 2, -1, "7"])
+    def test_seed_range_of_the_rows_is_checked_before_any_work(self, tiny, tmp_path, seed):
+        with pytest.raises(DataError, match="^Row r samples with seed \\+ r for 3 rows: The seed must be") as info:
+            run_study(tiny, ITEMS[:3], ["direct"], tmp_path / "seed", gen_config=FAST, seed=seed)
+        assert "\n" not in str(info.value) and not (tmp_path / "seed").exists()
+
+    def test_last_row_may_use_the_largest_seed(self, tiny, tmp_path):
+        run = run_study(tiny, ITEMS[:3], ["direct"], tmp_path / "top", gen_config=FAST, seed=2**63 - 3)
+        assert len(run.table) == 3 and run.manifest["seed"] == 2**63 - 3
+
+    def test_item_with_bad_alias_built_without_the_loader_fails_before_any_work(self, tiny, tmp_path):
+        items = [ITEMS[1], PromptItem("bad", "what is the capital of italy", "rome", aliases=("ro\x00ma",))]
+        with pytest.raises(DataError, match="bad \\(direct\\): An accepted alias contains a NUL character"):
+            run_study(tiny, items, ["direct"], tmp_path / "alias", gen_config=FAST)
+        assert not (tmp_path / "alias").exists()
+
     def test_states_beyond_float16_range_are_clipped_and_counted(self, tiny, tmp_path, monkeypatch):
         monkeypatch.setattr(runner_mod, "F16_MAX", 0.5)
         run = run_study(tiny, ITEMS[:2], ["direct"], tmp_path / "clip", generate=False)
