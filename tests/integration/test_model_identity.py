@@ -167,6 +167,27 @@ class TestConvertedCache:
     def test_in_memory_model_has_no_digest(self, tiny):
         assert tiny.weights_sha256 is None
 
+    def test_hub_model_digest_is_its_snapshots_safetensors(self, tmp_path, tiny, monkeypatch):
+        """A hub id loaded from the Hugging Face cache (snapshot files linked to blobs, as the hub client lays them out)."""
+        import huggingface_hub.constants
+
+        saved = tmp_path / "saved"
+        tiny.model.save_pretrained(saved)
+        tiny.tokenizer.save_pretrained(saved)
+        repo = tmp_path / "hub" / "models--tiny-org--tiny-llama"
+        snapshot = repo / "snapshots" / ("0" * 40)
+        (repo / "blobs").mkdir(parents=True)
+        snapshot.mkdir(parents=True)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text("0" * 40)
+        for f in saved.iterdir():
+            blob = repo / "blobs" / _sha(f)
+            shutil.copy(f, blob)
+            (snapshot / f.name).symlink_to(blob)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+        loaded = load_model(ModelSpec.parse("tiny-org/tiny-llama"), cache_dir=tmp_path / "cache")
+        assert loaded.spec.source == "hub" and loaded.weights_sha256 == _sha(saved / "model.safetensors")
+
 
 class TestCheckModel:
     def _policy(self, loaded, **model):
