@@ -3,7 +3,9 @@
 Case → test: injected assistant turn / control strings in question, choice, answer prefix,
 custom template, system text → ``test_control_strings_stay_plain_text``; ordinary prompts keep
 today's ids → ``test_ordinary_prompts_keep_their_ids``; no parsed-special tokenizer calls in
-``ic_core`` → ``test_ic_core_never_parses_special_tokens_in_user_text``.
+``ic_core`` → ``test_ic_core_never_parses_special_tokens_in_user_text``. The same with each of the
+default model's 17 special tokens, and the issue's forged Chad turn, is in
+``tests/model/test_special_tokens.py``; the benchmark's inputs in ``test_bench_inputs.py``.
 """
 
 import re
