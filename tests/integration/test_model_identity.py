@@ -120,6 +120,23 @@ class TestDigestStore:
         assert weights.file_sha256(f, tmp_path) == _sha(f)  # a malformed entry is ignored
         assert len(hash_calls) == 2
 
+    def test_file_written_while_hashed_is_refused_not_stored(self, tmp_path, monkeypatch):
+        """A digest of bytes that changed mid-read belongs to no version of the file: error, nothing stored."""
+        f = tmp_path / "w.bin"
+        f.write_bytes(b"abc")
+        real = weights._hash_file
+
+        def hash_then_append(path):
+            digest = real(path)
+            with path.open("ab") as fh:
+                fh.write(b"more")
+            return digest
+
+        monkeypatch.setattr(weights, "_hash_file", hash_then_append)
+        with pytest.raises(OSError, match="changed while its SHA-256 was computed"):
+            weights.file_sha256(f, tmp_path)
+        assert not (tmp_path / weights.STORE_FILE).exists()
+
     def test_shards_combine_like_sha256sum(self, tmp_path):
         """Several files: SHA-256 of `sha256sum` lines sorted by name; one file: its own SHA-256."""
         a, b = tmp_path / "model-00002.safetensors", tmp_path / "model-00001.safetensors"
