@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
 HOST ?= 127.0.0.1
+SERVE_PORT ?= 8000
+POLICY ?= policy.json
+SERVE_MODE ?= block
 STAMP := $(VENV)/.installed
 
 .PHONY: run test bench install browser lint clean
@@ -26,6 +29,11 @@ browser:
 
 run: install
 	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)
+
+# The gated OpenAI-compatible endpoint: set IC_API_KEYS (or IC_API_KEY_FILE) first.
+.PHONY: serve
+serve: install
+	$(PY) -m ic_core serve --policy $(POLICY) --host $(HOST) --port $(SERVE_PORT) --mode $(SERVE_MODE)
 
 test: install browser
 	$(PY) -m pytest

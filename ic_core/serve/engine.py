@@ -1,0 +1,225 @@
+"""The gated endpoint's engine: check a conversation, log the decision, then (maybe) answer.
+
+Everything that must hold whatever the HTTP layer does lives here, not in the routes:
+
+- the conversation is read through :func:`ic_core.analysis.analyze`, i.e. the policy's own
+  template and ``ic_core.prompts``' rendering, so message text is data and only the chat
+  template emits control tokens;
+- the decision is appended to the chained audit log (``source="api"``) before anything is
+  generated, and a request whose record cannot be written is refused;
+- the answer continues from the check's own prefill (:func:`ic_core.analysis.answer`); no
+  second read of the prompt.
+
+This round reads one user turn (optionally after system/developer messages). Earlier turns
+need a multi-message renderer in ``ic_core.prompts`` and are refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ic_core.analysis import Analysis, analyze, answer
+from ic_core.errors import DataError, ICError, PromptError
+from ic_core.generate import GenerationConfig
+from ic_core.governance.audit import append_record, make_record, resolve_audit_path
+from ic_core.governance.gate import (
+    Decision,
+    check_probe,
+    decide_for_analysis,
+    policy_template,
+    resolve_answer_prefix,
+)
+from ic_core.governance.policy import Policy, check_model
+from ic_core.models import LoadedModel
+from ic_core.serve.schemas import Message
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ic_core.probes.saved import SavedProbe
+
+Action = Literal["checked", "answered", "blocked", "annotated"]
+FinishReason = Literal["stop", "length"]
+
+
+class AuditUnavailable(ICError):
+    """The decision could not be appended to the audit log, so the request is refused (nothing generated)."""
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """The parts of a chat request the check reads."""
+
+    question: str
+    """The last user message: filled into the policy's template."""
+    system: str | None
+    """System/developer messages joined (None: the chat template's default system prompt)."""
+
+    @property
+    def audit_text(self) -> str:
+        """The text the audit record hashes: the question, after the system text when there is one."""
+        return self.question if self.system is None else f"{self.system}\n\n{self.question}"
+
+
+def read_conversation(messages: Sequence[Message]) -> Conversation:
+    """The system text and the one user question of a chat request.
+
+    Raises:
+        PromptError: no user message, an empty one, or earlier user/assistant/tool turns.
+
+    """
+    system_parts = [m.text() for m in messages if m.role in ("system", "developer")]
+    turns = [m for m in messages if m.role not in ("system", "developer")]
+    if not turns or turns[-1].role != "user":
+        raise PromptError("The conversation must end with a user message: that is what the gate checks.")
+    if len(turns) > 1:
+        raise PromptError(
+            f"The conversation has {len(turns)} user/assistant/tool turns; this server reads one user turn "
+            "(after optional system messages). Send the current question on its own."
+        )
+    system = "\n\n".join(p.strip() for p in system_parts if p.strip()) or None
+    return Conversation(turns[-1].text(), system)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One request's check: the analysis (holding its prefill), the decision and its audit record."""
+
+    conversation: Conversation
+    analysis: Analysis
+    decision: Decision
+    record: dict[str, Any]
+    """The audit record as written (``seq``, ``record_sha256``)."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The answer generated after an approved (or annotated) check."""
+
+    text: str
+    """The assistant's answer: the forced prefix (if any) and the generated text, cut at a stop sequence."""
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    token_texts: tuple[str, ...]
+    """Cumulative answer texts after each generated token (for streaming deltas)."""
+
+
+class GatedEngine:
+    """The model, policy and probe of one server; every method runs on the model worker's thread."""
+
+    def __init__(self, loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = None,
+                 audit_log: str | None = None) -> None:
+        """Refuse a model or probe other than the policy's before serving anything.
+
+        Raises:
+            ModelMismatchError: the loaded model is not the policy's.
+            DataError: the policy reads a probe and a different (or no) probe was given; bad audit path.
+
+        """
+        check_model(policy, loaded)
+        check_probe(policy, probe)
+        self.loaded, self.policy, self.probe = loaded, policy, probe
+        self.audit_path: Path = resolve_audit_path(audit_log)
+
+    def check(self, messages: Sequence[Message], answer_prefix: str | None, actor: str) -> Checked:
+        """Read the conversation's state, decide, and append the decision to the audit log.
+
+        Raises:
+            PromptError: an unusable conversation or answer prefix, or one longer than the context.
+            AuditUnavailable: the audit record cannot be written (nothing is generated then).
+
+        """
+        start = time.perf_counter()
+        conversation = read_conversation(messages)
+        policy = self.policy
+        template = policy_template(policy)
+        if conversation.system is not None:
+            template = replace(template, system=conversation.system)
+        analysis = analyze(
+            self.loaded, conversation.question, regime=policy.regime, kind=policy.kind, template=template,
+            answer_prefix=resolve_answer_prefix(policy, answer_prefix), do_generate=False,
+        )
+        decision = decide_for_analysis(policy, analysis, self.probe, elapsed_s=time.perf_counter() - start)
+        decision = replace(decision, audit_log=str(self.audit_path), policy_signed=policy.is_signed,
+                           model=self.loaded.spec.label)
+        return Checked(conversation, analysis, decision, self._audit(conversation, decision, actor))
+
+    def _audit(self, conversation: Conversation, decision: Decision, actor: str) -> dict[str, Any]:
+        policy = self.policy
+        signals = decision.signals if policy.store_prompt_text else {
+            k: v for k, v in decision.signals.items() if k != "readout_token"}  # a prompt word when read at its end
+        record = make_record(
+            prompt=conversation.audit_text, model=decision.model, policy_id=policy.policy_id, signals=signals,
+            decision=decision.decision, reason=decision.reason, elapsed_s=decision.elapsed_s,
+            store_prompt_text=policy.store_prompt_text, actor=actor, source="api",
+            probe_sha256=(policy.probe or {}).get("npz_sha256") if self.probe is not None else None,
+            weights_sha256=getattr(self.loaded, "weights_sha256", None),
+            extra={"policy_signed": policy.is_signed},
+        )
+        try:
+            return append_record(self.audit_path, record)
+        except DataError as exc:
+            raise AuditUnavailable(f"The decision could not be written to the audit log, so nothing was generated: {exc}") from exc
+
+    def complete(self, checked: Checked, config: GenerationConfig, stop: Sequence[str] = ()) -> Completion:
+        """Generate the answer from the check's prefill, cut at the first stop sequence.
+
+        Raises:
+            PromptError: the prompt plus ``max_new_tokens`` exceed the model's context.
+
+        """
+        done = answer(self.loaded, checked.analysis, config)
+        gen = done.generation
+        assert gen is not None  # answer() always generates
+        tok = self.loaded.tokenizer
+        prefix = gen.answer_prefix or ""
+        full = gen.answer_text
+        text, cut = _cut_at_stop(full, stop, len(prefix))
+        finish: FinishReason = "stop" if cut or gen.stop_reason != "max_new_tokens" else "length"
+        ids = list(gen.token_ids)
+        cumulative = tuple(prefix + tok.decode(ids[: k + 1], skip_special_tokens=True) for k in range(len(ids)))
+        return Completion(text, finish, checked.analysis.rendered.n_tokens, len(ids), cumulative)
+
+
+def _cut_at_stop(text: str, stop: Sequence[str], start: int) -> tuple[str, bool]:
+    """``text`` up to the earliest stop sequence found after ``start`` (the forced prefix is never cut)."""
+    hits = [i for s in stop if (i := text.find(s, start)) >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def stream_deltas(completion: Completion) -> list[str]:
+    """The answer split at token boundaries; the pieces always join to exactly ``completion.text``."""
+    final, pieces, emitted = completion.text, [], 0
+    for candidate in completion.token_texts:
+        end = min(len(candidate), len(final))
+        if end > emitted and final.startswith(candidate[:end]):
+            pieces.append(final[emitted:end])
+            emitted = end
+    if emitted < len(final):
+        pieces.append(final[emitted:])
+    return pieces
+
+
+def intention(checked: Checked, policy: Policy, mode: str, action: Action) -> dict[str, Any]:
+    """The ``intention`` object every response carries: what the gate decided, why, and where it is logged.
+
+    ``guarantee`` is the policy's recorded risk guarantee; a policy without one has an empirical
+    threshold and says so.
+    """
+    d, record = checked.decision, checked.record
+    return {
+        "decision": d.decision,
+        "reason": d.reason,
+        "signals": d.signals,
+        "policy_id": d.policy_id,
+        "policy_signed": d.policy_signed,
+        "guarantee": policy.held_out.get("guarantee") or "none (empirical threshold)",
+        "mode": mode,
+        "action": action,
+        "model": d.model,
+        "elapsed_s": d.elapsed_s,
+        "audit": {"seq": record.get("seq"), "record_sha256": record.get("record_sha256")},
+    }
