@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import html
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -13,14 +10,9 @@ import streamlit as st
 
 from ic_core.analysis import Analysis
 from ic_core.datasets import (
-    FIELDS,
-    REQUIRED_FIELDS,
     LoadResult,
     bundled_sets,
-    csv_headers,
     load_bundled,
-    load_items,
-    suggest_column_map,
 )
 from ic_core.errors import DataError, ICError
 from ic_core.generate import MAX_NEW_TOKENS_LIMIT
@@ -38,6 +30,7 @@ from ic_core.plots.study import (
 )
 from ic_core.probes.report import probe_column, probe_column_text
 from ic_core.prompts import REGIMES, readout_label
+from ic_core.runs.health import BrokenRun, broken_from_error, broken_runs
 from ic_core.runs.lock import run_in_progress
 from ic_core.runs.schema import verdict_label
 from ic_core.runs.store import StudyRun, default_run_name, list_runs, run_mtime, run_path, runs_root, status_label
@@ -62,16 +55,18 @@ from ui.common import (
     footer,
     gen_config,
     get_loaded,
+    md_text,
     require_router,
     show_error,
 )
+from ui.study_upload import choose_upload, validation_report
 
 # Session keys of the new-study inputs (kept across page switches).
 K = {name: KEEP_PREFIX + "study." + name for name in
      ("source", "bundled", "regimes", "limit", "max_new", "use_prefix", "generate", "run_name")}
 RUN_SELECT_KEY = "study_run_select"
+BROKEN_KEY = "study.broken_runs"
 ITEM_PICK_KEY = "study_item_pick"
-NONE = "(none)"
 PREFIX_HELP = (
     "Many bundled items carry a forced answer prefix (e.g. 'The capital of France is'). In the direct regime the "
     "state is then read after that prefix — still before the model writes any content token — and its entropy "
@@ -115,11 +110,6 @@ def cached_report(path: str, mtime: float) -> str:
                         dim_effs=cached_dim_eff(path, mtime))
 
 
-@st.cache_data(max_entries=4, show_spinner=False)
-def cached_upload(data: bytes, fmt: str, mapping: tuple[tuple[str, str], ...]) -> LoadResult:
-    return load_items(data, fmt=fmt, column_map=dict(mapping))
-
-
 # ------------------------------------------------------------ choosing the prompt set
 
 
@@ -131,69 +121,8 @@ def choose_bundled() -> tuple[str, LoadResult] | None:
     name = st.selectbox("Bundled set", names, key=K["bundled"],
                         format_func=lambda n: f"{n} ({next(s.n_items for s in sets if s.name == n)} items)")
     info = next(s for s in sets if s.name == name)
-    st.caption(f"Licence: {info.license} · kinds: {', '.join(info.kinds)}")
+    st.caption(f"Licence: {md_text(info.license)} · kinds: {md_text(', '.join(info.kinds))}")
     return name, load_bundled(name)
-
-
-def choose_upload() -> tuple[str, LoadResult] | None:
-    st.caption("JSONL: one object per line with at least `question` (optional: id, answer, aliases, choices, kind, "
-               "answer_prefix, tags, source, license, output). CSV: a header row; aliases/choices/tags separated "
-               "by `|`. An `output` column holds existing model outputs: they are graded instead of generating. "
-               "Files are only read as data (max 5 MB / 5,000 rows).")
-    upload = st.file_uploader("Prompt file", type=["jsonl", "csv", "json"], key="study_upload")
-    if upload is None:
-        return None
-    data = upload.getvalue()
-    fmt = "csv" if upload.name.lower().endswith(".csv") else "jsonl"
-    mapping: dict[str, str] = {}
-    if fmt == "csv":
-        try:
-            headers = csv_headers(data)
-        except DataError as exc:
-            show_error(exc)
-            return None
-        mapping = column_mapping(headers)
-    try:
-        result = cached_upload(data, fmt, tuple(sorted(mapping.items())))
-    except ICError as exc:
-        show_error(exc)
-        return None
-    return Path(upload.name).stem, result
-
-
-def column_mapping(headers: list[str]) -> dict[str, str]:
-    """Let the user say which CSV column holds each field (pre-filled with a guess)."""
-    guess = suggest_column_map(headers)
-    headers_key = hashlib.sha256("\x1f".join(headers).encode("utf-8")).hexdigest()[:10]
-    with st.expander("Column mapping", expanded=not set(REQUIRED_FIELDS) <= set(guess)):
-        st.caption("Which column holds each field? `question` is required.")
-        cols = st.columns(4)
-        mapping = {}
-        for i, name in enumerate(FIELDS):
-            options = [NONE, *headers]
-            default = options.index(guess[name]) if name in guess else 0
-            # the key includes the headers, so another file starts from its own guess
-            choice = cols[i % 4].selectbox(name + (" *" if name in REQUIRED_FIELDS else ""), options, index=default,
-                                           key=f"study_map_{name}_{headers_key}")
-            if choice != NONE:
-                mapping[name] = choice
-    return mapping
-
-
-def validation_report(result: LoadResult) -> None:
-    n_bad = len(result.errors)
-    msg = f"{len(result.items)} good item(s) of {result.n_rows} row(s)."
-    if n_bad:
-        st.warning(f"{msg} {n_bad} row(s) rejected — they are left out:")
-        st.dataframe(pd.DataFrame([{"line": e.line, "problem": e.message} for e in result.errors]),
-                     hide_index=True, height=min(300, 40 + 35 * n_bad))
-    else:
-        st.success(msg)
-    for w in result.warnings:
-        st.info(w)
-    if any(it.output is not None for it in result.items):
-        st.info("This file carries model outputs: they are graded as given (no generation) and the states are "
-                "read from the prompts. Use the regime those outputs were produced with.")
 
 
 # ------------------------------------------------------------ running
@@ -222,7 +151,7 @@ def start_study(loaded: LoadedModel, name: str, result: LoadResult, regimes: lis
         show_error(exc)
         return
     st.session_state[RUN_SELECT_KEY] = str(run.path)  # the selectbox below is not drawn yet: allowed
-    st.success(f"Saved **{run.name}** ({len(run.table)} rows) under {runs_root()}.")
+    st.success(f"Saved **{md_text(run.name)}** ({len(run.table)} rows) under {md_text(runs_root())}.")
 
 
 def new_study_form(loaded: LoadedModel) -> None:
@@ -257,7 +186,7 @@ def new_study_form(loaded: LoadedModel) -> None:
     typed = st.session_state.get(K["run_name"]) or ""
     if typed:
         try:
-            st.caption(f"Folder: `{run_path(typed)}`")
+            st.caption(f"Folder: {md_text(run_path(typed))}")
         except DataError as exc:
             show_error(exc)
             return
@@ -280,12 +209,12 @@ def analysis_from_explore() -> Analysis | None:
 
 
 def show_header(run: StudyRun, loaded: LoadedModel | None) -> None:
-    st.subheader(f"Run: {run.name}")
+    st.subheader(f"Run: {md_text(run.name)}")
     live = run_in_progress(run.path)
     c = st.columns([1, 1, 3])
     c[0].metric("Rows", f"{len(run.table)} / {run.n_planned}")
     c[1].metric("Status", status_label(run.status, live))
-    c[2].markdown(summary_markdown(run))
+    c[2].markdown(safe_summary(run))
     if live:
         st.info("Another process is writing this run right now; reopen it later to see more rows.")
     elif run.status != "complete" and loaded is not None:
@@ -297,6 +226,15 @@ def show_header(run: StudyRun, loaded: LoadedModel | None) -> None:
                 st.rerun()
             except ICError as exc:
                 show_error(exc)
+
+
+def safe_summary(run: StudyRun) -> str:
+    """:func:`summary_markdown` with the manifest's stored strings (model label, set name) escaped."""
+    m = run.manifest
+    dataset = m.get("dataset") if isinstance(m.get("dataset"), dict) else {}
+    manifest = {**m, "model_label": md_text(m.get("model_label", "?")),
+                "dataset": {**dataset, "name": md_text(dataset.get("name", "?"))}}
+    return summary_markdown(dataclasses.replace(run, manifest=manifest))
 
 
 def show_items(run: StudyRun) -> None:
@@ -325,18 +263,19 @@ def show_items(run: StudyRun) -> None:
 def show_row(r: pd.Series) -> None:
     left, right = st.columns(2)
     with left:
-        st.markdown(f"**Question** ({r['kind']}, expected: `{r['expected']}`)")
+        st.markdown(f"**Question** ({md_text(r['kind'])}, expected: “{md_text(r['expected'])}”)")
         st.text(r["user_text"] or r["question"])
         if r["answer_prefix"]:
-            st.caption(f"Read after the forced answer prefix “{r['answer_prefix']}” ({r['signal']}).")
-        st.markdown(f"**{r['signal']}** = {r['readout_entropy_bits']:.2f} bits · top-1 probability {r['top1_prob']:.2f} · "
-                    f"read-out token `{html.escape(str(r['readout_token']))}`")
+            st.caption(f"Read after the forced answer prefix “{md_text(r['answer_prefix'])}” ({md_text(r['signal'])}).")
+        st.markdown(f"**{md_text(r['signal'])}** = {r['readout_entropy_bits']:.2f} bits · top-1 probability "
+                    f"{r['top1_prob']:.2f} · read-out token “{md_text(r['readout_token'])}”")
         if isinstance(r["top_tokens"], list):
-            st.caption("Most likely next tokens: " + ", ".join(f"`{t}` {p:.2f}" for t, p in r["top_tokens"]))
+            st.caption("Most likely next tokens: " + ", ".join(f"“{md_text(t)}” {p:.2f}" for t, p in r["top_tokens"]))
     with right:
         st.markdown("**Output**" + (" (from the file)" if r["output_source"] == "dataset" else ""))
         st.text(r["output_text"] if r["output_text"] is not None else "(not generated)")
-        st.markdown(f"Extracted: `{r['extracted_answer']}` ({r['grade_rule']}) → **{verdict_label(r['correct'])}**")
+        st.markdown(f"Extracted: “{md_text(r['extracted_answer'])}” ({md_text(r['grade_rule'])}) → "
+                    f"**{verdict_label(r['correct'])}**")
         if isinstance(r["generated_tokens"], list) and r["generated_tokens"]:
             st.plotly_chart(token_entropy_bar_figure(r["generated_tokens"], r["token_entropies_bits"]),
                             key="study_tok_fig")
@@ -397,11 +336,11 @@ def show_pca(run: StudyRun, path: str, mtime: float) -> None:
         nearest = run.table.iloc[placement.nearest_row]
         st.markdown(
             f"**The prompt from Explore lies {where} what this study covered** at layer {layer}: its distance to "
-            f"the nearest study item ({nearest['item_id']} · {nearest['regime']}) exceeds the nearest-neighbour "
+            f"the nearest study item ({md_text(nearest['item_id'])} · {md_text(nearest['regime'])}) exceeds the nearest-neighbour "
             f"distance of {placement.nn_percentile:.0f} % of the study's own items (outside means more than 95 %; "
             f"Mahalanobis-like distance {placement.mahalanobis:.1f} over {placement.n_components} PCA components). "
             + ("Study results may not describe it." if placement.outside else ""))
-        st.caption(f"Explore's prompt: “{analysis.rendered.user_text[:100]}” ({analysis.rendered.regime}, "
+        st.caption(f"Explore's prompt: “{md_text(analysis.rendered.user_text, 100)}” ({analysis.rendered.regime}, "
                    f"{analysis.signal_name}). Compare it with items read the same way (regime, answer prefix).")
 
 
@@ -418,12 +357,30 @@ def show_exports(run: StudyRun, path: str, mtime: float, comparison: RegimeCompa
                            key="study_dl_html")
 
 
+def open_failures() -> dict[str, tuple[float, BrokenRun]]:
+    """Listed runs that failed to open in this session: path → (mtime then, broken entry)."""
+    return st.session_state.setdefault(BROKEN_KEY, {})
+
+
+def broken_entries(listed: list[str]) -> dict[str, BrokenRun]:
+    """Broken run folders by path: unreadable manifests, and listed runs that failed to open (same mtime)."""
+    out = {str(b.path): b for b in broken_runs()}
+    for path, (mtime, entry) in open_failures().items():
+        if path in listed and run_mtime(path) == mtime:
+            out[path] = entry
+    return out
+
+
 def show_run(path: str, loaded: LoadedModel | None) -> None:
     mtime = run_mtime(path)
     try:
         run = cached_run(path, mtime)
     except ICError as exc:
-        show_error(exc)
+        entry = broken_from_error(path, exc)
+        st.error(f"**This run folder cannot be opened.** {md_text(entry.reason)} The other runs still work.")
+        if path not in open_failures():
+            open_failures()[path] = (mtime, entry)
+            st.rerun()  # the run list marks it as broken
         return
     show_header(run, loaded)
     if len(run.table) == 0:
@@ -481,16 +438,22 @@ with st.expander("New study", expanded=not runs):
         except ICError as exc:
             show_error(exc)
 runs = list_runs()
-if not runs:
-    st.info(f"No saved runs in `{runs_root()}` yet (set IC_RUNS_DIR to use another folder).")
+broken = broken_entries([str(r.path) for r in runs])
+if not runs and not broken:
+    st.info(f"No saved runs in {md_text(runs_root())} yet (set IC_RUNS_DIR to use another folder).")
 else:
-    paths = [str(r.path) for r in runs]
+    labels = {str(r.path): r.label for r in runs} | {p: b.label for p, b in broken.items()}
+    paths = [p for p in labels if p not in broken] + [p for p in labels if p in broken]  # good runs first
     if st.session_state.get(RUN_SELECT_KEY) not in paths:
         st.session_state.pop(RUN_SELECT_KEY, None)
-    labels = {str(r.path): r.label for r in runs}
     choice = st.selectbox("Saved run", paths, format_func=labels.__getitem__, key=RUN_SELECT_KEY)
-    try:
-        show_run(choice, loaded)
-    except ICError as exc:
-        show_error(exc)
+    if broken:
+        st.caption(f"{len(broken)} run folder(s) cannot be opened; they are listed last, marked ⚠, with the reason.")
+    if choice in broken:
+        st.error(f"**This run folder cannot be opened.** {md_text(broken[choice].reason)} The other runs still work.")
+    else:
+        try:
+            show_run(choice, loaded)
+        except ICError as exc:
+            show_error(exc)
 footer(loaded)

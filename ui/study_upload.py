@@ -1,0 +1,87 @@
+"""The Study page's prompt-file upload: read it as data, map CSV columns, report rejected rows.
+
+Everything from the file is shown as text (a table, or Markdown-escaped with :func:`ui.common.md_text`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from ic_core.datasets import FIELDS, REQUIRED_FIELDS, LoadResult, csv_headers, load_items, suggest_column_map
+from ic_core.errors import DataError, ICError
+from ui.common import md_text, show_error
+
+NONE = "(none)"
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def cached_upload(data: bytes, fmt: str, mapping: tuple[tuple[str, str], ...]) -> LoadResult:
+    """The uploaded file's items, parsed once per (bytes, format, column mapping)."""
+    return load_items(data, fmt=fmt, column_map=dict(mapping))
+
+
+def choose_upload() -> tuple[str, LoadResult] | None:
+    """The uploaded prompt file's name (stem) and items; None until a usable file is uploaded."""
+    st.caption("JSONL: one object per line with at least `question` (optional: id, answer, aliases, choices, kind, "
+               "answer_prefix, tags, source, license, output). CSV: a header row; aliases/choices/tags separated "
+               "by `|`. An `output` column holds existing model outputs: they are graded instead of generating. "
+               "Files are only read as data (max 5 MB / 5,000 rows).")
+    upload = st.file_uploader("Prompt file", type=["jsonl", "csv", "json"], key="study_upload")
+    if upload is None:
+        return None
+    data = upload.getvalue()
+    fmt = "csv" if upload.name.lower().endswith(".csv") else "jsonl"
+    mapping: dict[str, str] = {}
+    if fmt == "csv":
+        try:
+            headers = csv_headers(data)
+        except DataError as exc:
+            show_error(exc)
+            return None
+        mapping = column_mapping(headers)
+    try:
+        result = cached_upload(data, fmt, tuple(sorted(mapping.items())))
+    except ICError as exc:
+        show_error(exc)
+        return None
+    return Path(upload.name).stem, result
+
+
+def column_mapping(headers: list[str]) -> dict[str, str]:
+    """Let the user say which CSV column holds each field (pre-filled with a guess)."""
+    guess = suggest_column_map(headers)
+    headers_key = hashlib.sha256("\x1f".join(headers).encode("utf-8")).hexdigest()[:10]
+    with st.expander("Column mapping", expanded=not set(REQUIRED_FIELDS) <= set(guess)):
+        st.caption("Which column holds each field? `question` is required.")
+        cols = st.columns(4)
+        mapping = {}
+        for i, name in enumerate(FIELDS):
+            options = [NONE, *headers]
+            default = options.index(guess[name]) if name in guess else 0
+            # the key includes the headers, so another file starts from its own guess
+            choice = cols[i % 4].selectbox(name + (" *" if name in REQUIRED_FIELDS else ""), options, index=default,
+                                           key=f"study_map_{name}_{headers_key}")
+            if choice != NONE:
+                mapping[name] = choice
+    return mapping
+
+
+def validation_report(result: LoadResult) -> None:
+    """How many rows were usable, the rejected ones in a table, and the loader's warnings."""
+    n_bad = len(result.errors)
+    msg = f"{len(result.items)} good item(s) of {result.n_rows} row(s)."
+    if n_bad:
+        st.warning(f"{msg} {n_bad} row(s) rejected — they are left out:")
+        st.dataframe(pd.DataFrame([{"line": e.line, "problem": e.message} for e in result.errors]),
+                     hide_index=True, height=min(300, 40 + 35 * n_bad))
+    else:
+        st.success(msg)
+    for w in result.warnings:
+        st.info(md_text(w))
+    if any(it.output is not None for it in result.items):
+        st.info("This file carries model outputs: they are graded as given (no generation) and the states are "
+                "read from the prompts. Use the regime those outputs were produced with.")
