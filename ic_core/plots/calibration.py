@@ -1,0 +1,54 @@
+"""Figures for calibrated guarantees: reliability diagram and the repeated-split simulation.
+
+Pure functions: :mod:`ic_core.stats.selective` and :mod:`ic_core.stats.risk_simulation`
+results in, ``go.Figure`` out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from ic_core.stats.risk_simulation import SplitSimulation
+from ic_core.stats.selective import ReliabilityBins
+
+BAR_COLOUR, DIAGONAL_COLOUR, ALPHA_COLOUR = "#1f77b4", "#7f7f7f", "#d62728"
+
+
+def reliability_figure(bins: ReliabilityBins, title: str = "") -> go.Figure:
+    """Accuracy against mean confidence per bin (bubble size = items), with the perfect-calibration diagonal.
+
+    Empty bins are left out; the legend names the ECE with its binning.
+    """
+    full = bins.counts > 0
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
+                             line=dict(color=DIAGONAL_COLOUR, dash="dash")))
+    size = 8 + 22 * np.sqrt(bins.counts[full] / max(1, bins.counts.max()))
+    fig.add_trace(go.Scatter(
+        x=bins.mean_confidence[full], y=bins.accuracy[full], mode="lines+markers",
+        name=f"{bins.label} = {bins.ece:.3f}", marker=dict(size=size, color=BAR_COLOUR),
+        customdata=bins.counts[full], hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} items",
+    ))
+    fig.update_layout(title=title or f"Reliability ({bins.n} items)", xaxis_title="mean predicted P(correct)",
+                      yaxis_title="share correct", xaxis_range=[0, 1], yaxis_range=[0, 1])
+    return fig
+
+
+def simulation_figure(sim: SplitSimulation, title: str = "") -> go.Figure:
+    """Histogram of the realised error among approved over the splits, with α as a vertical line.
+
+    Splits that approved nothing are left out of the histogram and counted in the title.
+    """
+    have = np.isfinite(sim.realised_errors)
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=sim.realised_errors[have], nbinsx=30, marker_color=BAR_COLOUR,
+                               name="realised error among approved"))
+    fig.add_vline(x=sim.alpha, line=dict(color=ALPHA_COLOUR, dash="dash"), annotation_text=f"α = {sim.alpha:g}")
+    none = int((~have).sum())
+    fig.update_layout(
+        title=title or (f"{sim.n_splits} splits: error > α in {sim.exceedance_rate:.1%} (δ = {sim.delta:g})"
+                        + (f"; {none} approved nothing" if none else "")),
+        xaxis_title="error among approved (test part)", yaxis_title="splits", showlegend=False,
+    )
+    return fig
