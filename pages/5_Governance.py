@@ -307,7 +307,8 @@ def choose_probe_scores(run: StudyRun, sig: RunSignals, path: str, mtime: float,
     if external_ok:
         source = st.radio("Probe", ["fit", "session"], key="gov_probe_source", horizontal=True, format_func={
             "fit": "fit one on this run's training items",
-            "session": f"the loaded probe {session_probe.probe_id} (fitted on {Path(session_probe.run_path).name})",
+            "session": f"the loaded probe {md_text(session_probe.probe_id)} (fitted on "
+                       f"{md_text(Path(session_probe.run_path).name)})",
         }.get)
     try:
         if source == "session":
