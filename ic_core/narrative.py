@@ -51,7 +51,7 @@ def reading(report: RecoverabilityReport) -> list[str]:
     above = last.ci_low is not None and last.ci_low > 0.5
     lines.append(
         f"The last-{len(report.last_layer_indices)}-layers probe reaches AUROC {last.ci_text()} on {last.n} answers "
-        f"({last.n_pos} correct); " + ("its 95 % CI lies above chance." if above else "its 95 % CI includes chance (0.5).")
+        f"({last.n_pos} right, {last.n_neg} wrong); " + ("its 95 % CI lies above chance." if above else "its 95 % CI includes chance (0.5).")
     )
     if last.shuffle_mean is not None:
         lines.append(f"With shuffled labels the same protocol gives {last.shuffle_mean:.2f} "
@@ -79,6 +79,9 @@ def reading(report: RecoverabilityReport) -> list[str]:
     length = report.baseline("prompt length")
     if length is not None and length.ok and length.auroc_pooled >= 0.6:
         lines.append(f"Prompt length alone reaches {length.ci_text()}: a shortcut to keep in mind.")
+    lines.extend(other_signal_lines(report))
+    lines.extend(shortcut_lines(report))
+    lines.extend(strata_lines(report))
     best = report.best_layer()
     if best is not None:
         lines.append(f"The best single layer is {best.name} ({best.ci_text()}); picking it after looking at "
@@ -88,6 +91,47 @@ def reading(report: RecoverabilityReport) -> list[str]:
         which = f"Layer {layers[0]} is" if len(layers) == 1 else f"Layers {', '.join(map(str, layers))} are"
         lines.append(f"{which} identical for every item (the chat template ends every prompt with the same "
                      "token), so not probed.")
+    return lines
+
+
+def other_signal_lines(report: RecoverabilityReport) -> list[str]:
+    """One sentence on the difference-of-means direction and the scalar read-out probe, if computed."""
+    shown = [f"the {s.name} {s.ci_text()}" for s in report.signals]
+    if not shown:
+        return []
+    return [f"Beside the linear probe, on the same answers and folds: {'; '.join(shown)}."]
+
+
+def shortcut_lines(report: RecoverabilityReport) -> list[str]:
+    """For each signal, the shortcuts (no model state) it does not beat: paired-bootstrap CI of the difference ≤ 0."""
+    lines = []
+    for signal in (report.last_layers, *report.signals):
+        if not signal.ok:
+            continue
+        failed = []
+        for shortcut in report.shortcuts():
+            d = report.comparison(signal.name, shortcut.name)
+            if d is not None and not (d.clear and d.diff > 0):
+                failed.append(f"{shortcut.name} ({shortcut.ci_text()}; difference {d.text()})")
+        if failed:
+            lines.append(f"The {signal.name} does not beat the shortcut {', nor '.join(failed)}: the paired "
+                         "bootstrap CI of the difference includes 0 or lies below it, so this much could come "
+                         "from the items alone.")
+    return lines
+
+
+def strata_lines(report: RecoverabilityReport) -> list[str]:
+    """Within-strata AUROCs in words, and whether a signal knows anything inside a stratum."""
+    lines = []
+    for r in report.strata:
+        if r.auroc_within is None:
+            lines.append(f"Within {r.shortcut} strata, {r.signal}: {r.reason}.")
+            continue
+        inside = ("it still separates right from wrong inside a stratum" if r.ci_low is not None and r.ci_low > 0.5
+                  else "inside a stratum it shows no signal beyond the shortcut (the CI includes 0.5)")
+        pooled = "n/a" if r.auroc_pooled is None else f"{r.auroc_pooled:.2f}"
+        lines.append(f"Within {r.shortcut} strata ({r.n_strata} strata, {r.n_pos} right, {r.n_neg} wrong), "
+                     f"{r.signal} reaches {r.ci_text()} against {pooled} pooled: {inside}.")
     return lines
 
 

@@ -92,6 +92,64 @@ def signed_score_auroc(
                       description=description, note=note)
 
 
+METADATA_FIELDS: tuple[str, ...] = ("tags", "kind", "source")
+"""Item-metadata fields of a run table used as shortcuts when they vary across the rows."""
+NO_TAG = "(no tag)"
+
+
+def _field_values(graded: pd.DataFrame, field: str) -> list[tuple[str, ...]] | None:
+    """Each row's values of one metadata field (a tuple: tags are several), or None if absent/constant."""
+    if field not in graded:
+        return None
+    out = []
+    for v in graded[field].tolist():
+        if isinstance(v, list | tuple | set | np.ndarray):
+            out.append(tuple(sorted(str(t) for t in v)))
+        else:
+            out.append(() if v is None or (isinstance(v, float) and np.isnan(v)) else (str(v),))
+    return out if len(set(out)) > 1 else None
+
+
+def shortcut_strata(graded: pd.DataFrame) -> dict[str, np.ndarray]:
+    """``{field: (n,) stratum label}`` for each metadata field that varies (tags: the sorted tag set)."""
+    out = {}
+    for field in METADATA_FIELDS:
+        values = _field_values(graded, field)
+        if values is not None:
+            out[field] = np.asarray(["+".join(v) if v else NO_TAG for v in values], dtype=object)
+    return out
+
+
+def one_hot(values: list[tuple[str, ...]]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(n, k) 0/1 indicator matrix of the values each row carries (several per row for tags) and its columns."""
+    levels = tuple(sorted({t for v in values for t in v}))
+    index = {t: j for j, t in enumerate(levels)}
+    X = np.zeros((len(values), len(levels)))
+    for i, v in enumerate(values):
+        for t in v:
+            X[i, index[t]] = 1.0
+    return X, levels
+
+
+def metadata_baselines(graded: pd.DataFrame, y: np.ndarray, **kw: Any) -> list[AurocEstimate]:
+    """One nested-CV probe (C in inner folds) per varying metadata field, on its one-hot encoding.
+
+    The encoding's columns are the field's values over all rows (no labels involved); the
+    logistic regression is fitted inside the folds like every other baseline.
+    """
+    out = []
+    for field in METADATA_FIELDS:
+        values = _field_values(graded, field)
+        if values is None:
+            continue
+        X, levels = one_hot(values)
+        shown = ", ".join(levels[:6]) + (" …" if len(levels) > 6 else "")
+        out.append(probe_auroc(X, y, name=f"item {field} (one-hot)",
+                               description=f"shortcut: L2 logistic regression on the item's {field} "
+                                           f"({len(levels)} values: {shown}), no model state", **kw))
+    return out
+
+
 def _entropy_name(signal: str) -> tuple[str, str]:
     if signal == "H_slot":
         return "−H_slot", "minus the next-token entropy (bits) read after the forced answer prefix"
@@ -106,7 +164,8 @@ def baselines_for(graded: pd.DataFrame, lens_entropy_bits: np.ndarray, *, groups
     """Baselines on the same rows as the probes.
 
     Entropy at the read-out, top-1 probability, lens-entropy probe, post-generation mean token
-    entropy, question-only TF-IDF probe and prompt length.
+    entropy, question-only character n-gram probe, item-metadata probes (tags, kind, source when
+    they vary) and prompt length.
 
     Args:
         graded: table rows (pandas DataFrame) with a boolean ``correct``.
@@ -132,6 +191,7 @@ def baselines_for(graded: pd.DataFrame, lens_entropy_bits: np.ndarray, *, groups
                                description="minus the mean entropy (bits) of the generated tokens: needs the answer, "
                                            "so it is not a pre-generation signal", **kw))
     out.append(text_probe_auroc(graded["question"].tolist(), y, **kw))
+    out.extend(metadata_baselines(graded, y, **kw))
     out.append(signed_score_auroc(graded["n_prompt_tokens"].to_numpy(float), y, name="prompt length",
                                   description="number of prompt tokens; direction chosen on training folds", **kw))
     return out

@@ -85,14 +85,23 @@ def state_model(C: float, pca_components: int | None = None) -> Any:
     return Pipeline(steps)
 
 
+TEXT_NGRAMS: tuple[int, int] = (1, 4)
+"""Character n-gram lengths of the question-text shortcut (inside word boundaries)."""
+
+
 def text_model(C: float) -> Any:
-    """``TfidfVectorizer(words, 1–2-grams) → LogisticRegression(L2)`` on raw question text."""
+    """``TfidfVectorizer(character 1–4-grams) → LogisticRegression(L2)`` on raw question text.
+
+    Character n-grams (``analyzer="char_wb"``) keep what a word tokenizer drops: operators
+    (``+ - × /``), single digits and digit counts, so an arithmetic set whose difficulty is decided
+    by its operator is visible to this shortcut check.
+    """
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
     return Pipeline([
-        ("tfidf", TfidfVectorizer(lowercase=True, ngram_range=(1, 2), sublinear_tf=True)),
+        ("tfidf", TfidfVectorizer(lowercase=True, analyzer="char_wb", ngram_range=TEXT_NGRAMS, sublinear_tf=True)),
         ("logreg", LogisticRegression(C=C, solver="lbfgs", max_iter=MAX_ITER, warm_start=True)),
     ])
 
@@ -301,10 +310,13 @@ def probe_auroc(
                         n_inner=n_inner, n_boot=n_boot, n_shuffles=n_shuffles, seed=seed)
 
 
-def text_probe_auroc(texts: Sequence[str], y: Any, *, name: str = "question text only (TF-IDF)", **kw: Any) -> AurocEstimate:
-    """Shortcut check: the same nested protocol on TF-IDF features of the question text alone."""
+def text_probe_auroc(texts: Sequence[str], y: Any, *, name: str = "question text only (char n-grams)",
+                     **kw: Any) -> AurocEstimate:
+    """Shortcut check: the same nested protocol on character n-gram TF-IDF of the question text alone."""
     X = np.asarray([str(t) for t in texts], dtype=object)
-    description = "TF-IDF of the question's words (1–2-grams) + L2 logistic regression, no model state"
+    lo, hi = TEXT_NGRAMS
+    description = (f"TF-IDF of the question's character {lo}–{hi}-grams (operators and digits kept) "
+                   "+ L2 logistic regression, no model state")
     return fitted_auroc(text_model, X, y, name=name, description=description, **kw)
 
 

@@ -15,7 +15,7 @@ from ic_core.stats.geometry import constant_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     from ic_core.runs.store import StudyRun
-from ic_core.probes.baselines import baselines_for
+from ic_core.probes.baselines import baselines_for, shortcut_strata
 from ic_core.probes.cv import (
     C_GRID,
     LAST_K,
@@ -26,6 +26,7 @@ from ic_core.probes.cv import (
     probe_by_layer,
     probe_last_layers,
 )
+from ic_core.probes.signals import diff_means_auroc, scalar_probe_auroc
 from ic_core.prompts import readout_label
 from ic_core.stats.auroc import (
     N_BOOT,
@@ -36,6 +37,10 @@ from ic_core.stats.auroc import (
     auroc_difference,
     round_or_none,
 )
+from ic_core.stats.strata import StrataAuroc, strata_auroc
+
+SHORTCUT_PREFIXES: tuple[str, ...] = ("question text only", "item ", "prompt length")
+"""Baselines that are shortcuts (no model state): a signal must beat them to mean anything."""
 
 # --------------------------------------------------------------------------------------
 # A study run → the full report
@@ -68,6 +73,22 @@ class RecoverabilityReport:
     """The last-layers probe minus each baseline scored on the same rows (paired bootstrap CI)."""
     settings: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    signals: tuple[AurocEstimate, ...] = ()
+    """Other candidate signals on the same rows: the difference-of-means direction on the last-k states and the
+    scalar read-out probe (:mod:`ic_core.probes.signals`)."""
+    strata: tuple[StrataAuroc, ...] = ()
+    """Each signal's AUROC within the strata of each varying metadata shortcut (tags, kind, source)."""
+    signal_differences: tuple[AurocDifference, ...] = ()
+    """Each of :attr:`signals` minus each shortcut baseline (paired bootstrap CI)."""
+
+    def shortcuts(self) -> tuple[AurocEstimate, ...]:
+        """The baselines that use no model state (question text, item metadata, prompt length)."""
+        return tuple(b for b in self.baselines if b.name.startswith(SHORTCUT_PREFIXES))
+
+    def comparison(self, signal_name: str, baseline_name: str) -> AurocDifference | None:
+        """``signal − baseline`` for the last-layers probe or one of :attr:`signals`."""
+        return next((d for d in (*self.differences, *self.signal_differences)
+                     if d.a == signal_name and d.b == baseline_name), None)
 
     @property
     def accuracy(self) -> float | None:
@@ -103,6 +124,9 @@ class RecoverabilityReport:
             "last_layers": dict(layers=list(self.last_layer_indices), **self.last_layers.to_json()),
             "baselines": [b.to_json() for b in self.baselines],
             "probe_minus_baseline": [d.to_json() for d in self.differences],
+            "other_signals": [r.to_json() for r in self.signals],
+            "signal_minus_shortcut": [d.to_json() for d in self.signal_differences],
+            "within_strata": [r.to_json() for r in self.strata],
             "settings": self.settings, "elapsed_s": round(self.elapsed_s, 2),
         }
 
@@ -170,6 +194,13 @@ def recoverability(
     baselines = baselines_for(graded, lens, n_shuffles=n_shuffles, **common) if len(rows) else []
     differences = tuple(d for d in (auroc_difference(last, b, n_boot=n_boot, seed=seed, groups=groups)
                                     for b in baselines) if d is not None)
+    signals = other_signals(graded, hidden[:, list(last_idx), :].reshape(len(rows), -1), lens, y,
+                            n_shuffles=n_shuffles, **common) if len(rows) else ()
+    shortcuts = [b for b in baselines if b.name.startswith(SHORTCUT_PREFIXES)]
+    signal_diffs = tuple(d for d in (auroc_difference(s, b, n_boot=n_boot, seed=seed, groups=groups)
+                                     for s in signals for b in shortcuts) if d is not None)
+    ent = next((b for b in baselines if b.name.startswith("−")), None)
+    strata = within_strata(graded, [last, *signals, *([ent] if ent else [])], n_boot=n_boot, seed=seed, groups=groups)
     tick(total, total, "baselines")
     settings = {
         "C_grid": list(C_GRID), "outer_folds": N_OUTER, "inner_folds": N_INNER, "n_bootstrap": n_boot,
@@ -182,7 +213,32 @@ def recoverability(
         n_pos=int(y.sum()), signal_name=readout_label(graded["signal"].tolist()),
         constant_layers=const, by_layer=tuple(by_layer), last_layers=last, last_layer_indices=last_idx,
         baselines=tuple(baselines), differences=differences, settings=settings, elapsed_s=time.perf_counter() - t0,
+        signals=signals, strata=strata, signal_differences=signal_diffs,
     )
+
+
+def other_signals(graded: Any, last_states: np.ndarray, lens: np.ndarray, y: np.ndarray, **kw: Any
+                  ) -> tuple[AurocEstimate, ...]:
+    """The difference-of-means direction on the last-k states and the scalar read-out probe, nested CV each.
+
+    Args:
+        graded: The graded rows. last_states: (n, k × d) concatenated last-k states of those rows.
+        lens: (n, L) lens entropies. y: (n,) 0/1 correctness.
+
+    """
+    return (diff_means_auroc(last_states, y, **kw), scalar_probe_auroc(graded, lens, y, **kw))
+
+
+def within_strata(graded: Any, estimates: list[AurocEstimate], *, n_boot: int, seed: int, groups: Any
+                  ) -> tuple[StrataAuroc, ...]:
+    """Within-strata AUROC of every estimate with scores, for every varying metadata shortcut."""
+    out = []
+    for field_name, strata in shortcut_strata(graded).items():
+        for est in estimates:
+            if est.ok and est.scores is not None and est.labels is not None and est.scores.size == strata.size:
+                out.append(strata_auroc(est.scores, est.labels, strata, signal=est.name, shortcut=field_name,
+                                        n_boot=n_boot, seed=seed, groups=groups))
+    return tuple(out)
 
 
 def probe_column(run: StudyRun, *, k: int = LAST_K, n_boot: int = N_BOOT, n_shuffles: int = N_SHUFFLES,

@@ -19,8 +19,12 @@ N_SHUFFLES_HELD_OUT = 20
 """Label permutations for the shuffle control of a fixed score on held-out items (no refitting: cheap)."""
 MIN_TOTAL = 10
 """Fewer graded rows than this → "n too small"."""
+MIN_PER_CLASS = 10
+"""Fewer right or fewer wrong answers than this → "too few to judge" (an AUROC on 6 positives says nothing)."""
 
 REASON_SMALL = "n too small"
+REASON_FEW = "too few to judge"
+"""Either class has fewer than :data:`MIN_PER_CLASS` items."""
 REASON_ONE_CLASS = "only one class"
 REASON_CONSTANT = "constant state"
 REASON_MISSING = "not recorded in this run"
@@ -85,6 +89,15 @@ class AurocEstimate:
     """Bootstrap resamples with both classes (the CI's denominator)."""
 
     @property
+    def n_neg(self) -> int:
+        """Rows whose answer was wrong."""
+        return self.n - self.n_pos
+
+    def counts_text(self) -> str:
+        """``"62 right / 88 wrong"``: both class counts, shown beside every AUROC."""
+        return f"{self.n_pos} right / {self.n_neg} wrong"
+
+    @property
     def ok(self) -> bool:
         """Whether an AUROC was computed."""
         return self.auroc_pooled is not None
@@ -121,7 +134,7 @@ class AurocEstimate:
                 "mean": round_or_none(self.shuffle_mean), "min": round_or_none(self.shuffle_min), "max": round_or_none(self.shuffle_max),
                 "n_permutations": self.n_shuffles,
             },
-            "n": self.n, "n_correct": self.n_pos, "chosen_C": list(self.chosen_C),
+            "n": self.n, "n_correct": self.n_pos, "n_wrong": self.n_neg, "chosen_C": list(self.chosen_C),
             "fold_aurocs": [round_or_none(a) for a in self.fold_aurocs], "reason": self.reason,
             "description": self.description, "note": self.note,
         }
@@ -270,12 +283,19 @@ def auroc_difference(
 
 
 def label_reason(labels: Any, n_folds: int = N_OUTER) -> str | None:
-    """Why no AUROC can be estimated on these labels, or ``None`` when it can."""
+    """Why no AUROC can be estimated on these labels, or ``None`` when it can.
+
+    One class missing → ``"only one class"``; fewer than :data:`MIN_PER_CLASS` right or wrong
+    answers → ``"too few to judge"``; fewer than :data:`MIN_TOTAL` rows, or fewer than
+    ``2 × n_folds`` of a class (more folds than the default) → ``"n too small"``.
+    """
     y = np.asarray(labels).astype(bool)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return REASON_ONE_CLASS
+    if min(n_pos, n_neg) < MIN_PER_CLASS:
+        return REASON_FEW
     if y.size < MIN_TOTAL or min(n_pos, n_neg) < 2 * n_folds:
         return REASON_SMALL
     return None
@@ -357,7 +377,8 @@ def held_out_auroc(
         description: What the score is, in words.
 
     Returns:
-        A ``kind="held_out"`` estimate; no AUROC (``reason`` set) when one class is missing.
+        A ``kind="held_out"`` estimate; no AUROC (``reason`` set) when one class is missing or
+        either class has fewer than :data:`MIN_PER_CLASS` items.
 
     """
     idx = np.asarray(test_idx, dtype=np.int64)
@@ -368,8 +389,9 @@ def held_out_auroc(
     if not keep.any():
         return missing_estimate(name, REASON_MISSING, int(y.size), int(y.sum()), "held_out", description, note)
     s, y = s[keep], y[keep]
-    if y.all() or not y.any():
-        return missing_estimate(name, REASON_ONE_CLASS, int(y.size), int(y.sum()), "held_out", description, note)
+    reason = label_reason(y, n_folds=1)
+    if reason:
+        return missing_estimate(name, reason, int(y.size), int(y.sum()), "held_out", description, note)
     shuffled = [auroc(s, yp) for yp in label_permutations(y, n_shuffles, seed)]
     return summarise_estimate(name, s, y, (), [a for a in shuffled if a is not None], n_boot=n_boot, seed=seed,
                               groups=None, kind="held_out", description=description, note=note)

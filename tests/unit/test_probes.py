@@ -21,6 +21,7 @@ from ic_core.probes.saved import SavedProbe, fit_saved_probe, fit_saved_probe_fo
 from ic_core.stats.auroc import (
     N_SHUFFLES_HELD_OUT,
     REASON_CONSTANT,
+    REASON_FEW,
     REASON_MISSING,
     REASON_ONE_CLASS,
     REASON_SMALL,
@@ -143,9 +144,11 @@ class TestAuroc:
 
     def test_label_reason(self):
         assert label_reason([1] * 30) == REASON_ONE_CLASS
-        assert label_reason([0, 1] * 4) == REASON_SMALL
-        assert label_reason([1] * 9 + [0] * 40) == REASON_SMALL  # 9 < 2 × 5 folds
+        assert label_reason([0, 1] * 4) == REASON_FEW
+        assert label_reason([1] * 9 + [0] * 40) == REASON_FEW  # 9 right answers < 10: too few to judge
+        assert label_reason([0] * 9 + [1] * 40) == REASON_FEW  # the same for wrong answers
         assert label_reason([1] * 10 + [0] * 40) is None
+        assert label_reason([1] * 10 + [0] * 40, n_folds=6) == REASON_SMALL  # 10 < 2 × 6 folds
 
 
 class TestProbe:
@@ -167,8 +170,8 @@ class TestProbe:
 
     @pytest.mark.parametrize(("y", "reason"), [
         (np.ones(60, int), REASON_ONE_CLASS),
-        (np.array([0, 1] * 4), REASON_SMALL),
-        (np.array([1] * 6 + [0] * 50), REASON_SMALL),
+        (np.array([0, 1] * 4), REASON_FEW),
+        (np.array([1] * 6 + [0] * 50), REASON_FEW),
     ])
     def test_guards_return_reason_not_number(self, y, reason):
         X = np.random.default_rng(0).normal(size=(y.size, 5))
@@ -328,7 +331,7 @@ class TestRecoverability:
         assert rep.last_layers.auroc_pooled > 0.75
         names = [b.name for b in rep.baselines]
         assert names[0] == "−H_slot" and "−H_int" not in names
-        assert {"top-1 probability", "lens-entropy profile probe", "question text only (TF-IDF)",
+        assert {"top-1 probability", "lens-entropy profile probe", "question text only (char n-grams)",
                 "prompt length"} <= set(names)
         assert all(b.n == 77 for b in rep.baselines)
         out = json.loads(json.dumps(rep.to_json(), allow_nan=False))
