@@ -28,6 +28,7 @@ from ic_core.probes.cv import (
     single_threaded,
     state_model,
 )
+from ic_core.probes.overlap import question_hash
 from ic_core.probes.report import graded_selection
 from ic_core.stats.auroc import N_OUTER, AurocEstimate, label_reason
 
@@ -74,6 +75,12 @@ class SavedProbe:
     choice: str = "fixed: last 5 layers"
     """How ``layers`` was chosen (never by looking at the reported folds)."""
     format_version: int = FORMAT_VERSION
+    train_item_ids: tuple[str, ...] = ()
+    """``item_id`` of every training item (empty in probes saved before this was recorded)."""
+    train_question_sha256: tuple[str, ...] = ()
+    """SHA-256 of each training item's normalised question (:func:`ic_core.probes.overlap.question_hash`).
+    A probe without it has unknown training items and is refused for held-out scoring
+    (:func:`ic_core.probes.scores.probe_fitted_on_run`)."""
 
     def __post_init__(self) -> None:
         """Validate shapes and values."""
@@ -137,7 +144,8 @@ class SavedProbe:
             "d_model": self.d_model, "model_spec": self.model_spec, "run_path": self.run_path,
             "selection": self.selection, "cv_auroc": self.cv_auroc, "cv_ci95": [self.cv_ci_low, self.cv_ci_high],
             "n_train": self.n_train, "n_train_correct": self.n_train_correct, "created": self.created,
-            "choice": self.choice, "arrays": "scaler_mean, scaler_scale, coef in the .npz beside this file",
+            "choice": self.choice, "train_item_ids": list(self.train_item_ids),
+            "train_question_sha256": list(self.train_question_sha256), "arrays": "scaler_mean, scaler_scale, coef in the .npz beside this file",
         }
 
     def save(self, path: str | Path) -> Path:
@@ -184,13 +192,22 @@ class SavedProbe:
                 run_path=str(meta["run_path"]), selection=str(meta["selection"]), cv_auroc=meta.get("cv_auroc"),
                 cv_ci_low=ci[0], cv_ci_high=ci[1], n_train=int(meta["n_train"]),
                 n_train_correct=int(meta["n_train_correct"]), created=str(meta["created"]),
-                choice=str(meta.get("choice", "")), **arrays,
+                choice=str(meta.get("choice", "")), train_item_ids=_strings(meta, "train_item_ids"),
+                train_question_sha256=_strings(meta, "train_question_sha256"), **arrays,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"Saved probe {json_path} is missing or has a malformed field: {exc}") from exc
         if meta.get("probe_id") not in (None, probe.probe_id):
             raise DataError(f"Saved probe {json_path}: the arrays do not match the recorded probe_id.")
         return probe
+
+
+def _strings(meta: dict[str, Any], key: str) -> tuple[str, ...]:
+    """A list-of-strings field of a saved probe (absent in older files → empty)."""
+    value = meta.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{key} must be a list of strings")
+    return tuple(value)
 
 
 def _sigmoid(z: Any) -> np.ndarray:
@@ -232,7 +249,8 @@ def confined_probe_paths(path: str | Path, root: str | Path) -> tuple[Path, Path
 def fit_saved_probe(
     hidden: Any, y: Any, *, layers: Sequence[int] | None = None, k: int = LAST_K, model_spec: dict[str, Any],
     run_path: str = "", selection: str = "", cv_result: AurocEstimate | None = None, groups: Any = None,
-    Cs: Sequence[float] = C_GRID, n_folds: int = N_OUTER, seed: int = 0,
+    Cs: Sequence[float] = C_GRID, n_folds: int = N_OUTER, seed: int = 0, item_ids: Sequence[Any] = (),
+    questions: Sequence[Any] = (),
 ) -> SavedProbe:
     """Fit the final probe on all rows; C chosen by a stratified CV over all rows.
 
@@ -241,6 +259,8 @@ def fit_saved_probe(
         y: (N,) 0/1 correctness.
         layers: ``hidden_states`` indices to concatenate (default: the last ``k``).
         cv_result: the nested-CV result of the same recipe, recorded as the probe's honest AUROC.
+        item_ids: ids of the training items (recorded: overlap checks use them).
+        questions: question texts of the training items (recorded as hashes only).
 
     Raises:
         DataError: one class or too few rows.
@@ -268,7 +288,8 @@ def fit_saved_probe(
         cv_ci_low=None if cv_result is None else cv_result.ci_low,
         cv_ci_high=None if cv_result is None else cv_result.ci_high,
         n_train=int(y.size), n_train_correct=int(y.sum()), created=datetime.now(UTC).isoformat(timespec="seconds"),
-        choice=choice,
+        choice=choice, train_item_ids=tuple(dict.fromkeys(str(i) for i in item_ids)),
+        train_question_sha256=tuple(dict.fromkeys(question_hash(q) for q in questions)),
     )
 
 
@@ -281,7 +302,8 @@ def fit_saved_probe_for_run(run: StudyRun, regime: str | None = None, pooled: bo
     groups = graded["item_id"].astype(str).to_numpy() if pooled else None
     spec = dict(run.manifest.get("model") or run.manifest.get("model_spec") or {})
     return fit_saved_probe(np.asarray(run.hidden)[rows], y, k=k, model_spec=spec, run_path=str(run.path),
-                           selection=label, cv_result=cv_result, groups=groups, seed=seed)
+                           selection=label, cv_result=cv_result, groups=groups, seed=seed,
+                           item_ids=graded["item_id"].tolist(), questions=graded["question"].tolist())
 
 
 def default_probe_path(run: StudyRun, selection: str, k: int = LAST_K) -> Path:

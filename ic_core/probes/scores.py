@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ic_core.errors import DataError
 from ic_core.probes.cv import as_states, last_layer_indices, nested_cv, state_model, training_scale
+from ic_core.probes.overlap import probe_keys, run_folder_keys
 from ic_core.probes.saved import SavedProbe, fit_saved_probe
 from ic_core.stats.auroc import label_reason
 from ic_core.stats.gating import PlattCalibration, fit_platt, fit_platt_on_scores
@@ -49,16 +49,51 @@ class ProbeScores:
     """Where the probe is saved (None until saved)."""
 
 
+def probe_overlap_reason(probe: SavedProbe, run_path: str | os.PathLike[str]) -> str | None:
+    """Why ``probe`` cannot be judged on the run at ``run_path``, or None when its training items are disjoint.
+
+    Decided on the items (:mod:`ic_core.probes.overlap`), never on folder paths, so a copy of a
+    run folder is recognised as the same items. Safe rule for probes saved before training items
+    were recorded: their training items are unknown, so they are refused for held-out scoring on
+    every run (they still score prompts in Explore and at the gate). Refit them to use them here.
+    """
+    keys = probe_keys(probe)
+    if not keys.known:
+        return (f"Probe {probe.probe_id} does not record which items it was trained on (saved by an older "
+                "version), so it cannot be shown to be disjoint from this run's held-out items: refit it "
+                "on its run (Recoverability → Save probe) or fit one on the training items.")
+    shared = keys.shared_with(run_folder_keys(run_path))
+    if not shared[1]:
+        return None
+    return (f"Probe {probe.probe_id} was fitted on items of this run ({shared[1]} of its questions, {shared[0]} "
+            "with the same id, are here), held-out ones included, so it cannot be evaluated here. Leave the "
+            "probe out to fit one on the training items only, or use a probe fitted on a run with other items.")
+
+
 def probe_fitted_on_run(probe: SavedProbe, run_path: str | os.PathLike[str]) -> bool:
-    """True when ``probe`` was fitted on the run at ``run_path`` (so it has seen that run's held-out items).
+    """True when ``probe`` may have seen items of the run at ``run_path`` (see :func:`probe_overlap_reason`).
 
     Such a probe cannot be judged on the run's split: :func:`external_probe_scores` refuses it and
-    the Governance page offers only probes from other runs.
+    the Governance page offers only probes trained on other items.
     """
-    try:
-        return Path(str(probe.run_path)).resolve() == Path(run_path).resolve()
-    except OSError:
-        return False
+    return probe_overlap_reason(probe, run_path) is not None
+
+
+def check_platt_slope(calibration: PlattCalibration, probe: SavedProbe) -> None:
+    """Refuse a calibration that flips an external probe's direction.
+
+    Raises:
+        DataError: the Platt slope fitted on the target's training labels is ≤ 0.
+
+    """
+    if calibration.coef > 0:
+        return
+    raise DataError(
+        f"Probe {probe.probe_id} ranks this run's training items the wrong way round (Platt slope "
+        f"{calibration.coef:+.2f} ≤ 0): here a higher probe P(correct) goes with more errors, so the probe does "
+        "not carry over to this run, and calibrating it would silently flip its sign. Fit a probe on this run's "
+        "training items instead."
+    )
 
 
 def _indices(idx: Any, n: int, name: str) -> np.ndarray:
@@ -78,22 +113,21 @@ def external_probe_scores(
         correct: (n,) bool correctness.
         train_idx: Rows the calibration is fitted on.
         probe: The external saved probe (it scores every row as it is).
-        run_path: The folder the rows come from; a probe fitted on that folder is refused.
+        run_path: The folder the rows come from; a probe trained on any of its items is refused.
 
     Raises:
-        DataError: the probe was fitted on this run (it has seen the held-out rows).
+        DataError: the probe shares items with this run (or does not record its training items), or
+            its Platt slope on the training rows is ≤ 0 (it would be silently flipped).
 
     """
-    if run_path and probe_fitted_on_run(probe, run_path):
-        raise DataError(
-            f"Probe {probe.probe_id} was fitted on all items of this run, held-out ones included, so it "
-            "cannot be evaluated here. Leave the probe out to fit one on the training items only, or use "
-            "a probe fitted on another run."
-        )
+    reason = probe_overlap_reason(probe, run_path) if run_path else None
+    if reason:
+        raise DataError(reason)
     y = np.asarray(correct, dtype=bool)
     tr = _indices(train_idx, y.size, "train_idx")
     raw = probe.predict_proba_correct_batch(hidden)
     calibration = fit_platt(raw[tr], y[tr])
+    check_platt_slope(calibration, probe)
     return ProbeScores(calibration.apply(raw), probe, calibration,
                        f"probe {probe.probe_id} fitted on another run ({probe.run_path}), calibrated on training items")
 

@@ -11,7 +11,13 @@ import pytest
 from ic_core.errors import DataError
 from ic_core.probes.cv import last_layer_indices, nested_cv, state_model, training_scale
 from ic_core.probes.saved import fit_saved_probe
-from ic_core.probes.scores import INNER_FOLDS, OOF_FOLDS, calibrated_probe_scores, external_probe_scores
+from ic_core.probes.scores import (
+    INNER_FOLDS,
+    OOF_FOLDS,
+    calibrated_probe_scores,
+    external_probe_scores,
+    probe_fitted_on_run,
+)
 from ic_core.stats.gating import PlattCalibration, fit_platt_on_scores, split_items
 
 SPEC = {"source": "default", "name": "Tiny", "dtype": "float32", "device": "cpu", "trust_remote_code": False}
@@ -24,6 +30,23 @@ def states(n=70, L=4, d=10, seed=3):
     hidden = np.concatenate([np.ones((n, 1, d)), rng.normal(size=(n, L, d))], axis=1)
     hidden[:, L, 0] += 2.0 * correct
     return hidden.astype(np.float16), correct
+
+
+def write_items(folder: Path, ids, questions):
+    """A run folder's items.jsonl holding only these items (all that the overlap check reads)."""
+    from ic_core.runs.schema import RunRow
+    from ic_core.runs.store import append_rows
+
+    folder.mkdir(parents=True, exist_ok=True)
+    base = dict(regime="direct", kind="short_answer", expected="x", aliases=[], choices=[], tags=[], output_text="x",
+                output_source="dataset", extracted_answer="x", correct=True, grade_rule="exact",
+                readout_entropy_bits=1.0, readout_entropy_top100_bits=1.0, top1_prob=0.5, top_tokens=[],
+                mean_token_entropy_bits=None, generated_tokens=None, token_entropies_bits=None,
+                n_generated_tokens=None, stop_reason=None, max_new_tokens=None, generate_s=None, n_prompt_tokens=5,
+                readout_index=4, readout_token="is", readout_is_formatting=False, skipped_tokens=[], signal="H_int",
+                answer_prefix=None, item_prefix_used=False, user_text="u")
+    append_rows(folder, [RunRow.from_json(dict(base, row=i, item_id=str(a), question=str(q)))
+                         for i, (a, q) in enumerate(zip(ids, questions))])
 
 
 def fixture_run(tmp_path: Path, n=70, seed=3):
@@ -137,14 +160,44 @@ class TestCalibratedProbeScores:
         with pytest.raises(DataError, match="Cannot fit a probe on the training items"):
             calibrated_probe_scores(hidden, correct, np.arange(15), np.arange(15, 30), model_spec=SPEC)
 
-    def test_external_probe_is_calibrated_on_training_rows_and_refused_on_its_own_run(self, tmp_path):
+    def test_external_probe_is_calibrated_on_training_rows_and_refused_on_its_own_items(self, tmp_path):
         hidden, correct = states(seed=3)
         other_hidden, other_correct = states(seed=9)
-        probe = fit_saved_probe(other_hidden, other_correct.astype(int), model_spec=SPEC, run_path=str(tmp_path / "o"))
+        write_items(tmp_path / "r", [f"q{i}" for i in range(70)], [f"what is {i} plus 1?" for i in range(70)])
+        probe = fit_saved_probe(other_hidden, other_correct.astype(int), model_spec=SPEC, run_path=str(tmp_path / "o"),
+                                item_ids=[f"q{i}" for i in range(70)], questions=[f"name {i}" for i in range(70)])
         tr, te = split_items(correct, 0.4, 0)
         ps = calibrated_probe_scores(hidden, correct, tr, te, model_spec=SPEC, probe=probe, run_path=str(tmp_path / "r"))
         raw = probe.predict_proba_correct_batch(hidden)
         np.testing.assert_allclose(ps.p_correct, ps.calibration.apply(raw))
-        assert ps.probe is probe and "another run" in ps.source
+        assert ps.probe is probe and "another run" in ps.source and ps.calibration.coef > 0
+        # Same ids, other questions: not the same items (prompt sets reuse ids such as q0).
+        assert not probe_fitted_on_run(probe, tmp_path / "r")
+        # A probe trained on this run's questions — its folder path is never looked at — is refused.
+        mine = fit_saved_probe(hidden, correct.astype(int), model_spec=SPEC, run_path="/somewhere/else",
+                               item_ids=[f"x{i}" for i in range(70)], questions=[f"What is {i}  plus 1?" for i in range(70)])
+        assert probe_fitted_on_run(mine, tmp_path / "r")
         with pytest.raises(DataError, match="held-out ones included"):
-            external_probe_scores(hidden, correct, tr, probe, run_path=str(tmp_path / "o" / "."))
+            external_probe_scores(hidden, correct, tr, mine, run_path=str(tmp_path / "r"))
+
+    def test_a_probe_without_recorded_items_is_refused_for_held_out_scoring(self, tmp_path):
+        hidden, correct = states(seed=3)
+        write_items(tmp_path / "r", [f"q{i}" for i in range(70)], [f"q {i}?" for i in range(70)])
+        old = fit_saved_probe(*states(seed=9)[:1], states(seed=9)[1].astype(int), model_spec=SPEC,
+                              run_path=str(tmp_path / "elsewhere"))
+        assert old.train_item_ids == () and probe_fitted_on_run(old, tmp_path / "r")
+        with pytest.raises(DataError, match="does not record which items"):
+            external_probe_scores(hidden, correct, np.arange(40), old, run_path=str(tmp_path / "r"))
+
+    def test_a_negative_platt_slope_is_refused(self, tmp_path):
+        hidden, correct = states(seed=3)
+        write_items(tmp_path / "r", [f"q{i}" for i in range(70)], [f"q {i}?" for i in range(70)])
+        flipped = ~correct  # the probe learns the opposite direction of this run's labels
+        probe = fit_saved_probe(hidden, flipped.astype(int), model_spec=SPEC, run_path="x",
+                                item_ids=["o"], questions=["another question"])
+        tr, te = split_items(correct, 0.4, 0)
+        with pytest.raises(DataError, match=r"wrong way round \(Platt slope -"):
+            calibrated_probe_scores(hidden, correct, tr, te, model_spec=SPEC, probe=probe, run_path=str(tmp_path / "r"))
+        ok = fit_saved_probe(hidden, correct.astype(int), model_spec=SPEC, item_ids=["o"], questions=["another"])
+        assert calibrated_probe_scores(hidden, correct, tr, te, model_spec=SPEC, probe=ok,
+                                       run_path=str(tmp_path / "r")).calibration.coef > 0
