@@ -304,7 +304,7 @@ def generation_panel(loaded: LoadedModel, result: dict[str, Any]) -> None:
         return
     st.markdown(html_block(token_spans_html(generation.tokens, generation.entropy_bits, generation.chosen_probs,
                                             generation.answer_prefix)), unsafe_allow_html=True)
-    st.markdown(entropy_legend_html(), unsafe_allow_html=True)
+    st.markdown(html_block(entropy_legend_html()), unsafe_allow_html=True)
     mean = generation.mean_entropy_bits
     st.caption(f"{len(generation.tokens)} tokens in {generation.elapsed_s:.1f} s · stop: {generation.stop_reason}"
                + (f" · mean token entropy {mean:.2f} bits" if mean is not None else "")
