@@ -14,8 +14,9 @@ from ic_core.stats.auroc import N_BOOT, N_SHUFFLES
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``probe`` command."""
-    p = sub.add_parser("probe", help="probe AUROC by layer, last-5-layers probe, shuffle control and baselines of a run")
-    p.add_argument("--run", required=True, help="a run folder, or the name of a run under IC_RUNS_DIR (default runs/)")
+    p = sub.add_parser("probe", help="probe AUROC by layer, last-5-layers probe, shuffle control and baselines of a run; "
+                                     "`probe transfer --train A --test B` scores a probe fitted on one run on another")
+    p.add_argument("--run", help="a run folder, or the name of a run under IC_RUNS_DIR (default runs/)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--regime", help="the regime to probe (required when the run has several, unless --pooled)")
     group.add_argument("--pooled", action="store_true", help="pool all regimes (folds keep each item's rows together)")
@@ -31,6 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--progress", action="store_true", help="print progress to stderr")
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
     p.set_defaults(func=run)
+    inner = p.add_subparsers(dest="probe_command")
+    t = inner.add_parser("transfer", help="fit on run A (C in A's inner folds), score run B: AUROC, CI, shuffle control")
+    t.add_argument("--train", required=True, help="run A: a run folder or a run name under IC_RUNS_DIR")
+    t.add_argument("--test", required=True, help="run B (must not share questions with A)")
+    t.add_argument("--train-regime", help="regime of A (default: direct, else its first)")
+    t.add_argument("--test-regime", help="regime of B (default: direct, else its first)")
+    t.add_argument("--last-k", type=int, default=LAST_K, help=f"layers concatenated for the state probes (default {LAST_K})")
+    t.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples of B's items for the 95 %% CI")
+    t.add_argument("--shuffles", type=int, default=N_SHUFFLES, help="permutations of A's labels (each refitted)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
+    t.set_defaults(func=run_transfer)
 
 
 def _run_folder(text: str) -> Path:
@@ -45,8 +58,23 @@ def _run_folder(text: str) -> Path:
     raise DataError(f"No run folder {text!r} (looked at {path} and {candidate}); make one with `python -m ic_core study`.")
 
 
+def run_transfer(args: argparse.Namespace) -> int:
+    """Execute ``probe transfer``."""
+    from ic_core.probes.transfer import task_rows, transfer_report
+    from ic_core.runs.store import load_run
+
+    if args.n_boot < 1 or args.last_k < 1 or args.shuffles < 0:
+        raise DataError("--n-boot and --last-k must be at least 1, --shuffles at least 0.")
+    train = task_rows(load_run(_run_folder(args.train)), args.train_regime, k=args.last_k)
+    test = task_rows(load_run(_run_folder(args.test)), args.test_regime, k=args.last_k)
+    print_json(transfer_report(train, test, n_boot=args.n_boot, n_shuffles=args.shuffles, seed=args.seed))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``probe``."""
+    if not args.run:
+        raise DataError("probe needs --run RUN (or the transfer subcommand: probe transfer --train A --test B).")
     from ic_core.probes.report import recoverability
     from ic_core.probes.saved import default_probe_path, fit_saved_probe_for_run
     from ic_core.runs.store import load_run

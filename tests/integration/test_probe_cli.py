@@ -82,3 +82,86 @@ class TestCli:
     def test_missing_run_is_one_line_error(self, tmp_path):
         proc = run_cli("probe", "--run", str(tmp_path / "nope"))
         assert proc.returncode == 2 and proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- transfer between two tiny runs
+
+
+def minus_items(n=50, seed=5):
+    """Other questions than :func:`tiny_items` (subtraction), ~45 % right, own outputs."""
+    from ic_core.datasets import PromptItem
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        a, b = int(rng.integers(50, 99)), int(rng.integers(0, 50))
+        right = rng.random() < 0.45
+        out.append(PromptItem(f"q{i}", f"what is {a} minus {b} ?", str(a - b), kind="numeric",
+                              output=str(a - b if right else a - b + 1)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def minus_run(tiny, tmp_path_factory):
+    from ic_core.study.runner import run_study
+
+    folder = tmp_path_factory.mktemp("runs") / "minus50"
+    run_study(tiny, minus_items(), ["direct"], folder, generate=False, batch_size=25, dataset_name="m")
+    return folder
+
+
+def counts(folder, regime="direct"):
+    from ic_core.runs.store import load_run
+
+    t = load_run(folder).table
+    c = t[t["regime"] == regime]["correct"].astype(bool)
+    return int(c.sum()), int((~c).sum())
+
+
+class TestTransferCli:
+    def test_transfer_json_has_auroc_ci_shuffle_and_counts(self, tiny_run, minus_run):
+        proc = run_cli("probe", "transfer", "--train", str(tiny_run), "--test", str(minus_run), "--json",
+                       "--n-boot", "100", "--shuffles", "2")
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        (a_pos, a_neg), (b_pos, b_neg) = counts(tiny_run), counts(minus_run)
+        assert (out["train"]["n_correct"], out["train"]["n_wrong"]) == (a_pos, a_neg)
+        assert (out["test"]["n_correct"], out["test"]["n_wrong"]) == (b_pos, b_neg)
+        assert out["test"]["run"] == "minus50:direct" and "permuted" in out["shuffle_control"]
+        names = [e["name"] for e in out["estimates"]]
+        assert names == ["state probe (last k layers)", "difference-of-means direction", "scalar read-out probe"]
+        for e in out["estimates"]:
+            assert e["kind"] == "transfer" and e["reason"] is None
+            assert e["ci95"][0] <= e["auroc_pooled"] <= e["ci95"][1]
+            assert e["shuffle"]["n_permutations"] == 2 and (e["n_correct"], e["n_wrong"]) == (b_pos, b_neg)
+        assert len(out["estimates"][0]["chosen_C"]) == 1 and out["estimates"][1]["chosen_C"] == []
+
+    def test_a_copied_run_folder_is_refused_by_its_items(self, tiny_run, tmp_path):
+        import shutil
+
+        copy = tmp_path / "copy-of-tiny40"
+        shutil.copytree(tiny_run, copy)
+        proc = run_cli("probe", "transfer", "--train", str(tiny_run), "--test", str(copy), "--n-boot", "50",
+                       "--shuffles", "0")
+        assert proc.returncode == 2 and proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
+        assert "share 40 question(s)" in proc.stderr
+
+    def test_a_probe_fitted_on_a_run_is_refused_on_a_copy_of_its_folder(self, tiny_run, tmp_path):
+        """The leak: a probe fitted on all of a run, scored on the held-out items of a copy of the folder."""
+        import shutil
+
+        from ic_core.errors import DataError
+        from ic_core.probes.saved import fit_saved_probe_for_run
+        from ic_core.probes.scores import calibrated_probe_scores, probe_fitted_on_run
+        from ic_core.runs.store import load_run
+
+        run = load_run(tiny_run)
+        probe = fit_saved_probe_for_run(run, regime="direct")
+        copy = tmp_path / "elsewhere" / "tiny40"
+        shutil.copytree(tiny_run, copy)
+        assert probe_fitted_on_run(probe, copy) and len(probe.train_question_sha256) == 40
+        t = run.table[run.table["regime"] == "direct"]
+        hidden = np.asarray(run.hidden)[t["row"].to_numpy(int)]
+        with pytest.raises(DataError, match="held-out ones included"):
+            calibrated_probe_scores(hidden, t["correct"].astype(bool).to_numpy(), np.arange(24), np.arange(24, 40),
+                                    model_spec={}, probe=probe, run_path=str(copy))
