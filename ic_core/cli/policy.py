@@ -12,6 +12,7 @@ from ic_core.errors import DataError
 from ic_core.governance.fit import fit_policy_on_run, with_probe_path
 from ic_core.governance.keys import DEFAULT_KEY_FILE, create_key_file
 from ic_core.governance.policy import Policy
+from ic_core.weights import pinned_weights_label
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -105,6 +106,7 @@ def run_show(args: argparse.Namespace) -> int:
     data = policy.to_dict()
     data["rule"] = policy.describe()
     data["signature_status"] = signature_status(policy)
+    data["weights"] = pinned_weights_label(policy.model)
     print_json(data)
     return 0
 

@@ -178,6 +178,7 @@ def _new_manifest(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "model": loaded.spec.to_dict(),
         "model_label": loaded.spec.label,
+        "model_weights_sha256": getattr(loaded, "weights_sha256", None),
         "n_layers": loaded.n_layers,
         "d_model": loaded.d_model,
         "vocab_size": loaded.vocab_size,
@@ -213,6 +214,7 @@ def _open_folder(folder: Path, manifest: dict[str, Any], items: Sequence[PromptI
                 f"Run folder {folder.name!r} holds a different study (differs in: {', '.join(diff)}). "
                 "Choose another run name, or repeat the original settings to resume it."
             )
+        _check_same_weights(folder, old, manifest.get("model_weights_sha256"))
         return old
     if folder.exists() and any(folder.iterdir()):
         raise DataError(f"{str(folder)!r} exists and is not a study run folder; choose another name.")
@@ -220,6 +222,19 @@ def _open_folder(folder: Path, manifest: dict[str, Any], items: Sequence[PromptI
     atomic_write_bytes(folder / DATASET_FILE, items_jsonl(items).encode("utf-8"))
     atomic_write_json(folder / MANIFEST_FILE, manifest)
     return manifest
+
+
+def _check_same_weights(folder: Path, manifest: dict[str, Any], have: str | None) -> None:
+    """Refuse to add rows from other weights to a run that pinned its model's digest.
+
+    Runs made before digests were recorded (no ``model_weights_sha256``) resume as before.
+    """
+    want = manifest.get("model_weights_sha256")
+    if want and want != have:
+        raise DataError(
+            f"Run {folder.name!r} was made with weights SHA-256 {want[:16]}…, but the loaded model's weights are "
+            f"{(have or 'unknown')[:16]}…: load the run's model files to resume it."
+        )
 
 
 def _finished_batches(folder: Path, n_rows: int, batch_size: int) -> set[int]:
@@ -437,6 +452,7 @@ def resume_run(loaded: LoadedModel, path: Path | str, progress: ProgressFn | Non
         raise DataError(
             f"Run {folder.name!r} was made with {m.get('model_label')}; load that model (sidebar or --model) to resume it."
         )
+    _check_same_weights(folder, m, getattr(loaded, "weights_sha256", None))
     if not (folder / DATASET_FILE).is_file():
         raise DataError(f"Run {folder.name!r} has no {DATASET_FILE}: run the study again from its prompt set.")
     items = load_items(folder / DATASET_FILE).items

@@ -309,7 +309,7 @@ class TestGateCli:
         assert proc.returncode == 0 and "warning: policy" in proc.stderr and "is unsigned" in proc.stderr
         assert json.loads(proc.stdout)["policy_signed"] is False
         show = json.loads(run_cli("policy", "show", str(unsigned)).stdout)
-        assert show["signature_status"] == "unsigned"
+        assert show["signature_status"] == "unsigned" and show["weights"] == "weights not pinned"
         assert run_cli("policy", "verify", str(unsigned)).returncode == 2
         # Sign it, verify it, gate with it: the record names the source and the signed policy.
         proc = run_cli("policy", "sign", str(unsigned), "--out", str(tmp_path / "signed.json"))
@@ -334,6 +334,17 @@ class TestGateCli:
         # Another operator's key does not verify this operator's policy.
         proc = run_cli("policy", "verify", str(tmp_path / "signed.json"), env_extra={"IC_POLICY_KEY": "x" * 40})
         assert proc.returncode == 2 and "wrong signature" in proc.stderr
+
+    def test_policy_pinned_to_other_weights_refused(self, tiny_dir, tmp_path):
+        """Issue 11 case 6 from the CLI: same model name and folder, other weights digest -> exit 2, nothing logged."""
+        spec = ModelSpec.parse(str(tiny_dir))
+        pol = Policy(signal="h_int", model={**spec.to_dict(), "weights_sha256": "0" * 64}, t_entropy_bits=0.5,
+                     kind="short_answer", model_n_layers=4, model_d_model=32)
+        path = pol.save(tmp_path / "pinned.json")
+        log = tmp_path / "audit.jsonl"
+        proc = run_cli("gate", "--policy", str(path), "--prompt", Q, "--audit-log", str(log))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and "weights" in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and not log.exists()
 
     def test_keygen_creates_a_key_once(self, tmp_path):
         key = tmp_path / "k" / "operator.key"

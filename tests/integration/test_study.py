@@ -579,6 +579,21 @@ class TestResumeRunAndReport:
         with pytest.raises(DataError, match="load that model"):
             resume_run(other, full_run.path)
 
+    def test_a_run_pins_its_weights_and_refuses_other_weights_on_resume(self, tiny, tmp_path):
+        """Issue 11 case 6: rows from other weights never join a run that recorded its model's digest."""
+        import dataclasses
+
+        pinned = dataclasses.replace(tiny, weights_sha256="a" * 64)
+        out = tmp_path / "pinned"
+        run_study(pinned, ITEMS, ["direct"], out, limit=4, gen_config=FAST, batch_size=2, generate=False,
+                  cancel=lambda: (out / "states" / "shard-00000.npz").exists())
+        assert json.loads((out / "manifest.json").read_text())["model_weights_sha256"] == "a" * 64
+        with pytest.raises(DataError, match="weights SHA-256 aaaaaaaaaaaaaaaa…, but the loaded model's weights are bbbb"):
+            resume_run(dataclasses.replace(tiny, weights_sha256="b" * 64), out)
+        with pytest.raises(DataError, match="weights are unknown"):
+            run_study(tiny, ITEMS, ["direct"], out, limit=4, gen_config=FAST, batch_size=2, generate=False)
+        assert resume_run(pinned, out).status == "complete"
+
     def test_html_report_is_self_contained_and_escaped(self, tiny, tmp_path):
         from ic_core.study.report import build_report
 
