@@ -11,12 +11,16 @@ from ic_core.plots.probes import auroc_by_layer_figure, baselines_figure, roc_fi
 from ic_core.probes.cv import C_GRID, N_INNER, N_SHUFFLES_PER_LAYER
 from ic_core.probes.report import RecoverabilityReport, recoverability
 from ic_core.probes.saved import default_probe_path, fit_saved_probe_for_run
+from ic_core.probes.transfer import SIGNAL_NAMES, TransferMatrix, task_rows, transfer_matrix
 from ic_core.runs.store import RunInfo, list_runs, runs_root
 from ic_core.stats.auroc import N_BOOT, N_OUTER, N_SHUFFLES, AurocEstimate
+from ic_core.stats.strata import StrataAuroc
+from ic_core.study.export import safe_csv
 from ui.common import cached_run, json_download, require_router, show_error
 
 PROBE_KEY = "probe"  # where Explore and the Governance gate look for a loaded probe
 RESULT_KEY = "recov.request"
+TRANSFER_KEY = "recov.transfer_request"
 POOLED = "pooled (all regimes)"
 MAKE_RUN = ("python -m ic_core study --data capitals --regimes direct --limit 150")
 
@@ -38,11 +42,76 @@ def baselines_table(results: list[AurocEstimate]) -> pd.DataFrame:
             "mean of fold AUROCs": "—" if r.auroc_fold_mean is None else f"{r.auroc_fold_mean:.2f}",
             "shuffled labels (mean, range)": "—" if r.shuffle_mean is None else
             f"{r.shuffle_mean:.2f} ({r.shuffle_min:.2f}–{r.shuffle_max:.2f})",
-            "n (correct)": f"{r.n} ({r.n_pos})",
+            "right / wrong": f"{r.n_pos} / {r.n_neg}",
             "what it computes": r.description,
             "note": r.note,
         })
     return pd.DataFrame(rows)
+
+
+def strata_table(results: tuple[StrataAuroc, ...]) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "signal": r.signal, "shortcut (strata)": r.shortcut,
+        "pooled AUROC": "—" if r.auroc_pooled is None else f"{r.auroc_pooled:.2f}",
+        "within-strata AUROC [95 % CI]": r.ci_text(), "strata with both classes": f"{r.n_strata} of {r.n_strata_total}",
+        "right / wrong": f"{r.n_pos} / {r.n_neg}",
+    } for r in results])
+
+
+@st.cache_data(max_entries=2, show_spinner=False)
+def cached_matrix(paths: tuple[str, ...], mtimes: tuple[float, ...], n_boot: int, n_shuffles: int,
+                  seed: int) -> TransferMatrix:
+    # paths + mtimes + settings are the key: a run that grows is recomputed.
+    tasks = [task_rows(cached_run(p, m)) for p, m in zip(paths, mtimes)]
+    return transfer_matrix(tasks, n_boot=n_boot, n_shuffles=n_shuffles, seed=seed)
+
+
+def matrix_frame(matrix: TransferMatrix, signal: str) -> pd.DataFrame:
+    """Rows = trained on, columns = scored on; each cell "AUROC [CI] · right/wrong" or the reason."""
+    k = SIGNAL_NAMES.index(signal)
+    cells = {}
+    for (i, j), ests in matrix.cells.items():
+        e = ests[k]
+        cells.setdefault(matrix.labels[i], {})[matrix.labels[j]] = f"{e.ci_text()} · {e.n_pos}/{e.n_neg}"
+    return pd.DataFrame(cells).T.loc[list(matrix.labels), list(matrix.labels)]
+
+
+def transfer_tab(runs: list[RunInfo]) -> None:
+    st.write("Fit each probe on one run (C chosen in that run's inner folds) and score every other run; the "
+             "diagonal is nested cross-validation within the task. Runs must not share questions.")
+    by_path = {str(r.path): r for r in runs}
+    picked = st.multiselect("Runs (two or more)", list(by_path), key="recov_transfer_runs",
+                            format_func=lambda p: f"{by_path[p].name} · {by_path[p].dataset_name}")
+    a, b, c = st.columns(3)
+    n_boot = a.number_input("bootstrap resamples", 100, 5000, N_BOOT, step=100, key="recov_transfer_boot")
+    n_shuffles = b.number_input("label permutations", 0, 50, N_SHUFFLES, key="recov_transfer_shuffles")
+    seed = c.number_input("seed", 0, 10_000, 0, key="recov_transfer_seed")
+    if len(picked) < 2:
+        st.info("Pick two or more runs (each is read in its direct regime, or its first one).")
+        return
+    request = (tuple(picked), int(n_boot), int(n_shuffles), int(seed))
+    if st.button("Compute transfer", type="primary", key="recov_transfer_btn"):
+        st.session_state[TRANSFER_KEY] = request
+    if st.session_state.get(TRANSFER_KEY) != request:
+        st.info("Press **Compute transfer** (results are cached per runs and settings).")
+        return
+    try:
+        with st.spinner("Fitting on each run and scoring the others…"):
+            matrix = cached_matrix(tuple(picked), tuple(by_path[p].mtime for p in picked), int(n_boot),
+                                   int(n_shuffles), int(seed))
+    except ICError as exc:
+        show_error(exc)
+        return
+    for signal in SIGNAL_NAMES:
+        st.subheader(signal)
+        st.dataframe(matrix_frame(matrix, signal), key=f"recov_transfer_{SIGNAL_NAMES.index(signal)}")
+    st.caption("Cells: AUROC [bootstrap 95 % CI over the scored run's items] · right/wrong answers of the scored "
+               "run. Off the diagonal the shuffle control permutes the training run's labels and refits; "
+               "'too few to judge' means fewer than 10 right or wrong answers.")
+    records = pd.DataFrame(matrix.records())
+    st.download_button("Download the matrix (CSV)", safe_csv(records), "transfer_matrix.csv", "text/csv",
+                       key="recov_transfer_csv")
+    json_download("Download the matrix (JSON)", matrix.to_json(), "transfer_matrix.json", key="recov_transfer_json")
 
 
 def show_report(report: RecoverabilityReport, info: RunInfo) -> None:
@@ -73,7 +142,7 @@ def show_report(report: RecoverabilityReport, info: RunInfo) -> None:
     st.plotly_chart(roc_figure(picks), key="recov_roc")
 
     st.subheader("Baselines on the same items")
-    everything = [last, *report.baselines]
+    everything = [last, *report.signals, *report.baselines]
     st.plotly_chart(baselines_figure(everything), key="recov_baselines")
     st.dataframe(baselines_table(everything), hide_index=True, key="recov_table")
     st.caption("Probes: StandardScaler + L2 logistic regression, stratified "
@@ -81,6 +150,12 @@ def show_report(report: RecoverabilityReport, info: RunInfo) -> None:
                f"{report.settings['inner_folds']}-fold inner CV on each training fold only; each fold's scores "
                "put on its training fold's scale before pooling. Single scores are not fitted (prompt length's "
                "direction is chosen on the training folds).")
+    if report.strata:
+        st.subheader("Within shortcut strata")
+        st.dataframe(strata_table(report.strata), hide_index=True, key="recov_strata")
+        st.caption("Within-strata AUROC: each stratum's AUROC averaged with weights right × wrong, i.e. only right "
+                   "and wrong answers of the same tag/kind/source are compared. Near 0.5 means the signal knows "
+                   "nothing inside a stratum beyond the shortcut.")
     save_probe(report, info)
     json_download("Download the results (JSON)", report.to_json(), f"recoverability_{info.name}_{report.selection}.json",
                   key="recov_json")
@@ -123,40 +198,50 @@ if not runs:
             f"**Study** page, or from a terminal:\n\n```\n{MAKE_RUN}\n```")
     st.stop()
 
-by_path = {str(r.path): r for r in runs}
-left, right = st.columns([3, 2])
-choice = left.selectbox(
-    "Saved run", list(by_path), key="recov_run",
-    format_func=lambda p: f"{by_path[p].name} · {by_path[p].dataset_name} · {','.join(by_path[p].regimes)} · "
-                          f"{by_path[p].n_rows_done} rows · {by_path[p].status}",
-)
-info = by_path[choice]
-options = list(info.regimes) + ([POOLED] if len(info.regimes) > 1 else [])
-selection = right.selectbox("Regime", options, key="recov_regime",
-                            help="Pooling keeps each item's rows (one per regime) in the same fold.")
-with st.expander("Settings"):
-    a, b, c, d = st.columns(4)
-    n_boot = a.number_input("bootstrap resamples", 100, 5000, N_BOOT, step=100, key="recov_boot")
-    n_shuffles = b.number_input("label permutations (last-5, baselines)", 0, 50, N_SHUFFLES, key="recov_shuffles")
-    n_layer_shuffles = c.number_input("label permutations per layer", 0, 20, N_SHUFFLES_PER_LAYER,
-                                      key="recov_layer_shuffles")
-    seed = d.number_input("seed", 0, 10_000, 0, key="recov_seed")
-    st.caption(f"C grid {list(C_GRID)}, {N_OUTER} outer folds, {N_INNER} inner folds. On ~150 answers and 30 "
-               "layers expect about a minute on 2 CPU cores (most of it is the per-layer shuffle control).")
 
-request = (str(info.path), info.mtime, selection, int(n_boot), int(n_shuffles), int(n_layer_shuffles), int(seed))
-if st.button("Compute", type="primary", key="recov_compute"):
-    st.session_state[RESULT_KEY] = request
-if st.session_state.get(RESULT_KEY) != request:
-    st.info("Press **Compute** to fit the probes (results are cached per run, regime and settings).")
-    st.stop()
-try:
-    pooled = selection == POOLED
-    with st.spinner("Fitting probes: nested cross-validation on every layer, bootstrap and shuffle controls…"):
-        report = cached_report(str(info.path), info.mtime, None if pooled else selection, pooled, int(n_boot),
-                               int(n_shuffles), int(n_layer_shuffles), int(seed))
-except ICError as exc:
-    show_error(exc)
-    st.stop()
-st.caption(f"Computed in {report.elapsed_s:.1f} s on {report.n} graded answers ({report.selection}).")
-show_report(report, info)
+
+def single_run_tab(runs: list[RunInfo]) -> None:
+    by_path = {str(r.path): r for r in runs}
+    left, right = st.columns([3, 2])
+    choice = left.selectbox(
+        "Saved run", list(by_path), key="recov_run",
+        format_func=lambda p: f"{by_path[p].name} · {by_path[p].dataset_name} · {','.join(by_path[p].regimes)} · "
+                              f"{by_path[p].n_rows_done} rows · {by_path[p].status}",
+    )
+    info = by_path[choice]
+    options = list(info.regimes) + ([POOLED] if len(info.regimes) > 1 else [])
+    selection = right.selectbox("Regime", options, key="recov_regime",
+                                help="Pooling keeps each item's rows (one per regime) in the same fold.")
+    with st.expander("Settings"):
+        a, b, c, d = st.columns(4)
+        n_boot = a.number_input("bootstrap resamples", 100, 5000, N_BOOT, step=100, key="recov_boot")
+        n_shuffles = b.number_input("label permutations (last-5, baselines)", 0, 50, N_SHUFFLES, key="recov_shuffles")
+        n_layer_shuffles = c.number_input("label permutations per layer", 0, 20, N_SHUFFLES_PER_LAYER,
+                                          key="recov_layer_shuffles")
+        seed = d.number_input("seed", 0, 10_000, 0, key="recov_seed")
+        st.caption(f"C grid {list(C_GRID)}, {N_OUTER} outer folds, {N_INNER} inner folds. On ~150 answers and 30 "
+                   "layers expect about a minute on 2 CPU cores (most of it is the per-layer shuffle control).")
+
+    request = (str(info.path), info.mtime, selection, int(n_boot), int(n_shuffles), int(n_layer_shuffles), int(seed))
+    if st.button("Compute", type="primary", key="recov_compute"):
+        st.session_state[RESULT_KEY] = request
+    if st.session_state.get(RESULT_KEY) != request:
+        st.info("Press **Compute** to fit the probes (results are cached per run, regime and settings).")
+        return
+    try:
+        pooled = selection == POOLED
+        with st.spinner("Fitting probes: nested cross-validation on every layer, bootstrap and shuffle controls…"):
+            report = cached_report(str(info.path), info.mtime, None if pooled else selection, pooled, int(n_boot),
+                                   int(n_shuffles), int(n_layer_shuffles), int(seed))
+    except ICError as exc:
+        show_error(exc)
+        return
+    st.caption(f"Computed in {report.elapsed_s:.1f} s on {report.n} graded answers ({report.selection}).")
+    show_report(report, info)
+
+
+one_run, transfer = st.tabs(["This run", "Transfer"])
+with one_run:
+    single_run_tab(runs)
+with transfer:
+    transfer_tab(runs)

@@ -127,3 +127,29 @@ def test_one_class_run_shows_reasons_not_numbers(tiny, runs_dir):
     assert "only one class" in " ".join(m.value for m in at.markdown)
     assert any("No probe to save" in i.value for i in at.info)
     assert "0.50" not in " ".join(at.dataframe[0].value["AUROC [95 % CI]"])
+
+
+def test_transfer_tab_shows_the_matrix_with_counts_and_downloads(tiny, saved_run, runs_dir):
+    rng = np.random.default_rng(7)
+    minus = []
+    for i in range(50):
+        a, b = int(rng.integers(50, 99)), int(rng.integers(0, 50))
+        minus.append(PromptItem(f"m{i}", f"what is {a} minus {b} ?", str(a - b), kind="numeric",
+                                output=str(a - b + (0 if rng.random() < 0.45 else 1))))
+    other = run_study(tiny, minus, ["direct"], runs_dir / "minus50", generate=False, batch_size=25, dataset_name="m")
+    at = open_page(tiny)
+    assert any("Pick two or more runs" in i.value for i in at.info)
+    at.multiselect(key="recov_transfer_runs").set_value([str(saved_run.path), str(other.path)]).run()
+    at.number_input(key="recov_transfer_boot").set_value(100)
+    at.number_input(key="recov_transfer_shuffles").set_value(1)
+    at.button(key="recov_transfer_btn").click().run()
+    assert not at.exception, at.exception
+    matrices = [f.value for f in at.dataframe if list(f.value.columns) == ["tiny40:direct", "minus50:direct"]]
+    assert len(matrices) == 3  # state probe, difference-of-means direction, scalar read-out probe
+    n_right = int(sum(bool(c) for c in other.table["correct"]))
+    for m in matrices:
+        assert list(m.index) == ["tiny40:direct", "minus50:direct"]
+        cell = m.loc["tiny40:direct", "minus50:direct"]
+        assert cell.endswith(f"· {n_right}/{50 - n_right}") and ("[" in cell or "too few" in cell)
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Download the matrix (CSV)" in labels and "Download the matrix (JSON)" in labels
