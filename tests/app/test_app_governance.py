@@ -176,8 +176,11 @@ def test_a_probe_from_another_run_can_be_used(tiny, env, tmp_path):
     from ic_core.probes.saved import fit_saved_probe_for_run
     from ic_core.study.runner import run_study
 
-    other_items = [PromptItem(id=f"o{i}", question=f"what is {i % 9} minus {i % 4} ?", answer=str(i % 9 - i % 4),
-                              kind="numeric", output=str(i % 9 - i % 4 + (i % 2)), answer_prefix="the answer is")
+    # A related task (times instead of plus) whose wrong answers follow the gate run's first pattern, so the
+    # probe ranks this run's items the right way round (a probe that does not carry over is refused).
+    other_items = [PromptItem(id=f"o{i}", question=f"what is {i % 13} times {(i * 7) % 11} ?",
+                              answer=str(i % 13 * ((i * 7) % 11)), kind="numeric",
+                              output=str(i % 13 * ((i * 7) % 11) + (i % 5 in (1, 3))), answer_prefix="the answer is")
                    for i in range(40)]
     other = run_study(tiny, other_items, ["direct"], tmp_path / "elsewhere" / "o", generate=False)
     probe = fit_saved_probe_for_run(other)
