@@ -132,9 +132,20 @@ def external_probe_scores(
                        f"probe {probe.probe_id} fitted on another run ({probe.run_path}), calibrated on training items")
 
 
+def _rows_of(values: Any, idx: np.ndarray, n: int) -> list[Any]:
+    """``values[idx]`` as a list (empty without values)."""
+    if values is None:
+        return []
+    arr = np.asarray(values, dtype=object).reshape(-1)
+    if arr.size != n:
+        raise DataError(f"{arr.size} item ids/questions for {n} rows.")
+    return arr[idx].tolist()
+
+
 def calibrated_probe_scores(
     hidden: Any, correct: Any, train_idx: Any, test_idx: Any, *, model_spec: dict[str, Any], seed: int = 0,
-    probe: SavedProbe | None = None, run_path: str = "", selection: str = "",
+    probe: SavedProbe | None = None, run_path: str = "", selection: str = "", item_ids: Any = None,
+    questions: Any = None,
 ) -> ProbeScores:
     """Calibrated P(correct) per row, without ever scoring a row with a probe fitted on it.
 
@@ -149,6 +160,9 @@ def calibrated_probe_scores(
             fits the last-5-layers probe on the training rows.
         run_path: The run folder the rows come from (recorded; refuses an external probe of it).
         selection: The training rows in words (recorded in the fitted probe).
+        item_ids: Optional (n,) item ids of the rows; the fitted probe records those of its training rows.
+        questions: Optional (n,) question texts of the rows; the fitted probe records their hashes. Without
+            both, the fitted probe's training items are unknown and it is refused for held-out scoring elsewhere.
 
     Returns:
         Scores aligned with the rows; rows in neither index array are NaN.
@@ -180,7 +194,8 @@ def calibrated_probe_scores(
     oof = nested_cv(state_model, x_tr, y[tr], n_folds=OOF_FOLDS, n_inner=INNER_FOLDS, seed=seed)
     coef, intercept = fit_platt_on_scores(oof.scores, y_bool[tr])
     final = fit_saved_probe(hidden[tr], y[tr], layers=layers, model_spec=model_spec, run_path=run_path,
-                            selection=selection, n_folds=INNER_FOLDS, seed=seed)
+                            selection=selection, n_folds=INNER_FOLDS, seed=seed,
+                            item_ids=_rows_of(item_ids, tr, y.size), questions=_rows_of(questions, tr, y.size))
     # Put the final probe on the out-of-fold scores' footing, then fold both steps into one Platt map of its logit.
     mean, sd = training_scale(final.decision_values(hidden[tr]))
     calibration = PlattCalibration(coef / sd, intercept - coef * mean / sd)

@@ -189,6 +189,19 @@ class TestCalibratedProbeScores:
         with pytest.raises(DataError, match="does not record which items"):
             external_probe_scores(hidden, correct, np.arange(40), old, run_path=str(tmp_path / "r"))
 
+    def test_a_probe_fitted_on_training_rows_records_those_items_only(self, tmp_path):
+        hidden, correct = states(seed=3)
+        ids, qs = [f"q{i}" for i in range(70)], [f"question {i}?" for i in range(70)]
+        tr, te = split_items(correct, 0.4, 0)
+        ps = calibrated_probe_scores(hidden, correct, tr, te, model_spec=SPEC, item_ids=ids, questions=qs)
+        assert set(ps.probe.train_item_ids) == {ids[i] for i in tr}
+        write_items(tmp_path / "held", [ids[i] for i in te], [qs[i] for i in te])
+        write_items(tmp_path / "train", [ids[i] for i in tr[:3]], [qs[i] for i in tr[:3]])
+        assert not probe_fitted_on_run(ps.probe, tmp_path / "held")  # it never saw the held-out items
+        assert probe_fitted_on_run(ps.probe, tmp_path / "train")
+        with pytest.raises(DataError, match="item ids/questions"):
+            calibrated_probe_scores(hidden, correct, tr, te, model_spec=SPEC, item_ids=ids[:5], questions=qs)
+
     def test_a_negative_platt_slope_is_refused(self, tmp_path):
         hidden, correct = states(seed=3)
         write_items(tmp_path / "r", [f"q{i}" for i in range(70)], [f"q {i}?" for i in range(70)])
