@@ -257,14 +257,19 @@ class TestBadModelIds:
             load_model(ModelSpec.parse("x" * 300))
 
     @pytest.mark.app
-    def test_overlong_model_name_in_the_sidebar_is_an_error_not_a_crash(self, shared):
-        """Typing a 300-character model name in the sidebar shows an error; the page still renders."""
+    def test_overlong_model_name_in_the_sidebar_is_an_error_not_a_crash(self, shared, monkeypatch):
+        """An allow-listed 300-character hub id picked in the sidebar shows an error; the page still renders."""
+        name = "hub:" + "x" * 300
+        monkeypatch.setenv("IC_ALLOW_MODEL_SWITCH", "1")
+        monkeypatch.setenv("IC_MODEL_ALLOWLIST", name)
         at = _app(shared)
-        at.sidebar.radio[0].set_value(at.sidebar.radio[0].options[1]).run()
-        at.sidebar.text_input[0].input("x" * 300).run()
-        at.sidebar.button[0].click().run()
+        at.sidebar.selectbox(key="sb_model").set_value(name).run()
+        at.sidebar.button[0].click()
+        del at.session_state["_injected_model"]
+        at.run()
         assert not at.exception
         assert [t.value for t in at.title] == ["Explore a prompt"]
+        assert "Model not loaded" in _errors(at)
 
 
 class TestBadUploads:
@@ -912,12 +917,13 @@ class TestSecurity:
 
     @pytest.mark.app
     def test_sidebar_checkbox_is_off_even_for_a_hub_model_from_the_environment(self, shared, monkeypatch):
-        """With IC_MODEL naming a hub id, the sidebar's trust_remote_code checkbox still starts unticked."""
+        """With IC_MODEL naming a hub id, the sidebar offers no trust_remote_code checkbox and it stays off."""
         monkeypatch.setenv("IC_MODEL", "some-org/some-model")
         at = _app(shared)
-        box = next(c for c in at.sidebar.checkbox if c.label == "trust_remote_code")
-        assert box.value is False and at.session_state["sb_trust_remote_code"] is False
-        assert at.sidebar.text_input[0].value == "some-org/some-model"
+        # Not even offered (issue 11 case 7: only an administrator's setting shows it), and off.
+        assert "trust_remote_code" not in [c.label for c in at.sidebar.checkbox]
+        assert at.session_state["sb_trust_remote_code"] is False
+        assert any("some-org/some-model" in c.value for c in at.sidebar.caption)
 
     def test_a_policy_file_cannot_switch_on_remote_code(self, tmp_path, monkeypatch):
         """`gate --policy file` loads the policy's model with trust_remote_code off unless the flag is given."""
