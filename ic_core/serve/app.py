@@ -152,25 +152,34 @@ def _completion_body(rid: str, model_id: str, done: Completion, intent: dict[str
         "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model_id,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
                      "finish_reason": done.finish_reason, "logprobs": None}],
-        "usage": {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
-                  "total_tokens": done.prompt_tokens + done.completion_tokens},
+        "usage": _usage(done),
         "intention": intent,
     }
 
 
-async def _sse(rid: str, model_id: str, done: Completion, intent: dict[str, Any]) -> AsyncIterator[bytes]:
-    """OpenAI's chunk stream: a role chunk, content deltas, a finish chunk, then ``data: [DONE]``."""
+def _usage(done: Completion) -> dict[str, int]:
+    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens}
+
+
+async def _sse(rid: str, model_id: str, done: Completion, intent: dict[str, Any],
+               include_usage: bool) -> AsyncIterator[bytes]:
+    """OpenAI's chunk stream: a role chunk, content deltas, a finish chunk, (usage,) then ``data: [DONE]``."""
     created = int(time.time())
 
+    def event(body: dict[str, Any]) -> bytes:
+        head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_id}
+        return b"data: " + json.dumps(head | body, ensure_ascii=False).encode() + b"\n\n"
+
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-        body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
-        return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+        return event({"choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra})
 
     yield chunk({"role": "assistant", "content": ""}, intention=intent)
     for piece in stream_deltas(done):
         yield chunk({"content": piece})
     yield chunk({}, done.finish_reason, intention=intent)
+    if include_usage:
+        yield event({"choices": [], "usage": _usage(done)})
     yield b"data: [DONE]\n\n"
 
 
@@ -259,7 +268,8 @@ def create_app(loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = N
         intent = intention(checked, policy, settings.mode, action)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
-            return StreamingResponse(_sse(rid, model_id, done, intent), media_type="text/event-stream",
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(_sse(rid, model_id, done, intent, usage), media_type="text/event-stream",
                                      headers=headers(checked) | {"Cache-Control": "no-cache"})
         return JSONResponse(_completion_body(rid, model_id, done, intent), headers=headers(checked))
 

@@ -45,6 +45,13 @@ class Message(BaseModel):
         return "\n".join(part.text for part in self.content)
 
 
+class StreamOptions(BaseModel):
+    """``stream_options``: ``include_usage`` adds a last chunk with the token counts."""
+
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
 class GateRequest(BaseModel):
     """``POST /v1/gate``: the conversation the agent is about to send to its model."""
 
@@ -64,6 +71,7 @@ class ChatRequest(GateRequest):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)
 
     def stop_list(self) -> list[str]:

@@ -349,6 +349,14 @@ class TestStreaming:
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
         assert chunks[-1]["intention"]["decision"] == "approve" and chunks[-1]["intention"]["audit"]["seq"] == 1
 
+    def test_include_usage_adds_a_usage_chunk(self, tiny, tmp_path):
+        """``stream_options.include_usage``: a last chunk with no choices and the token counts."""
+        with _client(tiny, tmp_path) as c:
+            r = _chat(c, max_tokens=5, stream=True, stream_options={"include_usage": True})
+        events = [line[len("data: "):] for line in r.text.split("\n\n") if line]
+        last = json.loads(events[-2])
+        assert last["choices"] == [] and last["usage"]["completion_tokens"] == 5 and events[-1] == "[DONE]"
+
     def test_stream_blocked_is_409_json(self, tiny, tmp_path, h_int):
         """An escalated streaming request in block mode gets the JSON 409, not an event stream."""
         with _client(tiny, tmp_path, policy=_policy(tiny, t_entropy_bits=h_int - 0.5)) as c:
@@ -398,3 +406,41 @@ class TestServeCli:
         monkeypatch.setenv("IC_API_KEYS", "short")
         assert main(["serve", "--policy", str(path)]) == 2
         assert "at least 16" in capsys.readouterr().err
+
+    def test_serves_the_policys_model_with_keys_from_env(self, tiny_dir, tmp_path, monkeypatch, capsys):
+        """The command loads the policy's model, takes keys from IC_API_KEYS and hands uvicorn the gated app."""
+        import uvicorn
+
+        from ic_core.cli import main
+
+        spec = ModelSpec("local", str(tiny_dir))
+        pol = Policy(signal="h_int", model=spec.to_dict(), t_entropy_bits=50.0, kind="short_answer")
+        path = pol.save(tmp_path / "p.json")
+        seen = {}
+        monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+        monkeypatch.setenv("IC_API_KEYS", KEY)
+        log = tmp_path / "served.jsonl"
+        assert main(["serve", "--policy", str(path), "--port", "8123", "--mode", "annotate",
+                     "--audit-log", str(log), "--queue-size", "2", "--max-tokens-limit", "32"]) == 0
+        assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+        assert f"policy {pol.policy_id}, mode annotate" in capsys.readouterr().err
+        with TestClient(seen["app"], raise_server_exceptions=False) as c:
+            _error(_chat(c, headers={}), 401, "invalid_api_key")
+            _error(_chat(c, max_tokens=33), 400, "invalid_request_error")
+            assert _chat(c).json()["intention"]["mode"] == "annotate"
+        assert c.app.state.worker.queue_size == 2 and read_audit(log)[0][0]["source"] == "api"
+
+    def test_unsigned_policy_needs_allow_unsigned(self, tiny, tmp_path, monkeypatch, capsys):
+        """An unsigned policy is refused (exit 2, one line); --allow-unsigned passes with a warning."""
+        import uvicorn
+
+        from ic_core.cli import main
+
+        path = Policy(signal="h_int", model=tiny.spec.to_dict(), t_entropy_bits=5.0).save(tmp_path / "u.json", sign=False)
+        monkeypatch.setenv("IC_API_KEYS", KEY)
+        monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+        assert main(["serve", "--policy", str(path)]) == 2
+        assert "is unsigned" in capsys.readouterr().err
+        rc = main(["serve", "--policy", str(path), "--allow-unsigned"])  # then the in-memory model is not loadable
+        err = capsys.readouterr().err
+        assert "warning: policy" in err and "--allow-unsigned" in err and rc == 2
