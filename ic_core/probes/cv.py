@@ -368,7 +368,7 @@ def probe_last_layers(hidden: Any, y: Any, k: int = LAST_K, **kw: Any) -> AurocE
     """
     hidden = as_states(hidden)
     layers = last_layer_indices(hidden.shape[1], k)
-    X = hidden[:, list(layers), :].reshape(hidden.shape[0], -1)
+    X = hidden[:, list(layers), :].reshape(hidden.shape[0], len(layers) * hidden.shape[2])  # also for 0 rows
     desc = f"linear probe on the concatenated states of layers {layers[0]}–{layers[-1]} ({len(layers) * hidden.shape[2]} features)"
     return probe_auroc(X, y, name=f"last {len(layers)} layers", description=desc, **kw)
 

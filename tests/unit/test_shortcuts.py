@@ -104,6 +104,14 @@ class TestTooFewToJudge:
         assert ok.to_json()["n_wrong"] == 90
 
 
+    def test_a_selection_without_graded_rows_gives_a_reason(self):
+        from ic_core.probes.cv import probe_last_layers
+        from ic_core.stats.auroc import REASON_ONE_CLASS
+
+        r = probe_last_layers(np.zeros((0, 5, 4)), np.zeros(0, int), **FAST)
+        assert r.reason == REASON_ONE_CLASS and r.n == 0 and r.ci_text() == REASON_ONE_CLASS
+
+
 class TestMetadata:
     def test_tag_baseline_and_strata(self):
         rng = np.random.default_rng(0)
