@@ -155,6 +155,10 @@ class TestLimits:
             _error(_chat(c, temperature=5), 400, "invalid_request_error")
             _error(_chat(c, content="paris\x00"), 400, "invalid_request_error")
             _error(_chat(c, content="   "), 400, "invalid_request_error")
+            _error(_chat(c, content="paris " * 4000), 400, "invalid_request_error")
+            bad_system = [{"role": "system", "content": "be brief\x00"}, {"role": "user", "content": Q}]
+            body = _error(c.post("/v1/gate", json={"messages": bad_system}, headers=AUTH), 400, "invalid_request_error")
+            assert "NUL" in body["message"]
             _error(_chat(c, stop=["a", "b", "c", "d", "e"]), 400, "invalid_request_error")
             _error(c.get("/v1/nothing", headers=AUTH), 404, "not_found")
 
