@@ -116,7 +116,7 @@ class TestGates:
 @pytest.fixture(scope="module")
 def agent_factory(served):
     """Agents SDK agents whose model is our server and whose input guardrail is ours."""
-    agents = pytest.importorskip("agents")
+    import agents
     from openai import AsyncOpenAI
 
     from ic_core.integrations.openai_agents import intention_guardrail
@@ -152,7 +152,6 @@ class TestOpenAIAgents:
 
     def test_needs_approval_follows_the_gate(self, served):
         """The tool-approval callable asks a human exactly when the gate escalates the described call."""
-        pytest.importorskip("agents")
         from ic_core.integrations.openai_agents import needs_approval
 
         approve = needs_approval(HttpGate(served.url, KEY), describe=lambda p: p["question"], system=SYSTEM)
@@ -162,7 +161,6 @@ class TestOpenAIAgents:
 
 class TestLangChain:
     def _agent(self, served, interrupt_on_escalate=True):
-        pytest.importorskip("langchain")
         from langchain.agents import create_agent
         from langchain_openai import ChatOpenAI
         from langgraph.checkpoint.memory import InMemorySaver

@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from ic_core.governance.audit import read_audit
 from ic_core.governance.audit_verify import verify_audit
 from ic_core.governance.policy import Policy
 from ic_core.models import ModelSpec
-
-openai = pytest.importorskip("openai")
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "model-tier-api-key-0123456789"
