@@ -18,7 +18,9 @@ from ui.common import (
     footer,
     gen_config,
     get_loaded,
+    html_block,
     json_download,
+    md_text,
     require_router,
     show_error,
 )
@@ -117,20 +119,21 @@ def outputs_row(analyses: dict[str, Analysis]) -> None:
             continue
         with col:
             st.markdown(f"**{REGIME_TITLES[regime]}**")
-            st.markdown(token_spans_html(g.tokens, g.entropy_bits, g.chosen_probs, g.answer_prefix),
+            st.markdown(html_block(token_spans_html(g.tokens, g.entropy_bits, g.chosen_probs, g.answer_prefix)),
                         unsafe_allow_html=True)
             mean = g.mean_entropy_bits
             st.caption(f"{len(g.tokens)} tokens · stop: {g.stop_reason}"
                        + (f" · mean entropy {mean:.2f} bits" if mean is not None else ""))
             if verdict is None:
                 continue
-            found = f"“{verdict.extracted}”" if verdict.extracted is not None else "nothing answer-like"
+            found = f"“{md_text(verdict.extracted)}”" if verdict.extracted is not None else "nothing answer-like"
+            rule = md_text(verdict.rule)
             if verdict.correct is True:
-                st.success(f"**Correct:** {found} ({verdict.rule})")
+                st.success(f"**Correct:** {found} ({rule})")
             elif verdict.correct is False:
-                st.warning(f"**Wrong:** {found}, expected “{expected}” ({verdict.rule})")
+                st.warning(f"**Wrong:** {found}, expected “{md_text(expected)}” ({rule})")
             else:
-                st.info(f"Extracted {found} ({verdict.rule})")
+                st.info(f"Extracted {found} ({rule})")
 
 
 def export(result: dict[str, Any]) -> dict[str, Any]:

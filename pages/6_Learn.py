@@ -9,7 +9,7 @@ from typing import Any
 import streamlit as st
 
 from ic_core.errors import DataError, ICError
-from ui.common import KEEP_PREFIX, fill_explore, footer, get_loaded, require_router, show_error
+from ui.common import KEEP_PREFIX, fill_explore, footer, get_loaded, md_text, require_router, show_error
 
 EXAMPLES_PATH = Path(__file__).resolve().parent.parent / "sample_prompts" / "examples.jsonl"
 COMPARE_PREFIX = KEEP_PREFIX + "compare."
@@ -119,13 +119,13 @@ for n, item in enumerate(examples):
     with st.container(border=True):
         left, right = st.columns([4, 1], vertical_alignment="center")
         with left:
-            st.markdown(f"**{item['question']}**")
+            st.markdown(f"**{md_text(item['question'])}**")
             if item.get("note"):
-                st.markdown(item["note"])
-            details = [f"kind: {item.get('kind', 'free_text')}", f"answer: {item.get('answer', '—')}"]
+                st.markdown(item["note"])  # bundled teaching notes: Markdown written for this page
+            details = [f"kind: {md_text(item.get('kind', 'free_text'))}", f"answer: {md_text(item.get('answer', '—'))}"]
             if item.get("answer_prefix"):
-                details.append(f"prefix: “{item['answer_prefix']}”")
-            st.caption(" · ".join(details) + f" · source: {item.get('source', 'unknown')}")
+                details.append(f"prefix: “{md_text(item['answer_prefix'])}”")
+            st.caption(" · ".join(details) + f" · source: {md_text(item.get('source', 'unknown'))}")
         with right:
             if st.button("Open in Explore", key=f"learn_explore_{n}", type="primary", width="stretch"):
                 fill_explore(item)

@@ -98,9 +98,20 @@ def gen_config() -> GenerationConfig:
 def show_error(exc: Exception) -> None:
     """Show an engine error as one clear message (never a raw traceback)."""
     if isinstance(exc, ICError):
-        st.error(str(exc))
+        st.error(inert_message(str(exc)))
     else:
-        st.error(f"Unexpected error ({type(exc).__name__}): {exc}. Please report it with the steps that led here.")
+        st.error(inert_message(
+            f"Unexpected error ({type(exc).__name__}): {exc}. Please report it with the steps that led here."))
+
+
+def inert_message(text: str) -> str:
+    """An engine message made safe for ``st.error``: it may echo user input (file names, model ids).
+
+    Brackets are escaped so ``![x](http://…)`` can never become an image (a beacon) or a link,
+    ``$`` so nothing becomes LaTeX, and ``:`` before ``[`` cannot start a colour directive; the rest
+    of the sentence keeps its punctuation, so it reads as written.
+    """
+    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]").replace("$", "\\$")
 
 
 def footer(loaded: LoadedModel | None) -> None:

@@ -78,3 +78,17 @@ def test_explore_shows_hostile_expected_answer_and_prefix_as_text(tiny):
     assert graded, bodies  # the grade names the expected answer
     html = "\n".join(MARKDOWN.render(b) for b in bodies)
     assert "<img" not in html and "127.0.0.1:9/b.png" in html and "127.0.0.1:9/beacon.png" in html
+
+
+@pytest.mark.parametrize("text", ["![x](http://127.0.0.1:9/beacon.png)", "[click](http://127.0.0.1:9/x)",
+                                  "cost $x^2$ here", "back\\slash ![x](y)"])
+def test_error_messages_echoing_user_text_stay_inert(text):
+    """``show_error`` text may echo a file name or model id: no image, no link, no LaTeX (no raw HTML in st.error)."""
+    import html
+
+    from ui.common import inert_message
+
+    message = f"Cannot read the file '{text}': it is not UTF-8 text."
+    out = MarkdownIt("commonmark", {"html": False}).render(inert_message(message))
+    assert "<img" not in out and "<a " not in out
+    assert html.unescape(out.strip()[len("<p>"):-len("</p>")]) == message
