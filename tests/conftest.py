@@ -11,6 +11,11 @@ from helpers import make_tiny_model, make_tiny_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+TEST_OPERATOR_KEY = "test-operator-key-" + "0" * 32
+# Set at import, not only per test: module- and session-scoped fixtures sign policies before any
+# function fixture runs, and must never create the operator's real ~/.config key file.
+os.environ["IC_POLICY_KEY"] = TEST_OPERATOR_KEY
+os.environ.pop("IC_POLICY_KEY_FILE", None)
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +73,15 @@ def _audit_log_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("IC_AUDIT_LOG", str(tmp_path / "audit" / "gate_audit.jsonl"))
 
 
-TEST_OPERATOR_KEY = "test-operator-key-" + "0" * 32
+@pytest.fixture(autouse=True, scope="session")
+def _no_real_key_file(tmp_path_factory):
+    """The default key file points into a session temp folder for every fixture scope."""
+    from ic_core.governance import keys
+
+    original = keys.DEFAULT_KEY_FILE
+    keys.DEFAULT_KEY_FILE = tmp_path_factory.mktemp("operator-home") / "operator.key"
+    yield
+    keys.DEFAULT_KEY_FILE = original
 
 
 @pytest.fixture(autouse=True)
