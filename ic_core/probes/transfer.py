@@ -246,8 +246,9 @@ def transfer_matrix(tasks: Sequence[TaskRows], *, n_boot: int = N_BOOT, n_shuffl
                 cells[i, j] = transfer_pair(a, b, **kw)
             if progress:
                 progress(len(cells), total, f"{a.label} → {b.label}")
-    return TransferMatrix(tuple(t.label for t in tasks), tuple((int(t.y.sum()), int(t.y.size - t.y.sum()))
-                                                                for t in tasks), cells)
+    names = [t.label for t in tasks]
+    labels = tuple(n if names.count(n) == 1 else f"{n} #{i + 1}" for i, n in enumerate(names))  # unique axes
+    return TransferMatrix(labels, tuple((int(t.y.sum()), int(t.y.size - t.y.sum())) for t in tasks), cells)
 
 
 def transfer_report(train: TaskRows, test: TaskRows, *, n_boot: int = N_BOOT, n_shuffles: int = N_SHUFFLES,

@@ -91,5 +91,8 @@ class TestTransfer:
         assert len(records) == 27 and {"n_correct", "n_wrong", "ci_low", "protocol"} <= set(records[0])
         out = m.to_json()
         assert out["runs"][0]["n_correct"] == int(a.y.sum()) and out["cells"][1]["within_task"] is False
+        (tmp_path / "x").mkdir()
+        twin = task_rows(run(tmp_path / "x", "a", seed=6, prefix="t"))
+        assert transfer_matrix([a, twin], **FAST).labels == ("a:direct #1", "a:direct #2")  # same folder name
         with pytest.raises(DataError, match="at least two"):
             transfer_matrix([a])
