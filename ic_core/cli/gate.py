@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _spec(args: argparse.Namespace, policy: Policy) -> ModelSpec:
+def policy_model_spec(args: argparse.Namespace, policy: Policy) -> ModelSpec:
+    """The model to load: the policy's own (with this command's dtype/device), or ``--model`` (checked against the policy later)."""
     dtype = args.dtype or policy.model.get("dtype", "float32")
     if args.model is None:
         base = ModelSpec.from_dict({k: v for k, v in policy.model.items() if k in ModelSpec.__dataclass_fields__})
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``gate``."""
     policy = Policy.load(args.policy, allow_unsigned=args.allow_unsigned)
     warn_if_unverified(policy)
-    spec = _spec(args, policy)
+    spec = policy_model_spec(args, policy)
     # Refuse a different model or a missing prefix before spending time loading the model.
     check_model_spec(policy, spec)
     resolve_answer_prefix(policy, args.answer_prefix)

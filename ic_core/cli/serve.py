@@ -6,8 +6,7 @@ import argparse
 import ipaddress
 import sys
 
-from ic_core.cli.gate import _spec as policy_model_spec
-from ic_core.cli.gate import probe_root
+from ic_core.cli.gate import policy_model_spec, probe_root
 from ic_core.cli.policy import warn_if_unverified
 from ic_core.errors import DataError
 from ic_core.governance.gate import load_policy_probe

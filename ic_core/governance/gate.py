@@ -307,12 +307,16 @@ def audit_decision(
     source: str = "api",
     probe_sha256: str | None = None,
     weights_sha256: str | None = None,
-) -> None:
+) -> dict[str, Any]:
     """Append one decision to the audit log (prompt text only when the policy allows it).
 
-    Used by :func:`gate_check` and by the app when Explore shows a verdict. ``actor`` (default:
-    the operating-system user) and ``source`` (``cli``, ``app``, ``api``, ``demo``) say who asked
-    and from where; the digests name the probe and weights the decision used, when known.
+    Used by :func:`gate_check`, the server and the app when Explore shows a verdict. ``actor``
+    (default: the operating-system user) and ``source`` (``cli``, ``app``, ``api``, ``demo``) say
+    who asked and from where; the digests name the probe and weights the decision used, when known.
+
+    Returns:
+        The record as written (with its ``seq`` and ``record_sha256``).
+
     """
     logged = decision.signals if policy.store_prompt_text else {
         k: v for k, v in decision.signals.items() if k != "readout_token"}  # a prompt word when read at its end
@@ -322,4 +326,4 @@ def audit_decision(
         store_prompt_text=policy.store_prompt_text, actor=actor, source=source,
         probe_sha256=probe_sha256, weights_sha256=weights_sha256, extra={"policy_signed": policy.is_signed},
     )
-    append_record(Path(audit_log), record)
+    return append_record(Path(audit_log), record)

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from ic_core.analysis import Analysis, analyze, answer
 from ic_core.errors import DataError, ICError, PromptError
 from ic_core.generate import GenerationConfig
-from ic_core.governance.audit import append_record, make_record, resolve_audit_path
+from ic_core.governance.audit import resolve_audit_path
 from ic_core.governance.gate import (
     Decision,
+    audit_decision,
     check_probe,
     decide_for_analysis,
     policy_template,
@@ -148,19 +149,12 @@ class GatedEngine:
         return Checked(conversation, analysis, decision, self._audit(conversation, decision, actor))
 
     def _audit(self, conversation: Conversation, decision: Decision, actor: str) -> dict[str, Any]:
-        policy = self.policy
-        signals = decision.signals if policy.store_prompt_text else {
-            k: v for k, v in decision.signals.items() if k != "readout_token"}  # a prompt word when read at its end
-        record = make_record(
-            prompt=conversation.audit_text, model=decision.model, policy_id=policy.policy_id, signals=signals,
-            decision=decision.decision, reason=decision.reason, elapsed_s=decision.elapsed_s,
-            store_prompt_text=policy.store_prompt_text, actor=actor, source="api",
-            probe_sha256=(policy.probe or {}).get("npz_sha256") if self.probe is not None else None,
-            weights_sha256=getattr(self.loaded, "weights_sha256", None),
-            extra={"policy_signed": policy.is_signed},
-        )
         try:
-            return append_record(self.audit_path, record)
+            return audit_decision(
+                self.policy, decision, conversation.audit_text, self.audit_path, actor=actor, source="api",
+                probe_sha256=(self.policy.probe or {}).get("npz_sha256") if self.probe is not None else None,
+                weights_sha256=getattr(self.loaded, "weights_sha256", None),
+            )
         except DataError as exc:
             raise AuditUnavailable(f"The decision could not be written to the audit log, so nothing was generated: {exc}") from exc
 
