@@ -130,3 +130,21 @@ class TestSecretsFile:
     def test_bad_environment_value(self):
         with pytest.raises(DataError, match="IC_ALLOW_TRUST_REMOTE_CODE must be 1 or 0"):
             settings({"IC_ALLOW_TRUST_REMOTE_CODE": "sure"})
+
+
+def test_the_app_and_the_server_listen_on_loopback_by_default():
+    """Issue 11 case 7: nothing is served to the network unless HOST is set explicitly."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from ic_core.cli import build_parser
+
+    root = Path(__file__).resolve().parents[2]
+    config = tomllib.loads((root / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "127.0.0.1"
+    makefile = (root / "Makefile").read_text()
+    assert re.search(r"^HOST \?= 127\.0\.0\.1$", makefile, re.M)
+    assert "--server.address $(HOST)" in makefile and "--host $(HOST)" in makefile
+    args = build_parser().parse_args(["serve", "--policy", "p.json"])
+    assert args.host == "127.0.0.1"
