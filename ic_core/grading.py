@@ -56,6 +56,11 @@ def parse_number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def find_numbers(text: str) -> list[float]:
+    """Every number written in ``text`` (``"1,234"``, ``"$12"``, ``"-3.5"``), parsed, in order."""
+    return [v for v in map(parse_number, _ANY_NUM.findall(text)) if v is not None]
+
+
 def _format_number(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 

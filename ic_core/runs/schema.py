@@ -22,11 +22,14 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "plan_row", "output_source", "stop_reason", "n_generated_tokens", "max_new_tokens", "generate_s",
     "readout_index", "readout_is_formatting", "skipped_tokens", "top_tokens", "choices", "aliases",
     "user_text", "item_prefix_used", "generated_tokens", "token_entropies_bits",
+    "complied", "compliance_reason", "last_token_entropy_bits", "second_digit_entropy_bits",
 )
 """Columns after :data:`TABLE_COLUMNS`, in this order."""
 Signal = Literal["H_int", "H_slot"]
 """Where the state was read: the last prompt token (``H_int``) or after a forced answer prefix (``H_slot``)."""
 SIGNALS: tuple[str, ...] = ("H_int", "H_slot")
+CONTROL_REGIME = "babble"
+"""The control regime: its rows are checked for compliance (:mod:`ic_core.compliance`), never graded."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,18 @@ class RunRow:
     """The prefix came from the item (not from the run's ``answer_prefix``)."""
     user_text: str
     """The user message as rendered."""
+    complied: bool | None = None
+    """Control rows (babble) only: the output gave neither the answer nor an ``=`` result
+    (:func:`ic_core.compliance.check_compliance`); None on other rows and without output."""
+    compliance_reason: str | None = None
+    """Why a control row complied or not (``complied``, ``contains the answer``, …); None elsewhere."""
+    last_token_entropy_bits: float | None = None
+    """Entropy at the last prompt token (H_int), bits, for every row: the read-out itself when it
+    is H_int, an extra read of the prompt without the prefix when the read-out is H_slot. None in
+    runs made before it was recorded."""
+    second_digit_entropy_bits: float | None = None
+    """Entropy after the answer prefix and the gold answer's first digit (teacher-forced), bits;
+    only when the study asked for it, for direct rows of numeric items with answers of ≥ 2 digits."""
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written to ``items.jsonl`` (tuples as lists)."""
@@ -106,6 +121,10 @@ class RunRow:
     def from_json(cls, obj: object) -> RunRow:
         """A row from one parsed ``items.jsonl`` line; unknown keys are ignored.
 
+        Fields of :data:`OPTIONAL_FIELDS` may be missing (rows written before them). A control
+        (babble) row is never graded: a verdict stored by older versions is dropped on load, and
+        its compliance is worked out from its output when the row does not carry it.
+
         Raises:
             DataError: not an object, a key missing, or a value of the wrong type (the message names it).
 
@@ -116,12 +135,35 @@ class RunRow:
         values = {}
         for name, (check, expected) in _FIELD_TYPES.items():
             if name not in obj:
+                if name in OPTIONAL_FIELDS:
+                    continue
                 raise DataError(f"the row lacks {name!r}")
             try:
                 values[name] = check(obj[name])
             except (TypeError, ValueError):
                 raise DataError(f"{name!r} must be {expected}, got {_shown(obj[name])}") from None
+        if values["regime"] == CONTROL_REGIME:
+            values.update(_control_values(values))
         return cls(**values)
+
+
+OPTIONAL_FIELDS: frozenset[str] = frozenset(
+    {"complied", "compliance_reason", "last_token_entropy_bits", "second_digit_entropy_bits"}
+)
+"""Row fields added after the format's first version: missing in older rows, None then."""
+
+
+def _control_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A control row as loaded: no verdict, and its compliance (from the output if not stored)."""
+    from ic_core.compliance import check_compliance
+
+    out: dict[str, Any] = {"correct": None, "extracted_answer": None, "grade_rule": None}
+    if values.get("complied") is None and values["output_text"] is not None:
+        verdict = check_compliance(
+            values["output_text"], values["expected"], values["kind"], values["aliases"], values["choices"],
+        )
+        out.update(complied=verdict.complied, compliance_reason=verdict.reason)
+    return out
 
 
 LEGACY_KEYS: dict[str, str] = {
@@ -207,7 +249,10 @@ _FIELD_TYPES: dict[str, tuple[Callable[[object], Any], str]] = {
     "readout_index": (_int, "an integer"), "readout_token": (_str, "text"), "readout_is_formatting": (_bool, "true or false"),
     "skipped_tokens": (_strs, "a list of texts"), "signal": (_signal, "'H_int' or 'H_slot'"),
     "answer_prefix": (_optional(_str), "text or null"), "item_prefix_used": (_bool, "true or false"),
-    "user_text": (_str, "text"),
+    "user_text": (_str, "text"), "complied": (_optional(_bool), "true, false or null"),
+    "compliance_reason": (_optional(_str), "text or null"),
+    "last_token_entropy_bits": (_optional(_float), "a finite number or null"),
+    "second_digit_entropy_bits": (_optional(_float), "a finite number or null"),
 }
 
 
@@ -226,7 +271,8 @@ def table_from_rows(rows: Sequence[RunRow]) -> pd.DataFrame:
             data[c].append(i if c == "row" else rec["row"] if c == "plan_row" else rec[c])
     # object columns keep None as None (pandas 3 would turn missing text into NaN)
     table = pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in data.items()}, columns=columns)
-    for c in ("readout_entropy_bits", "readout_entropy_top100_bits", "top1_prob", "mean_token_entropy_bits", "generate_s"):
+    for c in ("readout_entropy_bits", "readout_entropy_top100_bits", "top1_prob", "mean_token_entropy_bits", "generate_s",
+              "last_token_entropy_bits", "second_digit_entropy_bits"):
         table[c] = pd.to_numeric(table[c], errors="coerce").astype(float)
     for c in ("row", "plan_row", "n_prompt_tokens"):
         table[c] = table[c].astype(np.int64)
@@ -239,8 +285,11 @@ def is_graded(value: object) -> bool:
 
 
 def graded_mask(frame: pd.DataFrame) -> np.ndarray:
-    """(n,) bool: which rows of a run table carry a verdict (:func:`is_graded`)."""
-    return np.fromiter((is_graded(v) for v in frame["correct"]), dtype=bool, count=len(frame))
+    """(n,) bool: which rows of a run table carry a verdict (:func:`is_graded`); control (babble) rows never do."""
+    graded = np.fromiter((is_graded(v) for v in frame["correct"]), dtype=bool, count=len(frame))
+    if "regime" in frame:
+        graded &= (frame["regime"] != CONTROL_REGIME).to_numpy(dtype=bool)
+    return graded
 
 
 def graded_correct(frame: pd.DataFrame) -> pd.Series:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ic_core.errors import DataError
 from ic_core.prompts import READOUT_NAMES, readout_label
-from ic_core.runs.schema import graded_correct
+from ic_core.runs.schema import CONTROL_REGIME, graded_correct
 from ic_core.runs.store import StudyRun
 from ic_core.stats.geometry import DimEff, Placement, constant_layers, dim_eff, pca, place
 from ic_core.stats.proportions import wilson_interval
@@ -20,26 +20,52 @@ from ic_core.stats.proportions import wilson_interval
 # ---------------------------------------------------------------- summaries and comparisons
 
 
-def summarize(run: StudyRun) -> pd.DataFrame:
-    """Per regime: n, n_graded, accuracy, mean/median H_int, mean top-100 H_int, mean token entropy.
+def compliance_counts(frame: pd.DataFrame) -> tuple[int, int]:
+    """``(n_complied, n_checked)`` over the rows of a control regime that carry a compliance verdict."""
+    if "complied" not in frame:
+        return 0, 0
+    checked = [bool(v) for v in frame["complied"] if isinstance(v, (bool, np.bool_))]
+    return sum(checked), len(checked)
 
-    Accuracy is NaN when no row of the regime was graded.
+
+def result_text(regime: str, frame: pd.DataFrame) -> str:
+    """What a regime's rows show: ``accuracy 12.0 % (6 of 50)``, or for the control ``control: 65 % complied``."""
+    if regime == CONTROL_REGIME:
+        ok, n = compliance_counts(frame)
+        return f"control: {100 * ok / n:.0f} % complied ({ok} of {n})" if n else "control: no output to check"
+    graded = graded_correct(frame)
+    if not len(graded):
+        return "n/a (not graded)"
+    return f"accuracy {100 * graded.mean():.1f} % ({int(graded.sum())} of {len(graded)})"
+
+
+def summarize(run: StudyRun) -> pd.DataFrame:
+    """Per regime: n, n_graded, accuracy, compliance, mean/median H_int, mean top-100 H_int, mean token entropy.
+
+    Accuracy is NaN when no row of the regime was graded; the control regime (babble) is never
+    graded: its ``result`` reads ``control: N % complied`` and ``compliance_rate`` holds N / 100.
     """
     out = []
     for regime in run.regimes:
         frame = run.table[run.table["regime"] == regime]
         graded = graded_correct(frame)
+        ok, checked = compliance_counts(frame) if regime == CONTROL_REGIME else (0, 0)
         out.append({
             "regime": regime,
+            "role": "control" if regime == CONTROL_REGIME else "answer",
+            "result": result_text(regime, frame),
             "n": len(frame),
             "n_graded": len(graded),
             "accuracy": float(graded.mean()) if len(graded) else math.nan,
+            "n_complied": ok,
+            "compliance_rate": ok / checked if checked else math.nan,
             "mean_readout_entropy_bits": float(frame["readout_entropy_bits"].mean()) if len(frame) else math.nan,
             "median_readout_entropy_bits": float(frame["readout_entropy_bits"].median()) if len(frame) else math.nan,
             "mean_readout_entropy_top100_bits": float(frame["readout_entropy_top100_bits"].mean()) if len(frame) else math.nan,
             "mean_token_entropy_bits": float(frame["mean_token_entropy_bits"].mean()) if frame["mean_token_entropy_bits"].notna().any() else math.nan,
         })
-    return pd.DataFrame(out, columns=["regime", "n", "n_graded", "accuracy", "mean_readout_entropy_bits", "median_readout_entropy_bits",
+    return pd.DataFrame(out, columns=["regime", "role", "result", "n", "n_graded", "accuracy", "n_complied", "compliance_rate",
+                                      "mean_readout_entropy_bits", "median_readout_entropy_bits",
                                       "mean_readout_entropy_top100_bits", "mean_token_entropy_bits"])
 
 
@@ -55,22 +81,29 @@ class RegimeComparison:
     """One row per regime: n, n_graded, accuracy, accuracy_ci_low/high (Wilson 95 %), mean_readout_entropy_bits,
     mean_readout_entropy_top100_bits, dim_eff_weighted_pr, dim_eff_rank_cap, plus any extra columns."""
     pairs: pd.DataFrame
-    """One row per pair of regimes: regime_a, regime_b, n_pairs, mean_diff_bits (b − a), median_diff_bits,
+    """One row per pair of regimes: regime_a, regime_b, position (where both entropies were read, or
+    ``not comparable: different read-out positions``), n_pairs, mean_diff_bits (b − a), median_diff_bits,
     wilcoxon_statistic, p_value (NaN with a ``note`` when not computable)."""
 
     def paper_table(self) -> pd.DataFrame:
         """Formatted strings, one column per regime (accuracy [CI], H_int, dim_eff, extras)."""
         rows: dict[str, dict[str, str]] = {}
         base = {"regime", "signal", "n", "n_graded", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "mean_readout_entropy_bits",
-                "mean_readout_entropy_top100_bits", "dim_eff_weighted_pr", "dim_eff_rank_cap"}
+                "mean_readout_entropy_top100_bits", "dim_eff_weighted_pr", "dim_eff_rank_cap", "role", "result",
+                "n_complied", "compliance_rate", "mean_last_token_entropy_bits"}
         for _, r in self.per_regime.iterrows():
-            acc = ("n/a (not graded)" if math.isnan(r["accuracy"])
-                   else f"{100 * r['accuracy']:.1f} % [{100 * r['accuracy_ci_low']:.1f}, {100 * r['accuracy_ci_high']:.1f}]")
+            if r["role"] == "control":
+                acc = str(r["result"])
+            elif math.isnan(r["accuracy"]):
+                acc = "n/a (not graded)"
+            else:
+                acc = f"{100 * r['accuracy']:.1f} % [{100 * r['accuracy_ci_low']:.1f}, {100 * r['accuracy_ci_high']:.1f}]"
             col = {
                 "n": str(int(r["n"])),
                 "Accuracy [95 % CI]": acc,
                 "Read-out": READOUT_NAMES[r["signal"]],
                 "Mean entropy at the read-out (bits)": _fmt(r["mean_readout_entropy_bits"], 2),
+                "Mean entropy at the last prompt token (bits)": _fmt(r["mean_last_token_entropy_bits"], 2),
                 "Same, top-100 variant (bits)": _fmt(r["mean_readout_entropy_top100_bits"], 2),
                 "dim_eff (weighted PR)": _fmt(r["dim_eff_weighted_pr"], 1)
                 + ("" if math.isnan(r["dim_eff_weighted_pr"]) else f" (cap {int(r['dim_eff_rank_cap'])})"),
@@ -82,6 +115,66 @@ class RegimeComparison:
         return pd.DataFrame(rows)
 
 
+def _mean(values: pd.Series | None) -> float:
+    if values is None:
+        return math.nan
+    values = pd.to_numeric(values, errors="coerce")
+    return float(values.mean()) if values.notna().any() else math.nan
+
+
+NOT_COMPARABLE = "not comparable: different read-out positions"
+"""The ``position`` of a pair of regimes read at different positions, with no common read to fall back on."""
+POSITION_TEXT = {"H_int": "both at the last prompt token", "H_slot": "both after the answer prefix"}
+
+
+def paired_entropies(table: pd.DataFrame, a: str, b: str) -> tuple[str, pd.DataFrame | None]:
+    """The entropies of regimes ``a`` and ``b`` read at one position, paired by item, and that position's text.
+
+    When every row of both regimes has the same read-out (H_int or H_slot) the read-out entropies
+    are paired. Otherwise (e.g. direct read after a prefix, CoT at the last prompt token) both
+    regimes' ``last_token_entropy_bits`` are paired, on the items where both have it. A run that
+    did not record that read (older folders) gives ``(NOT_COMPARABLE, None)``: no number from
+    mixed positions.
+    """
+    rows = table[table["regime"].isin([a, b])]
+    signals = set(rows["signal"].dropna())
+    if len(signals) == 1:
+        column, position = "readout_entropy_bits", POSITION_TEXT[signals.pop()]
+    elif "last_token_entropy_bits" in rows and rows["last_token_entropy_bits"].notna().any():
+        column, position = "last_token_entropy_bits", "both at the last prompt token (direct read again without its prefix)"
+    else:
+        return NOT_COMPARABLE, None
+    wide = rows.pivot_table(index="item_id", columns="regime", values=column, aggfunc="first")
+    if a not in wide or b not in wide:
+        return position, pd.DataFrame(columns=[a, b])
+    return position, wide[[a, b]].dropna()
+
+
+def _pair(table: pd.DataFrame, a: str, b: str) -> dict[str, Any]:
+    """One row of :attr:`RegimeComparison.pairs`: a paired Wilcoxon test of the entropies at one position."""
+    from scipy.stats import wilcoxon
+
+    position, both = paired_entropies(table, a, b)
+    entry: dict[str, Any] = {
+        "regime_a": a, "regime_b": b, "position": position, "n_pairs": 0, "mean_diff_bits": math.nan,
+        "median_diff_bits": math.nan, "wilcoxon_statistic": math.nan, "p_value": math.nan, "note": "",
+    }
+    if both is None:
+        entry["note"] = "the run has no read of both regimes at one position (made before last-token reads were recorded)"
+        return entry
+    diff = (both[b] - both[a]).to_numpy(dtype=float)
+    entry.update(n_pairs=len(diff), mean_diff_bits=float(diff.mean()) if len(diff) else math.nan,
+                 median_diff_bits=float(np.median(diff)) if len(diff) else math.nan)
+    if len(diff) < MIN_PAIRS:
+        entry["note"] = f"n too small ({len(diff)} paired items; need ≥ {MIN_PAIRS})"
+    elif np.all(diff == 0):
+        entry["note"] = "all differences are zero"
+    else:
+        res = wilcoxon(diff, zero_method="wilcox", alternative="two-sided")
+        entry.update(wilcoxon_statistic=float(res.statistic), p_value=float(res.pvalue))
+    return entry
+
+
 def _fmt(x: float, digits: int) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
@@ -90,7 +183,10 @@ def regime_comparison(
     run: StudyRun, extra_columns: Mapping[str, Mapping[str, Any]] | None = None,
     dim_effs: Mapping[str, DimEff] | None = None,
 ) -> RegimeComparison:
-    """Accuracy, H_int and dim_eff per regime, and paired Wilcoxon tests of H_int between regimes.
+    """Accuracy (compliance for the control), entropies and dim_eff per regime, and paired Wilcoxon tests between regimes.
+
+    Each pair's entropies are compared at one read-out position only (:func:`paired_entropies`);
+    the ``position`` column says which, or that the pair is not comparable.
 
     Args:
         run: A loaded study.
@@ -99,8 +195,6 @@ def regime_comparison(
         dim_effs: :func:`dim_eff_by_regime` of this run, if already computed.
 
     """
-    from scipy.stats import wilcoxon
-
     dims = dim_effs if dim_effs is not None else dim_eff_by_regime(run)
     per = []
     for regime in run.regimes:
@@ -110,10 +204,14 @@ def regime_comparison(
         d = dims.get(regime)
         pr = d.weighted_participation_ratio if d is not None else None
         cap = d.rank_cap if d is not None else max(0, len(frame) - 1)
+        ok, checked = compliance_counts(frame) if regime == CONTROL_REGIME else (0, 0)
         row: dict[str, Any] = {
             "regime": regime, "signal": readout_label(frame["signal"].dropna()),
+            "role": "control" if regime == CONTROL_REGIME else "answer", "result": result_text(regime, frame),
             "n": len(frame), "n_graded": len(graded),
             "accuracy": float(graded.mean()) if len(graded) else math.nan,
+            "n_complied": ok, "compliance_rate": ok / checked if checked else math.nan,
+            "mean_last_token_entropy_bits": _mean(frame.get("last_token_entropy_bits")),
             "accuracy_ci_low": ci[0] if ci else math.nan, "accuracy_ci_high": ci[1] if ci else math.nan,
             "mean_readout_entropy_bits": float(frame["readout_entropy_bits"].mean()) if len(frame) else math.nan,
             "mean_readout_entropy_top100_bits": float(frame["readout_entropy_top100_bits"].mean()) if len(frame) else math.nan,
@@ -122,27 +220,8 @@ def regime_comparison(
         for column, values in (extra_columns or {}).items():
             row[column] = values.get(regime)
         per.append(row)
-    wide = run.table.pivot_table(index="item_id", columns="regime", values="readout_entropy_bits", aggfunc="first")
-    pairs = []
-    for i, a in enumerate(run.regimes):
-        for b in run.regimes[i + 1:]:
-            both = wide[[a, b]].dropna() if a in wide and b in wide else pd.DataFrame(columns=[a, b])
-            diff = (both[b] - both[a]).to_numpy(dtype=float)
-            entry: dict[str, Any] = {
-                "regime_a": a, "regime_b": b, "n_pairs": len(diff),
-                "mean_diff_bits": float(diff.mean()) if len(diff) else math.nan,
-                "median_diff_bits": float(np.median(diff)) if len(diff) else math.nan,
-                "wilcoxon_statistic": math.nan, "p_value": math.nan, "note": "",
-            }
-            if len(diff) < MIN_PAIRS:
-                entry["note"] = f"n too small ({len(diff)} paired items; need ≥ {MIN_PAIRS})"
-            elif np.all(diff == 0):
-                entry["note"] = "all differences are zero"
-            else:
-                res = wilcoxon(diff, zero_method="wilcox", alternative="two-sided")
-                entry.update(wilcoxon_statistic=float(res.statistic), p_value=float(res.pvalue))
-            pairs.append(entry)
-    pair_cols = ["regime_a", "regime_b", "n_pairs", "mean_diff_bits", "median_diff_bits", "wilcoxon_statistic",
+    pairs = [_pair(run.table, a, b) for i, a in enumerate(run.regimes) for b in run.regimes[i + 1:]]
+    pair_cols = ["regime_a", "regime_b", "position", "n_pairs", "mean_diff_bits", "median_diff_bits", "wilcoxon_statistic",
                  "p_value", "note"]
     return RegimeComparison(pd.DataFrame(per), pd.DataFrame(pairs, columns=pair_cols))
 

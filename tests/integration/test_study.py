@@ -13,6 +13,7 @@ from scipy.stats import wilcoxon
 
 import ic_core.study.runner as runner_mod
 from ic_core.capture import capture
+from ic_core.compliance import check_compliance
 from ic_core.datasets import PromptItem
 from ic_core.errors import DataError
 from ic_core.generate import GenerationConfig
@@ -112,12 +113,17 @@ class TestEndToEnd:
         assert t.loc[("i2", "direct"), "signal"] == "H_int"
         assert t.loc[("i1", "direct"), "output_text"].startswith("the capital of france is")
 
-    def test_grades_match_the_grader(self, full_run):
+    def test_grades_match_the_grader_and_babble_is_checked_not_graded(self, full_run):
         for _, r in full_run.table.iterrows():
             item = next(it for it in ITEMS if it.id == r["item_id"])
-            g = grade(r["output_text"], item.answer, item.kind, item.aliases, item.choices, item.question)
-            assert (r["extracted_answer"], r["correct"], r["grade_rule"]) == (g.extracted, g.correct, g.rule)
-            assert isinstance(r["correct"], bool)
+            if r["regime"] == "babble":
+                c = check_compliance(r["output_text"], item.answer, item.kind, item.aliases, item.choices)
+                assert (r["extracted_answer"], r["correct"], r["grade_rule"]) == (None, None, None)
+                assert (r["complied"], r["compliance_reason"]) == (c.complied, c.reason)
+            else:
+                g = grade(r["output_text"], item.answer, item.kind, item.aliases, item.choices, item.question)
+                assert (r["extracted_answer"], r["correct"], r["grade_rule"]) == (g.extracted, g.correct, g.rule)
+                assert isinstance(r["correct"], bool) and r["complied"] is None
             assert r["output_source"] == "generated" and r["n_generated_tokens"] <= 3
             assert len(r["generated_tokens"]) == len(r["token_entropies_bits"])
             assert r["mean_token_entropy_bits"] == pytest.approx(np.mean(r["token_entropies_bits"]), abs=1e-3)
@@ -127,10 +133,15 @@ class TestEndToEnd:
         t = full_run.table
         for regime in ("direct", "babble"):
             sub = t[t["regime"] == regime]
-            assert s.loc[regime, "n"] == 4 and s.loc[regime, "n_graded"] == 4
-            assert s.loc[regime, "accuracy"] == pytest.approx(np.mean([bool(c) for c in sub["correct"]]))
             assert s.loc[regime, "mean_readout_entropy_bits"] == pytest.approx(sub["readout_entropy_bits"].mean())
             assert s.loc[regime, "median_readout_entropy_bits"] == pytest.approx(sub["readout_entropy_bits"].median())
+        direct, babble = t[t["regime"] == "direct"], t[t["regime"] == "babble"]
+        assert s.loc["direct", "n"] == 4 and s.loc["direct", "n_graded"] == 4 and s.loc["direct", "role"] == "answer"
+        assert s.loc["direct", "accuracy"] == pytest.approx(np.mean([bool(c) for c in direct["correct"]]))
+        ok = int(sum(bool(c) for c in babble["complied"]))
+        assert s.loc["babble", "n"] == 4 and s.loc["babble", "n_graded"] == 0 and math.isnan(s.loc["babble", "accuracy"])
+        assert s.loc["babble", "role"] == "control" and s.loc["babble", "n_complied"] == ok
+        assert s.loc["babble", "result"] == f"control: {100 * ok / 4:.0f} % complied ({ok} of 4)"
         data = metrics_json(full_run)
         json.dumps(data, allow_nan=False)
         assert data["n_rows_done"] == 8 and data["pairs"][0]["note"].startswith("n too small")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ic_core.grading import grade, normalize_text, parse_number
+from ic_core.grading import find_numbers, grade, normalize_text, parse_number
 
 NUMERIC = [
     ("Let me think. 3 + 4 = 7\n#### 7", "7", True, "#### marker"),
@@ -86,6 +86,12 @@ def test_no_expected_answer_only_extracts():
 def test_helpers():
     assert normalize_text("  The Côte d'Ivoire! ") == "cote d ivoire"
     assert parse_number("1,234.50") == 1234.5 and parse_number("abc") is None and parse_number("nan") is None
+
+
+def test_find_numbers_parses_every_number_in_order():
+    """The numbers compliance checks compare with the answer: separators and currency as parse_number reads them."""
+    assert find_numbers("3 + 4 = 7, then $1,200 and -2.5.") == [3.0, 4.0, 7.0, 1200.0, -2.5]
+    assert find_numbers("no digits here") == []
 
 
 from hypothesis import given, settings  # noqa: E402
