@@ -316,3 +316,29 @@ def capture_batch(
             results[idx] = out[pos] if want or not out[pos].skipped_ids else capture(loaded, chunk[pos], False, k)[0]
         start = end
     return [r for r in results if r is not None]
+
+
+def next_token_entropy_bits(loaded: LoadedModel, rows: Sequence[Sequence[int]], batch_size: int = 16) -> np.ndarray:
+    """(n,) entropy in bits of the next-token distribution after each row of token ids.
+
+    A plain read (no whitespace skipping, no states kept) for the extra read-outs of a study:
+    the last prompt token of a direct prompt whose main read-out is after a prefix, or a
+    teacher-forced position such as the slot after the answer's first digit.
+
+    Raises:
+        ValueError: a row is empty.
+
+    """
+    import torch
+
+    from ic_core.lens import torch_entropy_bits
+
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("every row needs at least one token")
+    out = np.empty(len(rows), dtype=np.float64)
+    for start in range(0, len(rows), batch_size):
+        chunk = [list(r) for r in rows[start:start + batch_size]]
+        with loaded.lock, torch.inference_mode():
+            _, logits, *_ = _read_batch(loaded, chunk, skip_whitespace=False)
+            out[start:start + len(chunk)] = torch_entropy_bits(logits).double().cpu().numpy()
+    return out

@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-item-prefix", action="store_true", help="do not read after the items' answer prefixes (direct)")
     p.add_argument("--answer-prefix", type=text_type("--answer-prefix"), help="forced answer prefix for direct-regime items without their own")
     p.add_argument("--no-generate", action="store_true", help="only read states (and grade outputs the file carries)")
+    p.add_argument("--second-digit-slot", action="store_true",
+                   help="also read the entropy after the answer prefix + the gold answer's first digit (numeric answers of >= 2 digits, direct)")
     p.add_argument("--batch-size", type=int, default=8)
     add_decoding_options(p, "new tokens per answer (CoT gets at least 192)")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         loaded, result.items, regimes, out, limit=args.limit, gen_config=config,
         use_item_prefix=not args.no_item_prefix, answer_prefix=args.answer_prefix, batch_size=args.batch_size,
         progress=None if args.quiet else _progress_line, generate=not args.no_generate, seed=args.seed,
-        dataset_name=name, dataset_sha256=result.sha256,
+        dataset_name=name, dataset_sha256=result.sha256, second_digit_slot=args.second_digit_slot,
     )
     if not args.quiet:
         sys.stderr.write(f"\ndone in {time.perf_counter() - start:.1f} s → {out}\n")

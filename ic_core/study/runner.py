@@ -21,7 +21,7 @@ from ic_core.generate import MAX_NEW_TOKENS_LIMIT, GenerationConfig, check_fits_
 from ic_core.io import atomic_write_bytes, atomic_write_json
 from ic_core.prompts import REGIMES, PromptTemplate, RenderedPrompt, render, template_for
 from ic_core.runs.lock import acquire_lock, release_lock
-from ic_core.runs.schema import RunRow, finite_or_none
+from ic_core.runs.schema import CONTROL_REGIME, RunRow, finite_or_none
 from ic_core.runs.store import (
     DATASET_FILE,
     F16_MAX,
@@ -41,9 +41,11 @@ from ic_core.runs.store import (
     shard_rows,
     write_shard,
 )
+from ic_core.study.readouts import ExtraReads, extra_reads
 
 if TYPE_CHECKING:
     from ic_core.capture import IntentionState
+    from ic_core.compliance import Compliance
     from ic_core.generate import Generation
     from ic_core.grading import Grade
     from ic_core.models import LoadedModel
@@ -54,9 +56,11 @@ MAX_LIMIT = 1000
 """Most items per study in the app (the engine accepts more)."""
 IDENTITY_KEYS: tuple[str, ...] = (
     "model", "regimes", "templates", "use_item_prefix", "answer_prefix", "dataset_items_sha256",
-    "n_items", "generation", "generate", "seed",
+    "n_items", "generation", "generate", "seed", "second_digit_slot",
 )
 """Manifest fields that must match for :func:`run_study` to resume a folder."""
+IDENTITY_DEFAULTS: dict[str, Any] = {"second_digit_slot": False}
+"""What an identity field means in a manifest written before it existed."""
 
 ProgressFn = Callable[[int, int, float | None, str], None]
 """Called as ``progress(done_rows, total_rows, eta_s, message)``; ``eta_s`` is None until a row is timed."""
@@ -78,6 +82,8 @@ class _Planned:
     regime: str
     rendered: RenderedPrompt
     item_prefix_used: bool
+    last_token: RenderedPrompt | None = None
+    """The same prompt without its answer prefix, read for H_int when ``rendered`` is read after one."""
 
 
 def _versions() -> dict[str, str]:
@@ -145,7 +151,9 @@ def _plan(
             except ICError as exc:
                 problems.append(f"{item.id} ({regime}): {exc}")
                 continue
-            plan.append(_Planned(len(plan), item, regime, rendered, used))
+            last = render(loaded.tokenizer, item.question, template_for(regime, item.kind), item.choices, "last", max_ctx) \
+                if rendered.signal == "H_slot" else None
+            plan.append(_Planned(len(plan), item, regime, rendered, used, last))
     if problems:
         raise DataError(f"{len(problems)} prompt(s) cannot be run; fix or remove them: " + "; ".join(problems[:5]))
     _check_seeds(seed, len(plan))
@@ -169,7 +177,7 @@ def _check_seeds(seed: int, n_rows: int) -> None:
 def _new_manifest(
     loaded: LoadedModel, items: Sequence[PromptItem], regimes: Sequence[str], config: GenerationConfig, *, folder: Path,
     dataset_name: str, dataset_sha256: str | None, n_items_in_set: int, limit: int | None, use_item_prefix: bool,
-    answer_prefix: str | None, batch_size: int, generate: bool, seed: int, n_rows: int,
+    answer_prefix: str | None, batch_size: int, generate: bool, seed: int, n_rows: int, second_digit_slot: bool,
 ) -> dict[str, Any]:
     manifest = {
         "kind": RUN_KIND,
@@ -193,6 +201,7 @@ def _new_manifest(
         "generation": {"config": asdict(config), "max_new_tokens_by_regime": _gen_by_regime(config, regimes)},
         "generate": generate,
         "seed": seed,
+        "second_digit_slot": second_digit_slot,
         "batch_size": batch_size,
         "state_dtype": "float16",
         "versions": _versions(),
@@ -208,7 +217,7 @@ def _open_folder(folder: Path, manifest: dict[str, Any], items: Sequence[PromptI
     """Start a new run folder, or check that an existing one is the same study and return its manifest."""
     if (folder / MANIFEST_FILE).exists():
         old = read_manifest(folder)
-        diff = [k for k in IDENTITY_KEYS if old.get(k) != manifest.get(k)]
+        diff = [k for k in IDENTITY_KEYS if old.get(k, IDENTITY_DEFAULTS.get(k)) != manifest.get(k)]
         if diff:
             raise DataError(
                 f"Run folder {folder.name!r} holds a different study (differs in: {', '.join(diff)}). "
@@ -256,7 +265,8 @@ def _finished_batches(folder: Path, n_rows: int, batch_size: int) -> set[int]:
 
 
 def _record(p: _Planned, state: IntentionState, tokenizer: Any, gen: Generation | None, output: str | None,
-            source: str | None, grade_result: Grade | None, max_new: int | None) -> RunRow:
+            source: str | None, grade_result: Grade | None, max_new: int | None, extra: ExtraReads,
+            compliance: Compliance | None = None) -> RunRow:
     """The row of one planned prompt; ``tokenizer`` (a Hugging Face tokenizer) decodes token ids to text."""
     item = p.item
     top = tuple((tokenizer.decode([int(i)]), float(q)) for i, q in zip(state.top_ids[:5], state.top_probs[:5]))
@@ -295,6 +305,10 @@ def _record(p: _Planned, state: IntentionState, tokenizer: Any, gen: Generation 
         answer_prefix=p.rendered.answer_prefix,
         item_prefix_used=p.item_prefix_used,
         user_text=p.rendered.user_text,
+        complied=compliance.complied if compliance else None,
+        compliance_reason=compliance.reason if compliance else None,
+        last_token_entropy_bits=finite_or_none(extra.last_token_entropy_bits),
+        second_digit_entropy_bits=finite_or_none(extra.second_digit_entropy_bits),
     )
 
 
@@ -314,6 +328,7 @@ def run_study(
     seed: int = 0,
     dataset_name: str = "custom",
     dataset_sha256: str | None = None,
+    second_digit_slot: bool = False,
 ) -> StudyRun:
     """Run (or resume) a study and return it loaded from its folder.
 
@@ -341,6 +356,13 @@ def run_study(
         seed: Seed of sampling (row ``r`` uses ``seed + r``); recorded in the manifest.
         dataset_name: Name recorded in the manifest.
         dataset_sha256: Hash of the source file, recorded in the manifest.
+        second_digit_slot: Also read the entropy after the answer prefix and the gold answer's
+            first digit (teacher-forced) for direct rows of numeric items whose answer has
+            at least 2 digits (``second_digit_entropy_bits``).
+
+    Direct rows read after a prefix also get one plain read at the last prompt token of the
+    same prompt without the prefix (``last_token_entropy_bits``), so regimes can be compared
+    at the same position; babble rows are checked for compliance instead of graded.
 
     Raises:
         DataError: unknown regimes, no items, unrenderable prompts, a prompt + max_new_tokens past the
@@ -365,7 +387,7 @@ def run_study(
     manifest = _open_folder(folder, _new_manifest(
         loaded, items, regimes, config, folder=folder, dataset_name=dataset_name, dataset_sha256=dataset_sha256,
         n_items_in_set=n_in_set, limit=limit, use_item_prefix=use_item_prefix, answer_prefix=answer_prefix,
-        batch_size=batch_size, generate=generate, seed=seed, n_rows=len(plan),
+        batch_size=batch_size, generate=generate, seed=seed, n_rows=len(plan), second_digit_slot=second_digit_slot,
     ), items)
     acquire_lock(folder)
     try:
@@ -405,12 +427,13 @@ def _run_batches(
             break
         batch = plan[k * batch_size:(k + 1) * batch_size]
         states = capture_batch(loaded, [p.rendered for p in batch], batch_size=batch_size)
+        extras = extra_reads(loaded, batch, states, bool(manifest.get("second_digit_slot", False)), batch_size)
         records, finished = [], []
-        for p, state in zip(batch, states):
+        for p, state, extra in zip(batch, states, extras):
             if records and cancel is not None and cancel():
                 cancelled = True
                 break
-            records.append(_run_row(loaded, p, state, config, max_new[p.regime], generate, seed))
+            records.append(_run_row(loaded, p, state, extra, config, max_new[p.regime], generate, seed))
             finished.append(state)
             processed += 1
             done_rows += 1
@@ -461,11 +484,13 @@ def resume_run(loaded: LoadedModel, path: Path | str, progress: ProgressFn | Non
         loaded, items, m["regimes"], folder, gen_config=config, use_item_prefix=m["use_item_prefix"],
         answer_prefix=m["answer_prefix"], batch_size=int(m["batch_size"]), progress=progress, cancel=cancel,
         generate=m["generate"], seed=int(m["seed"]), dataset_name=m["dataset"]["name"], dataset_sha256=m["dataset"]["sha256"],
+        second_digit_slot=bool(m.get("second_digit_slot", False)),
     )
 
 
-def _run_row(loaded: LoadedModel, p: _Planned, state: IntentionState, config: GenerationConfig, max_new: int,
-             generate: bool, seed: int) -> RunRow:
+def _run_row(loaded: LoadedModel, p: _Planned, state: IntentionState, extra: ExtraReads, config: GenerationConfig,
+             max_new: int, generate: bool, seed: int) -> RunRow:
+    from ic_core.compliance import check_compliance
     from ic_core.generate import generate as generate_fn
     from ic_core.grading import grade
 
@@ -476,7 +501,10 @@ def _run_row(loaded: LoadedModel, p: _Planned, state: IntentionState, config: Ge
         row_config = replace(config, max_new_tokens=max_new, seed=seed + p.row)
         gen = generate_fn(loaded, p.rendered, row_config)
         output, source = gen.answer_text, "generated"
-    result = None
-    if output is not None:
+    result, compliance = None, None
+    if output is not None and p.regime == CONTROL_REGIME:
+        compliance = check_compliance(output, item.answer, item.kind, item.aliases, item.choices)
+    elif output is not None:
         result = grade(output, item.answer, item.kind, item.aliases, item.choices, item.question)
-    return _record(p, state, loaded.tokenizer, gen, output, source, result, max_new if gen is not None else None)
+    return _record(p, state, loaded.tokenizer, gen, output, source, result, max_new if gen is not None else None,
+                   extra, compliance)
