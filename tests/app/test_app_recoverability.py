@@ -153,3 +153,26 @@ def test_transfer_tab_shows_the_matrix_with_counts_and_downloads(tiny, saved_run
         assert cell.endswith(f"· {n_right}/{50 - n_right}") and ("[" in cell or "too few" in cell)
     labels = [b.proto.label for b in at.get("download_button")]
     assert "Download the matrix (CSV)" in labels and "Download the matrix (JSON)" in labels
+
+
+def test_tagged_items_get_a_tag_baseline_and_a_within_strata_table(tiny, runs_dir):
+    rng = np.random.default_rng(3)
+    tagged = []
+    for i in range(60):
+        a, b = int(rng.integers(0, 90)), int(rng.integers(0, 90))
+        easy = i % 2 == 0
+        right = rng.random() < (0.7 if easy else 0.25)
+        tagged.append(PromptItem(f"t{i}", f"what is {a} plus {b} ?", str(a + b), kind="numeric",
+                                 tags=("easy",) if easy else ("hard",), output=str(a + b if right else a + b + 1)))
+    run_study(tiny, tagged, ["direct"], runs_dir / "tagged60", generate=False, batch_size=30, dataset_name="t")
+    at = open_page(tiny)
+    fast_settings(at).button(key="recov_compute").click().run()
+    assert not at.exception, at.exception
+    baselines = at.dataframe[0].value
+    tag_row = baselines[baselines["signal"] == "item tags (one-hot)"]
+    assert len(tag_row) == 1 and tag_row["right / wrong"].iloc[0] == baselines["right / wrong"].iloc[0]
+    strata = next(f.value for f in at.dataframe if "within-strata AUROC [95 % CI]" in f.value.columns)
+    assert set(strata["shortcut (strata)"]) == {"tags"}
+    assert {"last 4 layers", "difference-of-means direction", "scalar read-out probe", "−H_int"} <= set(strata["signal"])
+    assert all(s == "2 of 2" for s in strata["strata with both classes"])
+    assert "Within tags strata" in " ".join(m.value for m in at.markdown)
