@@ -145,3 +145,32 @@ class TestExploreReadsTheSameWay:
         shown = " ".join(w.value for w in at.warning)
         assert "active policy is refused" in shown and "unsigned" in shown
         assert not any("Gate: approve" in s.value for s in at.success)
+
+
+class TestRefusedInTheApp:
+    """Issue 11 'done when', app side: a swapped probe and a policy pinned to other weights give no verdict."""
+
+    def test_a_probe_edited_after_fitting_is_refused_on_upload(self, tiny, env):
+        import json
+
+        policy = probe_policy(tiny, env / "some-run")
+        probe_json = Path(policy.probe["path"])
+        meta = json.loads(probe_json.read_text())
+        meta["cv_auroc"] = 0.99  # the probe id (weights + layers) is unchanged; its pinned SHA-256 is not
+        probe_json.write_text(json.dumps(meta))
+        at = upload(start(tiny), policy.to_json())
+        assert "Policy refused" in errors(at) and "the probe was swapped or changed" in errors(at)
+        assert not use_button(at) and "gate_policy" not in at.session_state
+
+    def test_a_policy_pinned_to_other_weights_gives_no_verdict_in_explore(self, tiny, env):
+        policy = h_int_policy(tiny, model={**tiny.spec.to_dict(), "weights_sha256": "0" * 64}).sign()
+        at = upload(start(tiny), policy.to_json())
+        assert not at.error
+        use_button(at)[0].click().run()
+        at.switch_page(EXPLORE).run()
+        at.text_area(key="keep:explore.prompt").input(QUESTION)
+        at.button(key="explore_read_btn").click().run()
+        assert not at.exception, at.exception
+        shown = " ".join(m.value for m in (*at.error, *at.warning))
+        assert "no verdict for this read-out" in shown and "with weights 0000000000000000" in shown
+        assert not any("Gate: " in s.value for s in at.success)
