@@ -19,6 +19,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ic_core.dataset_columns import (
+    LIST_SEPARATOR as LIST_SEPARATOR,
+)
+from ic_core.dataset_columns import (
+    check_kind,
+    escape_accepted,
+    reverse_map,
+    split_accepted,
+    suggest_kind_values,
+)
+from ic_core.dataset_columns import (
+    suggest_column_map as suggest_column_map,
+)
 from ic_core.errors import DataError, PromptError
 from ic_core.grading import parse_number
 from ic_core.prompts import MAX_CHOICES, TASK_KINDS, clean_prompt, invalid_text_reason
@@ -37,22 +50,10 @@ FIELDS: tuple[str, ...] = (
 REQUIRED_FIELDS: tuple[str, ...] = ("question",)
 IGNORED_FIELDS: tuple[str, ...] = ("note",)
 """Known keys that are allowed but not used by studies (``examples.jsonl`` carries notes)."""
-LIST_SEPARATOR = "|"
-"""Separator of aliases, choices and tags inside one CSV cell."""
-
-_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "id": ("id", "qid", "item_id", "uid", "question_id", "key"),
-    "question": ("question", "prompt", "input", "query", "problem", "text", "instruction"),
-    "answer": ("answer", "target", "expected", "gold", "label", "reference", "solution", "short_answer"),
-    "aliases": ("aliases", "alias", "alts", "alternatives", "other_answers"),
-    "choices": ("choices", "options", "answers_options"),
-    "kind": ("kind", "task_kind", "type", "task_type"),
-    "answer_prefix": ("answer_prefix", "prefix", "answer_start"),
-    "tags": ("tags", "tag", "category", "categories", "subject"),
-    "source": ("source", "origin", "dataset"),
-    "license": ("license", "licence"),
-    "output": ("output", "model_output", "response", "completion", "generation", "prediction"),
-}
+ANSWER_FIELDS: tuple[str, ...] = ("answer", "aliases")
+"""Fields whose cells may hold several accepted answers separated by ``|`` (``\\|`` is a literal bar)."""
+LIST_FIELDS: tuple[str, ...] = ("aliases", "choices", "tags")
+"""Fields that are lists (``|``-separated inside one CSV cell)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,8 @@ class LoadResult:
     """Data rows read (good + bad)."""
     warnings: tuple[str, ...] = ()
     """Non-fatal remarks (e.g. unknown columns that were ignored)."""
+    kind_words: tuple[tuple[str, str], ...] = ()
+    """``(word, kind)`` pairs used to read the kind column's own words (``("short", "short_answer")``)."""
 
     @property
     def ok(self) -> bool:
@@ -167,27 +170,6 @@ def load_bundled(name: str, folder: Path | None = None) -> LoadResult:
     return load_items(bundled_path(name, folder), fmt="jsonl")
 
 
-def suggest_column_map(headers: Sequence[str]) -> dict[str, str]:
-    """Guess which header holds each field (case-insensitive synonyms).
-
-    Returns:
-        ``{field: header}`` for the fields whose header was recognised, e.g.
-        ``{"question": "prompt", "answer": "target"}``.
-
-    """
-    lowered = {h.strip().lower(): h for h in headers}
-    found: dict[str, str] = {}
-    used: set[str] = set()
-    for name, synonyms in _SYNONYMS.items():
-        for syn in synonyms:
-            header = lowered.get(syn)
-            if header is not None and header not in used:
-                found[name] = header
-                used.add(header)
-                break
-    return found
-
-
 def csv_headers(data: bytes) -> list[str]:
     """The header row of a CSV upload (for the column-mapping step).
 
@@ -210,7 +192,8 @@ def csv_headers(data: bytes) -> list[str]:
 
 def items_jsonl(items: Sequence[PromptItem]) -> str:
     """Items as JSONL text that :func:`load_items` reads back to the same items."""
-    return "".join(json.dumps(item.to_json(), ensure_ascii=False) + "\n" for item in items)
+    rows = ({**item.to_json(), "answer": None if item.answer is None else escape_accepted(item.answer)} for item in items)
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def items_sha256(items: Sequence[PromptItem]) -> str:
@@ -265,6 +248,8 @@ def load_items(
     source: bytes | bytearray | Path | str,
     fmt: Literal["jsonl", "csv"] = "jsonl",
     column_map: Mapping[str, str] | None = None,
+    kind: str | None = None,
+    kind_values: Mapping[str, str] | None = None,
 ) -> LoadResult:
     """Read and validate a prompt set.
 
@@ -273,6 +258,11 @@ def load_items(
         fmt: ``jsonl`` (one JSON object per line) or ``csv`` (header row; ``|``-separated lists).
         column_map: ``{field: column}`` for files whose names differ, e.g.
             ``{"question": "prompt", "answer": "target"}``. Unmapped fields use their own name.
+            One column may be both ``answer`` and ``aliases``. In any answer cell ``|`` separates
+            accepted answers (the first is the answer, the others aliases); ``\\|`` is a literal bar.
+        kind: Task kind of the rows that do not name one (instead of guessing it from the answer).
+        kind_values: ``{word in the kind column: task kind}``, e.g. ``{"short": "short_answer"}``; words
+            recognised by :func:`~ic_core.dataset_columns.suggest_kind_values` are mapped without it.
 
     Returns:
         The good items and every rejected row with its line number.
@@ -284,7 +274,9 @@ def load_items(
     """
     data = _read_bytes(source)
     digest = hashlib.sha256(data).hexdigest()
-    mapping = _check_map(column_map)
+    mapping = reverse_map(column_map, FIELDS)
+    default_kind = check_kind(kind, "kind") if kind else None
+    explicit_words = {w: check_kind(k, f"kind value {w!r}") for w, k in (kind_values or {}).items()}
     if fmt == "jsonl":
         rows, errors, keys = _jsonl_rows(data, mapping)
     elif fmt == "csv":
@@ -300,10 +292,11 @@ def load_items(
             f"Missing required column(s): {', '.join(missing)}. Found: {', '.join(sorted(keys)) or 'none'}. "
             "Map your column names to these fields (e.g. question ← prompt)."
         )
+    words = _kind_words(rows, explicit_words)
     items, seen = [], {}
     for line, raw in rows:
         try:
-            item = _to_item(raw, line)
+            item = _to_item(raw, line, default_kind, words)
         except DataError as exc:
             errors.append(RowError(line, str(exc)))
             continue
@@ -315,37 +308,28 @@ def load_items(
     unknown = sorted(keys - set(FIELDS) - set(IGNORED_FIELDS))
     warnings = (f"Ignored column(s) not used by studies: {', '.join(unknown)}.",) if unknown else ()
     errors.sort(key=lambda e: e.line)
-    return LoadResult(tuple(items), tuple(errors), digest, fmt, n_rows, warnings)
+    return LoadResult(tuple(items), tuple(errors), digest, fmt, n_rows, warnings, tuple(sorted(words.items())))
 
 
-def _check_map(column_map: Mapping[str, str] | None) -> dict[str, str]:
-    """``{column in the file: field}``; refuses unknown fields and columns mapped twice."""
-    if not column_map:
-        return {}
-    reverse: dict[str, str] = {}
-    for name, column in column_map.items():
-        if name not in FIELDS:
-            raise DataError(f"Unknown field {name!r} in the column mapping; fields are: {', '.join(FIELDS)}.")
-        if not column:
-            continue
-        if column in reverse:
-            raise DataError(f"Column {column!r} is mapped to both {reverse[column]!r} and {name!r}.")
-        reverse[column] = name
-    return reverse
+def _kind_words(rows: list[tuple[int, dict[str, Any]]], explicit: dict[str, str]) -> dict[str, str]:
+    """``{word: kind}`` for the kind column's words: the recognised ones, then the caller's own."""
+    seen = {str(raw["kind"]).strip() for _, raw in rows if isinstance(raw.get("kind"), str)}
+    return {**suggest_kind_values(seen), **{w: k for w, k in explicit.items() if w in seen}}
 
 
-def _rename(raw: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+def _rename(raw: dict[str, Any], mapping: dict[str, tuple[str, ...]]) -> dict[str, Any]:
     if not mapping:
         return raw
-    mapped_fields = set(mapping.values())
+    mapped_fields = {name for names in mapping.values() for name in names}
     out = {k: v for k, v in raw.items() if k not in mapping and k not in mapped_fields}
-    for column, name in mapping.items():
+    for column, names in mapping.items():
         if column in raw:
-            out[name] = raw[column]
+            for name in names:
+                out[name] = raw[column]
     return out
 
 
-def _jsonl_rows(data: bytes, mapping: dict[str, str]) -> tuple[list[tuple[int, dict[str, Any]]], list[RowError], set[str]]:
+def _jsonl_rows(data: bytes, mapping: dict[str, tuple[str, ...]]) -> tuple[list[tuple[int, dict[str, Any]]], list[RowError], set[str]]:
     rows: list[tuple[int, dict[str, Any]]] = []
     errors: list[RowError] = []
     keys: set[str] = set()
@@ -383,7 +367,7 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _csv_rows(data: bytes, mapping: dict[str, str]) -> tuple[list[tuple[int, dict[str, Any]]], list[RowError], set[str]]:
+def _csv_rows(data: bytes, mapping: dict[str, tuple[str, ...]]) -> tuple[list[tuple[int, dict[str, Any]]], list[RowError], set[str]]:
     text = _decode_all(data)
     first = text.split("\n", 1)[0]
     try:
@@ -422,17 +406,16 @@ def _csv_rows(data: bytes, mapping: dict[str, str]) -> tuple[list[tuple[int, dic
         if len(cells) != len(header):
             errors.append(RowError(line, f"Has {len(cells)} cells but the header has {len(header)} columns."))
             continue
-        raw = {h: _split_cell(h, c, mapping) for h, c in zip(header, cells)}
-        rows.append((line, _rename(raw, mapping)))
+        renamed = _rename(dict(zip(header, cells)), mapping)
+        rows.append((line, {name: _split_cell(name, cell) for name, cell in renamed.items()}))
     return rows, errors, keys
 
 
-def _split_cell(header: str, cell: str, mapping: dict[str, str]) -> Any:
-    """CSV cells are text; list fields are ``|``-separated, empty cells are missing values."""
-    name = mapping.get(header, header)
+def _split_cell(name: str, cell: str) -> Any:
+    """CSV cells are text; list fields are ``|``-separated (``\\|`` literal), empty cells are missing values."""
     cell = cell.strip()
-    if name in ("aliases", "choices", "tags"):
-        return [p.strip() for p in cell.split(LIST_SEPARATOR) if p.strip()]
+    if name in LIST_FIELDS:
+        return split_accepted(cell)
     return cell or None
 
 
@@ -485,7 +468,18 @@ def infer_kind(answer: str | None, choices: Sequence[str]) -> str:
     return "short_answer"
 
 
-def _to_item(raw: dict[str, Any], line: int) -> PromptItem:
+def _accepted(raw: dict[str, Any]) -> tuple[str | None, tuple[str, ...]]:
+    """The answer and the aliases: the answer cell's first accepted answer, then its others and the aliases."""
+    answer = _text(raw, "answer", allow_number=True)
+    parts = split_accepted(answer) if answer is not None else []
+    if parts:
+        answer = parts[0]
+    aliases = dict.fromkeys(p for p in [*parts[1:], *_text_list(raw, "aliases")] if p != answer)
+    return answer, tuple(aliases)
+
+
+def _to_item(raw: dict[str, Any], line: int, default_kind: str | None = None,
+             kind_words: Mapping[str, str] | None = None) -> PromptItem:
     """Validate one row (raises DataError with the reason)."""
     question = raw.get("question")
     if not isinstance(question, str):
@@ -495,19 +489,21 @@ def _to_item(raw: dict[str, Any], line: int) -> PromptItem:
     except PromptError as exc:
         raise DataError(str(exc)) from exc
     item_id = _text(raw, "id", allow_number=True) or f"line-{line}"
-    answer = _text(raw, "answer", allow_number=True)
+    answer, aliases = _accepted(raw)
     choices = _text_list(raw, "choices")
     if len(choices) > MAX_CHOICES:
         raise DataError(f"{len(choices)} choices; at most {MAX_CHOICES} (A–Z) are supported.")
-    kind = _text(raw, "kind") or infer_kind(answer, choices)
+    kind = _text(raw, "kind")
+    kind = (kind_words or {}).get(kind, kind) if kind else default_kind or infer_kind(answer, choices)
     if kind not in TASK_KINDS:
-        raise DataError(f"Unknown kind {kind!r}; use one of {', '.join(TASK_KINDS)}.")
+        raise DataError(f"Unknown kind {kind!r}; use one of {', '.join(TASK_KINDS)}, or map the word to one "
+                        "(Study page: kind values; CLI: --kind-value WORD=KIND).")
     _check_answer(kind, answer, choices)
     return PromptItem(
         id=item_id,
         question=question,
         answer=answer,
-        aliases=_text_list(raw, "aliases"),
+        aliases=aliases,
         choices=choices,
         kind=kind,
         answer_prefix=_text(raw, "answer_prefix"),
