@@ -63,7 +63,7 @@ from ui.study_upload import choose_upload, validation_report
 
 # Session keys of the new-study inputs (kept across page switches).
 K = {name: KEEP_PREFIX + "study." + name for name in
-     ("source", "bundled", "regimes", "limit", "max_new", "use_prefix", "generate", "run_name")}
+     ("source", "bundled", "regimes", "limit", "wanted", "max_new", "use_prefix", "generate", "run_name")}
 RUN_SELECT_KEY = "study_run_select"
 BROKEN_KEY = "study.broken_runs"
 ITEM_PICK_KEY = "study_item_pick"
@@ -154,6 +154,11 @@ def start_study(loaded: LoadedModel, name: str, result: LoadResult, regimes: lis
     st.success(f"Saved **{md_text(run.name)}** ({len(run.table)} rows) under {md_text(runs_root())}.")
 
 
+def remember_limit() -> None:
+    """Keep the limit the user typed, so it comes back when more rows become usable."""
+    st.session_state[K["wanted"]] = st.session_state[K["limit"]]
+
+
 def new_study_form(loaded: LoadedModel) -> None:
     source = st.radio("Prompt set", ["Bundled set", "Upload CSV / JSONL"], horizontal=True, key=K["source"])
     chosen = choose_bundled() if source == "Bundled set" else choose_upload()
@@ -166,12 +171,13 @@ def new_study_form(loaded: LoadedModel) -> None:
         st.error("No usable items: fix the rows listed above.")
         return
     n_max = min(MAX_LIMIT, len(result.items))
-    st.session_state[K["limit"]] = max(1, min(int(st.session_state[K["limit"]]), n_max))
+    # the shown limit follows the good rows; the user's own choice (K["wanted"]) survives a dip in them
+    st.session_state[K["limit"]] = max(1, min(int(st.session_state[K["wanted"]]), n_max))
     c1, c2, c3 = st.columns(3)
     regimes = c1.multiselect("Regimes", REGIMES, key=K["regimes"],
                              help="direct = answer only; cot = reason step by step, then '#### answer'; "
                                   "babble = talk about the topic without solving it (a control).")
-    limit = c2.number_input("Items (limit)", 1, n_max, key=K["limit"],
+    limit = c2.number_input("Items (limit)", 1, n_max, key=K["limit"], on_change=remember_limit,
                             help=f"The first N items of the set (at most {MAX_LIMIT} here; the CLI has no cap).")
     max_new = c3.number_input("Max new tokens", 1, MAX_NEW_TOKENS_LIMIT, key=K["max_new"],
                               help=f"Per answer; CoT always gets at least {COT_MIN_NEW_TOKENS}.")
@@ -416,7 +422,7 @@ def show_run(path: str, loaded: LoadedModel | None) -> None:
 
 
 def init_state() -> None:
-    defaults = {"source": "Bundled set", "regimes": ["direct"], "limit": 20,
+    defaults = {"source": "Bundled set", "regimes": ["direct"], "limit": 20, "wanted": 20,
                 "max_new": int(gen_config().max_new_tokens), "use_prefix": True, "generate": True, "run_name": ""}
     for name, value in defaults.items():
         st.session_state.setdefault(K[name], value)
