@@ -15,7 +15,7 @@ from typing import Any
 
 from ic_core.capture import IntentionState, Prefill, capture
 from ic_core.errors import PromptError
-from ic_core.generate import Generation, GenerationConfig, generate
+from ic_core.generate import Generation, GenerationConfig, TokenCallback, generate
 from ic_core.grading import Grade, grade
 from ic_core.models import LoadedModel, ModelSpec
 from ic_core.prompts import (
@@ -156,7 +156,8 @@ def check_grading_texts(expected: str | None, aliases: Sequence[str]) -> None:
         check_text(alias, "An accepted alias")
 
 
-def answer(loaded: LoadedModel, analysis: Analysis, gen_config: GenerationConfig | None = None) -> Analysis:
+def answer(loaded: LoadedModel, analysis: Analysis, gen_config: GenerationConfig | None = None,
+           on_token: TokenCallback | None = None, stop: Sequence[str] = ()) -> Analysis:
     """Generate the answer to an analysed prompt from the check's KV cache, and grade it.
 
     The check's :class:`~ic_core.capture.Prefill` serves one generation (it is extended in
@@ -167,6 +168,8 @@ def answer(loaded: LoadedModel, analysis: Analysis, gen_config: GenerationConfig
         loaded: The model that made the read-out.
         analysis: Output of :func:`analyze`.
         gen_config: Decoding settings.
+        on_token: Called after every generated token (:func:`ic_core.generate.generate`).
+        stop: Stop strings that end the answer as soon as it contains one.
 
     Returns:
         A copy of ``analysis`` with ``generation`` and (when :attr:`Analysis.graded`) ``grade``.
@@ -180,7 +183,7 @@ def answer(loaded: LoadedModel, analysis: Analysis, gen_config: GenerationConfig
             f"This read-out was made with {analysis.model_label}, not {loaded.spec.label} "
             f"({loaded.spec.dtype}, {loaded.spec.device}): read the state again before generating."
         )
-    generation = generate(loaded, analysis.rendered, gen_config, analysis.prefill)
+    generation = generate(loaded, analysis.rendered, gen_config, analysis.prefill, on_token, stop)
     result_grade = None
     if analysis.graded:
         result_grade = grade(generation.answer_text, analysis.expected, analysis.kind, analysis.aliases,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -22,6 +23,10 @@ _ANSWER_LINE = re.compile(r"####[^\n]*\S[^\n]*\n")
 
 if TYPE_CHECKING:
     import torch
+
+StopReason = Literal["eos", "max_new_tokens", "answer_line", "stop"]
+TokenCallback = Callable[[int, str], None]
+"""Called after each generated token with its id and the text generated so far (without the forced prefix)."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,8 @@ class Generation:
     """Entropy of the full next-token distribution at each step (temperature 1), bits."""
     chosen_probs: tuple[float, ...]
     """Probability the model gave the token it wrote."""
-    stop_reason: Literal["eos", "max_new_tokens", "answer_line"]
+    stop_reason: StopReason
+    """``stop``: a stop string appeared; ``text`` ends right before it (the ids still hold its tokens)."""
     elapsed_s: float
     answer_prefix: str | None = None
 
@@ -155,8 +161,15 @@ def _choose(logits: torch.Tensor, config: GenerationConfig, gen: torch.Generator
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
+def _stop_cut(text: str, stop: Sequence[str]) -> int | None:
+    """Where the earliest stop string starts in ``text`` (None: none is there)."""
+    hits = [i for s in stop if s and (i := text.find(s)) >= 0]
+    return min(hits) if hits else None
+
+
 def generate(
-    loaded: LoadedModel, rendered: RenderedPrompt, config: GenerationConfig | None = None, prefill: Prefill | None = None
+    loaded: LoadedModel, rendered: RenderedPrompt, config: GenerationConfig | None = None, prefill: Prefill | None = None,
+    on_token: TokenCallback | None = None, stop: Sequence[str] = (),
 ) -> Generation:
     """Generate an answer; reuse ``prefill`` (from :func:`ic_core.capture.capture`) when given.
 
@@ -165,6 +178,9 @@ def generate(
         rendered: The prompt the model answers (its forced answer prefix is already in it).
         config: Decoding settings.
         prefill: The capture's cache; without it the prompt is read here.
+        on_token: Called after every generated token (see :data:`TokenCallback`), e.g. to stream.
+        stop: Strings that end the answer as soon as the generated text contains one; the
+            text is cut right before the earliest (``stop_reason == "stop"``).
 
     """
     import torch
@@ -181,7 +197,8 @@ def generate(
         ids = list(state.forced_ids)
         entropies, probs = list(state.forced_entropy_bits), list(state.forced_probs)
         logits, past = state.next_logits, state.past_key_values
-        reason: Literal["eos", "max_new_tokens", "answer_line"] = "max_new_tokens"
+        reason: StopReason = "max_new_tokens"
+        cut: int | None = None
         while len(ids) < config.max_new_tokens:
             token = _choose(logits.cpu(), config, gen)
             entropies.append(float(torch_entropy_bits(logits)))
@@ -190,6 +207,14 @@ def generate(
                 reason = "eos"
                 break
             ids.append(token)
+            if on_token is not None or stop:
+                so_far = loaded.tokenizer.decode(ids, skip_special_tokens=True)
+                cut = _stop_cut(so_far, stop)
+                if on_token is not None:
+                    on_token(token, so_far if cut is None else so_far[:cut])
+                if cut is not None:
+                    reason = "stop"
+                    break
             if config.stop_at_answer_line and _ANSWER_LINE.search(loaded.tokenizer.decode(ids)):
                 reason = "answer_line"
                 break
@@ -201,7 +226,7 @@ def generate(
         entropies, probs = entropies[:-1], probs[:-1]
     tokenizer = loaded.tokenizer
     return Generation(
-        text=tokenizer.decode(ids, skip_special_tokens=True),
+        text=tokenizer.decode(ids, skip_special_tokens=True)[:cut],
         token_ids=tuple(ids),
         tokens=tuple(tokenizer.decode([i]) for i in ids),
         entropy_bits=tuple(entropies),

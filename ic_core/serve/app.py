@@ -27,7 +27,7 @@ from ic_core.errors import ICError
 from ic_core.generate import GenerationConfig
 from ic_core.governance.policy import Policy
 from ic_core.models import LoadedModel
-from ic_core.serve.engine import AuditUnavailable, Checked, Completion, GatedEngine, intention, stream_deltas
+from ic_core.serve.engine import AuditUnavailable, Checked, Completion, GatedEngine, intention
 from ic_core.serve.metrics import ServeMetrics
 from ic_core.serve.schemas import MAX_STOP, ChatRequest, GateRequest, error_body
 from ic_core.serve.settings import ServeSettings, bearer_token, key_fingerprint, match_api_key
@@ -162,9 +162,18 @@ def _usage(done: Completion) -> dict[str, int]:
             "total_tokens": done.prompt_tokens + done.completion_tokens}
 
 
-async def _sse(rid: str, model_id: str, done: Completion, intent: dict[str, Any],
-               include_usage: bool) -> AsyncIterator[bytes]:
-    """OpenAI's chunk stream: a role chunk, content deltas, a finish chunk, (usage,) then ``data: [DONE]``."""
+StreamItem = tuple[str, Any]
+"""What the model thread sends a streaming response: ``("checked", Checked)``, ``("delta", str)``,
+``("done", Completion)``, then ``("end", None)`` when the job is over (whatever happened)."""
+
+
+async def _sse(rid: str, model_id: str, items: asyncio.Queue[StreamItem], job: asyncio.Future[Any],
+               intent: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
+    """OpenAI's chunk stream, sent while the answer is generated.
+
+    A role chunk, a content delta per piece, a finish chunk, (usage,) then ``data: [DONE]``. A
+    failure mid-answer ends the stream with an error event.
+    """
     created = int(time.time())
 
     def event(body: dict[str, Any]) -> bytes:
@@ -175,11 +184,21 @@ async def _sse(rid: str, model_id: str, done: Completion, intent: dict[str, Any]
         return event({"choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra})
 
     yield chunk({"role": "assistant", "content": ""}, intention=intent)
-    for piece in stream_deltas(done):
-        yield chunk({"content": piece})
-    yield chunk({}, done.finish_reason, intention=intent)
-    if include_usage:
-        yield event({"choices": [], "usage": _usage(done)})
+    while True:
+        kind, value = await items.get()
+        if kind == "delta":
+            yield chunk({"content": value})
+        elif kind == "done":
+            yield chunk({}, value.finish_reason, intention=intent)
+            if include_usage:
+                yield event({"choices": [], "usage": _usage(value)})
+        elif kind == "end":
+            break
+    error = job.exception() if job.done() and not job.cancelled() else None
+    if error is not None:
+        kind = "invalid_request_error" if isinstance(error, ICError) else "server_error"
+        message = str(error) if isinstance(error, ICError) else f"Internal error ({type(error).__name__})."
+        yield b"data: " + json.dumps(error_body(kind, message)).encode() + b"\n\n"
     yield b"data: [DONE]\n\n"
 
 
@@ -255,23 +274,56 @@ def create_app(loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = N
             return checked, None
         return checked, engine.complete(checked, config, stop)
 
+    def stream_job(req: ChatRequest, actor: str, config: GenerationConfig, stop: list[str],
+                   put: Callable[[StreamItem], None]) -> Completion | None:
+        checked = engine.check(req.messages, req.answer_prefix, actor)
+        put(("checked", checked))
+        if checked.decision.escalate and settings.mode == "block":
+            return None
+        done = engine.complete(checked, config, stop, lambda piece: put(("delta", piece)))
+        put(("done", done))
+        return done
+
+    def escalated(checked: Checked) -> ServeError:
+        intent = intention(checked, policy, settings.mode, "blocked")
+        return ServeError(409, "escalated", f"The gate escalated this request to a human: {checked.decision.reason}",
+                          headers(checked), intention=intent)
+
+    async def stream(req: ChatRequest, actor: str, config: GenerationConfig, stop: list[str]) -> Response:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[StreamItem] = asyncio.Queue()
+
+        def put(item: StreamItem) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        job = asyncio.wrap_future(worker.submit(stream_job, req, actor, config, stop, put))
+        metrics.queue_depth.set(worker.pending)
+        job.add_done_callback(lambda _: items.put_nowait(("end", None)))
+        kind, checked = await items.get()
+        if kind != "checked":  # the check itself failed: answer with its JSON error
+            await job
+            raise RuntimeError("the model worker ended a streaming job without a check")
+        record(checked, "chat")
+        if checked.decision.escalate and settings.mode == "block":
+            raise escalated(checked)
+        intent = intention(checked, policy, settings.mode, "annotated" if checked.decision.escalate else "answered")
+        usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(_sse(f"chatcmpl-{uuid.uuid4().hex}", model_id, items, job, intent, usage),
+                                 media_type="text/event-stream", headers=headers(checked) | {"Cache-Control": "no-cache"})
+
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, actor: str = Depends(caller)) -> Response:
         config, stop = _gen_config(req, settings)
+        if req.stream:
+            return await stream(req, actor, config, stop)
         checked, done = await on_worker(chat_job, req, actor, config, stop)
         record(checked, "chat")
         if done is None:
-            intent = intention(checked, policy, settings.mode, "blocked")
-            raise ServeError(409, "escalated", f"The gate escalated this request to a human: {checked.decision.reason}",
-                             headers(checked), intention=intent)
+            raise escalated(checked)
         action = "annotated" if checked.decision.escalate else "answered"
         intent = intention(checked, policy, settings.mode, action)
-        rid = f"chatcmpl-{uuid.uuid4().hex}"
-        if req.stream:
-            usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_sse(rid, model_id, done, intent, usage), media_type="text/event-stream",
-                                     headers=headers(checked) | {"Cache-Control": "no-cache"})
-        return JSONResponse(_completion_body(rid, model_id, done, intent), headers=headers(checked))
+        return JSONResponse(_completion_body(f"chatcmpl-{uuid.uuid4().hex}", model_id, done, intent),
+                            headers=headers(checked))
 
     @app.post("/v1/gate")
     async def gate(req: GateRequest, actor: str = Depends(caller)) -> JSONResponse:

@@ -17,7 +17,7 @@ need a multi-message renderer in ``ic_core.prompts`` and are refused with a clea
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -100,12 +100,10 @@ class Completion:
     """The answer generated after an approved (or annotated) check."""
 
     text: str
-    """The assistant's answer: the forced prefix (if any) and the generated text, cut at a stop sequence."""
+    """The assistant's answer: the forced prefix (if any) and the generated text, ended before a stop sequence."""
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
-    token_texts: tuple[str, ...]
-    """Cumulative answer texts after each generated token (for streaming deltas)."""
 
 
 class GatedEngine:
@@ -158,43 +156,59 @@ class GatedEngine:
         except DataError as exc:
             raise AuditUnavailable(f"The decision could not be written to the audit log, so nothing was generated: {exc}") from exc
 
-    def complete(self, checked: Checked, config: GenerationConfig, stop: Sequence[str] = ()) -> Completion:
-        """Generate the answer from the check's prefill, cut at the first stop sequence.
+    def complete(self, checked: Checked, config: GenerationConfig, stop: Sequence[str] = (),
+                 on_delta: Callable[[str], None] | None = None) -> Completion:
+        """Generate the answer from the check's prefill, stopping as soon as a stop sequence appears.
+
+        Args:
+            checked: The approved (or annotated) check.
+            config: Decoding settings.
+            stop: Stop sequences; the answer ends right before the earliest.
+            on_delta: Called with each new piece of the answer while it is generated (streaming);
+                the pieces join to exactly ``Completion.text``.
 
         Raises:
             PromptError: the prompt plus ``max_new_tokens`` exceed the model's context.
 
         """
-        done = answer(self.loaded, checked.analysis, config)
+        prefix = checked.analysis.rendered.answer_prefix or ""
+        deltas = DeltaStream(prefix, stop, on_delta) if on_delta is not None else None
+        done = answer(self.loaded, checked.analysis, config, deltas.feed if deltas else None, stop)
         gen = done.generation
         assert gen is not None  # answer() always generates
-        tok = self.loaded.tokenizer
-        prefix = gen.answer_prefix or ""
-        full = gen.answer_text
-        text, cut = _cut_at_stop(full, stop, len(prefix))
-        finish: FinishReason = "stop" if cut or gen.stop_reason != "max_new_tokens" else "length"
-        ids = list(gen.token_ids)
-        cumulative = tuple(prefix + tok.decode(ids[: k + 1], skip_special_tokens=True) for k in range(len(ids)))
-        return Completion(text, finish, checked.analysis.rendered.n_tokens, len(ids), cumulative)
+        if deltas is not None:
+            deltas.finish(gen.answer_text)
+        finish: FinishReason = "length" if gen.stop_reason == "max_new_tokens" else "stop"
+        return Completion(gen.answer_text, finish, checked.analysis.rendered.n_tokens, len(gen.token_ids))
 
 
-def _cut_at_stop(text: str, stop: Sequence[str], start: int) -> tuple[str, bool]:
-    """``text`` up to the earliest stop sequence found after ``start`` (the forced prefix is never cut)."""
-    hits = [i for s in stop if (i := text.find(s, start)) >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
+class DeltaStream:
+    """The growing answer as pieces safe to send: text a stop sequence could still claim is held back.
 
+    A stop sequence of n characters can only be partly written in the last n − 1 characters, so
+    those wait until the next token (or the end); a trailing U+FFFD (half a multi-byte character)
+    waits too. The forced answer prefix goes out first.
+    """
 
-def stream_deltas(completion: Completion) -> list[str]:
-    """The answer split at token boundaries; the pieces always join to exactly ``completion.text``."""
-    final, pieces, emitted = completion.text, [], 0
-    for candidate in completion.token_texts:
-        end = min(len(candidate), len(final))
-        if end > emitted and final.startswith(candidate[:end]):
-            pieces.append(final[emitted:end])
-            emitted = end
-    if emitted < len(final):
-        pieces.append(final[emitted:])
-    return pieces
+    def __init__(self, prefix: str, stop: Sequence[str], emit: Callable[[str], None]) -> None:
+        """Send pieces of the answer (``prefix`` + generated text) to ``emit``."""
+        self.prefix, self.emit, self.sent = prefix, emit, ""
+        self.hold = max((len(s) for s in stop), default=1) - 1
+        self._push(prefix)
+
+    def feed(self, _token: int, generated: str) -> None:
+        """A token was generated; ``generated`` is the text so far (cut at a stop sequence when one appeared)."""
+        text = self.prefix + generated.rstrip("\ufffd")
+        self._push(text[: max(len(self.prefix), len(text) - self.hold)])
+
+    def finish(self, final: str) -> None:
+        """Send what is left of the final answer."""
+        self._push(final)
+
+    def _push(self, text: str) -> None:
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            self.emit(text[len(self.sent):])
+            self.sent = text
 
 
 def intention(checked: Checked, policy: Policy, mode: str, action: Action) -> dict[str, Any]:
