@@ -237,23 +237,6 @@ class TestPolicyFromThresholds:
         assert threshold_context(sig, "probe", scores) != base and threshold_context(sig, "combined", None) != base
 
 
-def test_probe_fitted_on_run_compares_resolved_folders(tmp_path):
-    from ic_core.probes.scores import probe_fitted_on_run
-
-    run = tmp_path / "runs" / "r"
-    run.mkdir(parents=True)
-    (tmp_path / "link").symlink_to(run)
-
-    @dataclass
-    class P:
-        run_path: str
-
-    assert probe_fitted_on_run(P(str(run)), tmp_path / "runs" / ".." / "runs" / "r")
-    assert probe_fitted_on_run(P(str(tmp_path / "link")), run)  # the same folder through a symlink
-    assert not probe_fitted_on_run(P(str(tmp_path / "runs" / "other")), run)
-    assert not probe_fitted_on_run(P(""), run)
-
-
 class TestAttachSavedProbe:
     def test_saves_once_into_the_runs_probes_folder(self, tmp_path):
         from ic_core.governance.fit import attach_saved_probe, evaluate_thresholds
