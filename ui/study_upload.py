@@ -12,7 +12,8 @@ import pandas as pd
 import streamlit as st
 
 from ic_core.dataset_columns import format_column_map, parse_kind_value_args, suggest_column_map
-from ic_core.datasets import FIELDS, REQUIRED_FIELDS, LoadResult, csv_headers, load_items
+from ic_core.dataset_load import file_headers
+from ic_core.datasets import FIELDS, REQUIRED_FIELDS, LoadResult, load_items
 from ic_core.errors import DataError, ICError
 from ic_core.prompts import TASK_KINDS
 from ui.common import md_text, show_error
@@ -43,14 +44,12 @@ def choose_upload() -> tuple[str, LoadResult] | None:
         return None
     data = upload.getvalue()
     fmt = "csv" if upload.name.lower().endswith(".csv") else "jsonl"
-    mapping: dict[str, str] = {}
-    if fmt == "csv":
-        try:
-            headers = csv_headers(data)
-        except DataError as exc:
-            show_error(exc)
-            return None
-        mapping = column_mapping(headers)
+    try:
+        headers = file_headers(data, fmt)
+    except DataError as exc:
+        show_error(exc)
+        return None
+    mapping = column_mapping(headers) if headers else {}
     try:
         kind, kind_values = kind_settings()
         result = cached_upload(data, fmt, tuple(sorted(mapping.items())), kind, tuple(sorted(kind_values.items())))
@@ -61,7 +60,10 @@ def choose_upload() -> tuple[str, LoadResult] | None:
 
 
 def column_mapping(headers: list[str]) -> dict[str, str]:
-    """Let the user say which CSV column holds each field (pre-filled with a guess)."""
+    """Let the user say which column (CSV header, JSONL key) holds each field, pre-filled with the guess.
+
+    The guess is :func:`ic_core.dataset_columns.suggest_column_map`, the one the CLI prints.
+    """
     guess = suggest_column_map(headers)
     headers_key = hashlib.sha256("\x1f".join(headers).encode("utf-8")).hexdigest()[:10]
     with st.expander("Column mapping", expanded=not set(REQUIRED_FIELDS) <= set(guess)):

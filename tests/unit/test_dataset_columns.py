@@ -14,6 +14,7 @@ from ic_core.dataset_columns import (
     suggest_column_map,
     suggest_kind_values,
 )
+from ic_core.dataset_load import file_headers, guess_column_map, load_with_mapping
 from ic_core.datasets import FIELDS, items_jsonl, load_items
 from ic_core.errors import DataError
 
@@ -111,3 +112,37 @@ class TestColumnMappingApi:
         assert parse_kind_value_args(["short=short_answer"]) == {"short": "short_answer"}
         with pytest.raises(DataError, match="write value=kind"):
             parse_kind_value_args(["short"])
+
+
+class TestLoadWithMapping:
+    """``load_with_mapping``: the guess the app uses, the user's --map entries winning over it."""
+
+    def test_guess_then_user_entries(self, tmp_path):
+        path = tmp_path / "oceans.csv"
+        path.write_text("prompt,input,gold,type\nignored,Largest ocean?,Pacific|Pacific Ocean,short\n", encoding="utf-8")
+        assert guess_column_map(path.read_bytes(), "csv") == {"question": "prompt", "answer": "gold", "kind": "type"}
+        loaded = load_with_mapping(path, "csv", ["question=input"], kind_value_args=["short=free_text"])
+        assert loaded.column_map == {"answer": "gold", "kind": "type", "question": "input"}
+        assert loaded.guessed == ("answer", "kind")
+        item = loaded.result.items[0]
+        assert (item.question, item.answer, item.aliases, item.kind) == (
+            "Largest ocean?", "Pacific", ("Pacific Ocean",), "free_text")
+
+    def test_a_column_the_user_maps_is_not_guessed_for_another_field(self):
+        loaded = load_with_mapping(b"q,gold\nTwo?,2\n", "csv", ["question=q", "id=gold"])
+        assert loaded.column_map == {"question": "q", "id": "gold"}
+        assert (loaded.result.items[0].id, loaded.result.items[0].answer) == ("2", None)
+
+    def test_jsonl_keys_are_guessed_too(self):
+        data = b'{"prompt": "What is 2 + 2?", "target": 4}\nnot json\n{"prompt": "Peru?", "target": "Lima", "qid": "p"}\n'
+        assert file_headers(data, "jsonl") == ["prompt", "target", "qid"]
+        loaded = load_with_mapping(data, "jsonl", kind="short_answer")
+        assert [(it.id, it.question, it.answer, it.kind) for it in loaded.result.items] == [
+            ("line-1", "What is 2 + 2?", "4", "short_answer"), ("p", "Peru?", "Lima", "short_answer")]
+        assert [e.line for e in loaded.result.errors] == [2]
+
+    def test_bad_entries_are_one_line_errors(self):
+        with pytest.raises(DataError, match="write field=column"):
+            load_with_mapping(b"q\nx?\n", "csv", ["question"])
+        with pytest.raises(DataError, match="unknown kind 'essay'"):
+            load_with_mapping(b"q\nx?\n", "csv", ["question=q"], kind="essay")
