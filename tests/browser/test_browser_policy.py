@@ -6,14 +6,12 @@ is validly signed and refused only for where its probe is. The screenshot goes t
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_browser import CHROMIUM_ARGS, START_TIMEOUT_S, chromium_path, free_port, wait_healthy
+from helpers import streamlit_server
+from test_browser import CHROMIUM_ARGS, START_TIMEOUT_S, chromium_path
 
 pytestmark = [pytest.mark.browser, pytest.mark.model]
 
@@ -28,23 +26,9 @@ def runs_and_server(tmp_path):
     chromium_path()
     runs = tmp_path / "runs"
     runs.mkdir()
-    port = free_port()
-    log = tmp_path / "streamlit.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "IC_RUNS_DIR": str(runs)}
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"  # config.toml binds to 127.0.0.1 on its own
-        wait_healthy(url, proc, log)
+    env = {"IC_RUNS_DIR": str(runs)}
+    with streamlit_server(tmp_path / "streamlit.log", env, start_timeout_s=START_TIMEOUT_S) as url:
         yield runs, url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
 
 
 def probe_policy_outside(folder: Path) -> Path:
