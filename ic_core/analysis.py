@@ -204,6 +204,7 @@ def analyze(
     aliases: Sequence[str] = (),
     do_generate: bool = False,
     gen_config: GenerationConfig | None = None,
+    history: Sequence[tuple[str, str]] = (),
 ) -> Analysis:
     """Read the pre-collapse state of one prompt, then optionally generate and grade.
 
@@ -220,6 +221,8 @@ def analyze(
         aliases: Other accepted answers.
         do_generate: Generate an answer after the check (continuing from its cache; see :func:`answer`).
         gen_config: Decoding settings.
+        history: Earlier turns of a conversation, ``(role, text)``, rendered before the question
+            (:func:`ic_core.prompts.render`); the read-out stays at the end, as for one prompt.
 
     Raises:
         PromptError: bad prompt, template, read-out position or length; a multiple-choice
@@ -233,7 +236,7 @@ def analyze(
     template = template or template_for(regime, kind)
     if answer_prefix is not None:
         template = template.with_prefix(answer_prefix)
-    rendered = render(loaded.tokenizer, question, template, choices, readout, loaded.max_context)
+    rendered = render(loaded.tokenizer, question, template, choices, readout, loaded.max_context, history)
     state, prefill = capture(loaded, rendered)
     tok = loaded.tokenizer
     top = tuple((tok.decode([int(i)]), float(p)) for i, p in zip(state.top_ids, state.top_probs))

@@ -269,6 +269,7 @@ def render(
     choices: list[str] | tuple[str, ...] = (),
     readout: Readout = "last",
     max_tokens: int | None = None,
+    history: Sequence[tuple[str, str]] = (),
 ) -> RenderedPrompt:
     """Render a question through the chat template (when the tokenizer has one).
 
@@ -280,17 +281,23 @@ def render(
         readout: ``last`` (default), ``user_end`` (last token of the user's text), or a
             token index (negative counts from the end).
         max_tokens: Refuse prompts longer than this (the model's context).
+        history: Earlier turns of a conversation, ``(role, text)`` with role ``user``,
+            ``assistant`` or ``tool``, placed between the system message and the question;
+            their text is plain text like the question's (:func:`check_history`). Empty: the
+            single-prompt rendering, token for token.
 
     Raises:
-        PromptError: bad question, template, read-out position or length.
+        PromptError: bad question, template, history, read-out position or length.
 
     """
     user_text = fill_user_message(template, question, choices)
+    turns = check_history(history)
     chat = bool(getattr(tokenizer, "chat_template", None))
     if chat:
-        head, segments = _chat_segments(tokenizer, template, user_text)
+        head, segments = _chat_segments(tokenizer, template, user_text, turns)
     else:
-        head = (template.system + "\n\n" if template.system else "") + user_text + "\n\n"
+        earlier = "".join(text + "\n\n" for _, text in turns)
+        head = (template.system + "\n\n" if template.system else "") + earlier + user_text + "\n\n"
         segments = [(head, "user")]
     if template.answer_prefix:
         segments.append((template.answer_prefix, "prefix"))
@@ -335,26 +342,57 @@ def control_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     return frozenset(ids)
 
 
-def _chat_segments(tokenizer: PreTrainedTokenizerBase, template: PromptTemplate, user_text: str) -> tuple[str, list[tuple[str, str | None]]]:
-    """The chat-rendered head and its pieces: ``(text, None)`` from the template, ``(text, role)`` from the user.
+HISTORY_ROLES = ("user", "assistant", "tool")
+"""Roles an earlier turn of a conversation may have."""
+
+
+def check_history(history: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The earlier turns of a conversation, checked: known roles, valid text, within the length limit.
+
+    Raises:
+        PromptError: an unknown role, a text :func:`check_text` refuses, or one over
+            :data:`MAX_PROMPT_CHARS` characters.
+
+    """
+    turns = []
+    for k, (role, text) in enumerate(history):
+        if role not in HISTORY_ROLES:
+            raise PromptError(f"Turn {k + 1} has role {role!r}; earlier turns are {', '.join(HISTORY_ROLES)}.")
+        check_text(text, f"Turn {k + 1} ({role})")
+        if len(text) > MAX_PROMPT_CHARS:
+            raise PromptError(f"Turn {k + 1} has {len(text):,} characters; the limit is {MAX_PROMPT_CHARS:,}.")
+        turns.append((role, text.replace("\r\n", "\n")))
+    return turns
+
+
+def _chat_segments(
+    tokenizer: PreTrainedTokenizerBase, template: PromptTemplate, user_text: str,
+    history: Sequence[tuple[str, str]] = (),
+) -> tuple[str, list[tuple[str, str | None]]]:
+    """The chat-rendered head and its pieces: ``(text, None)`` from the template, ``(text, role)`` from a message.
 
     The template is rendered once around random placeholders to find where the message texts sit.
     """
-    contents = ({"system": template.system} if template.system else {}) | {"user": user_text}
-    marks = {role: f"ICMSG{role.upper()}{token_hex(8)}" for role in contents}
+    contents = [*([("system", template.system)] if template.system else []), *history, ("user", user_text)]
+    marks = [f"ICMSG{role.upper()}{token_hex(8)}" for role, _ in contents]
 
-    def rendered(fill: dict[str, str]) -> str:
-        messages = [{"role": role, "content": fill[role]} for role in contents]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def rendered(fill: Sequence[str]) -> str:
+        messages = [{"role": role, "content": text} for (role, _), text in zip(contents, fill)]
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # a template that refuses a role or an order raises its own error types
+            if not history:
+                raise
+            raise PromptError(f"The model's chat template cannot render this conversation: {exc}") from exc
 
-    head, marked = rendered(contents), rendered(marks)
-    if any(marked.count(mark) != 1 for mark in marks.values()):
+    head, marked = rendered([text for _, text in contents]), rendered(marks)
+    if any(marked.count(mark) != 1 for mark in marks):
         raise PromptError("The model's chat template repeats or drops the message text; the user's text cannot be kept apart from its control tokens.")
     segments: list[tuple[str, str | None]] = []
     rest = marked
-    for role in sorted(contents, key=lambda r: marked.find(marks[r])):
-        before, _, rest = rest.partition(marks[role])
-        segments += [(before, None), (contents[role], role)]
+    for k in sorted(range(len(contents)), key=lambda i: marked.find(marks[i])):
+        before, _, rest = rest.partition(marks[k])
+        segments += [(before, None), (contents[k][1], contents[k][0])]
     segments.append((rest, None))
     if "".join(piece for piece, _ in segments) != head:
         raise PromptError("The model's chat template rewrites the message text; the user's text cannot be kept apart from its control tokens.")

@@ -10,8 +10,9 @@ Everything that must hold whatever the HTTP layer does lives here, not in the ro
 - the answer continues from the check's own prefill (:func:`ic_core.analysis.answer`); no
   second read of the prompt.
 
-This round reads one user turn (optionally after system/developer messages). Earlier turns
-need a multi-message renderer in ``ic_core.prompts`` and are refused with a clear message.
+System/developer messages become the template's system text; earlier user/assistant/tool
+turns are rendered before the last user message (the question) by ``ic_core.prompts``, each as
+plain text, and the read-out is at the end of the conversation as for a single prompt.
 """
 
 from __future__ import annotations
@@ -57,31 +58,33 @@ class Conversation:
     """The last user message: filled into the policy's template."""
     system: str | None
     """System/developer messages joined (None: the chat template's default system prompt)."""
+    history: tuple[tuple[str, str], ...] = ()
+    """Earlier user/assistant/tool turns, ``(role, text)``, in order (plain text, like the question)."""
 
     @property
     def audit_text(self) -> str:
-        """The text the audit record hashes: the question, after the system text when there is one."""
-        return self.question if self.system is None else f"{self.system}\n\n{self.question}"
+        """The text the audit record hashes: system text, earlier turns (``role: text``) and the question.
+
+        A single-turn conversation hashes what it always did: the question, after the system text.
+        """
+        parts = [self.system] if self.system is not None else []
+        parts += [f"{role}: {text}" for role, text in self.history]
+        return "\n\n".join([*parts, self.question])
 
 
 def read_conversation(messages: Sequence[Message]) -> Conversation:
-    """The system text and the one user question of a chat request.
+    """The system text, the earlier turns and the last user question of a chat request.
 
     Raises:
-        PromptError: no user message, an empty one, or earlier user/assistant/tool turns.
+        PromptError: no user message last, or no user/assistant/tool turn at all.
 
     """
     system_parts = [m.text() for m in messages if m.role in ("system", "developer")]
     turns = [m for m in messages if m.role not in ("system", "developer")]
     if not turns or turns[-1].role != "user":
         raise PromptError("The conversation must end with a user message: that is what the gate checks.")
-    if len(turns) > 1:
-        raise PromptError(
-            f"The conversation has {len(turns)} user/assistant/tool turns; this server reads one user turn "
-            "(after optional system messages). Send the current question on its own."
-        )
     system = "\n\n".join(p.strip() for p in system_parts if p.strip()) or None
-    return Conversation(turns[-1].text(), system)
+    return Conversation(turns[-1].text(), system, tuple((m.role, m.text()) for m in turns[:-1]))
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ class GatedEngine:
         analysis = analyze(
             self.loaded, conversation.question, regime=policy.regime, kind=policy.kind, template=template,
             answer_prefix=resolve_answer_prefix(policy, answer_prefix), do_generate=False,
+            history=conversation.history,
         )
         decision = decide_for_analysis(policy, analysis, self.probe, elapsed_s=time.perf_counter() - start)
         decision = replace(decision, audit_log=str(self.audit_path), policy_signed=policy.is_signed,

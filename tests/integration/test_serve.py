@@ -267,7 +267,8 @@ class TestDecisions:
         assert cut["message"]["content"] == full[: full.index(word)] and cut["finish_reason"] == "stop"
 
     def test_multi_turn_and_system_messages(self, tiny, tmp_path):
-        """A system message is read as the template's system text; earlier turns are refused (400)."""
+        """A system message is read as the template's system text; earlier turns are read too (round 2);
+        a conversation that does not end with a user message is refused (400)."""
         with _client(tiny, tmp_path) as c:
             sys_msg = {"role": "system", "content": "give just the answer"}
             r = c.post("/v1/gate", json={"messages": [sys_msg, {"role": "user", "content": Q}]}, headers=AUTH)
@@ -276,7 +277,8 @@ class TestDecisions:
             assert r.json()["intention"]["signals"]["h_int_bits"] != plain.json()["intention"]["signals"]["h_int_bits"]
             turns = [{"role": "user", "content": Q}, {"role": "assistant", "content": "paris"},
                      {"role": "user", "content": Q}]
-            _error(c.post("/v1/gate", json={"messages": turns}, headers=AUTH), 400, "invalid_request_error")
+            assert c.post("/v1/gate", json={"messages": turns}, headers=AUTH).status_code == 200
+            _error(c.post("/v1/gate", json={"messages": turns[:2]}, headers=AUTH), 400, "invalid_request_error")
             _error(c.post("/v1/gate", json={"messages": [sys_msg]}, headers=AUTH), 400, "invalid_request_error")
 
     def test_model_other_than_the_policys_is_refused(self, tiny, tmp_path):
