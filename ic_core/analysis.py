@@ -233,18 +233,52 @@ def analyze(
     start = time.perf_counter()
     check_choices(kind, choices)
     check_grading_texts(expected, aliases)
+    rendered = prepare_prompt(loaded, question, regime, kind, template, answer_prefix, choices, readout, history)
+    state, prefill = capture(loaded, rendered)
+    analysis = analysis_of(loaded, rendered, state, time.perf_counter() - start, question, kind, prefill,
+                           expected=expected, choices=tuple(choices), aliases=tuple(aliases))
+    return answer(loaded, analysis, gen_config) if do_generate else analysis
+
+
+def prepare_prompt(
+    loaded: LoadedModel, question: str, regime: str = "direct", kind: str = "free_text",
+    template: PromptTemplate | None = None, answer_prefix: str | None = None, choices: Sequence[str] = (),
+    readout: Readout = "last", history: Sequence[tuple[str, str]] = (),
+) -> RenderedPrompt:
+    """The prompt :func:`analyze` reads (same arguments), rendered but not read: for batched checks.
+
+    Raises:
+        PromptError: as :func:`ic_core.prompts.render`.
+
+    """
     template = template or template_for(regime, kind)
     if answer_prefix is not None:
         template = template.with_prefix(answer_prefix)
-    rendered = render(loaded.tokenizer, question, template, choices, readout, loaded.max_context, history)
-    state, prefill = capture(loaded, rendered)
+    return render(loaded.tokenizer, question, template, tuple(choices), readout, loaded.max_context, history)
+
+
+def analysis_of(
+    loaded: LoadedModel, rendered: RenderedPrompt, state: IntentionState, check_s: float, question: str,
+    kind: str = "free_text", prefill: Prefill | None = None, **extra: Any,
+) -> Analysis:
+    """The :class:`Analysis` of a read-out already made (by :func:`ic_core.capture.capture` or a batch).
+
+    Args:
+        loaded: The model that made it.
+        rendered: The prompt read.
+        state: Its state.
+        check_s: Seconds the check took.
+        question: The user's question.
+        kind: Task kind.
+        prefill: The read's KV cache, when one is kept for an answer.
+        **extra: Other :class:`Analysis` fields (``expected``, ``choices``, ``aliases``).
+
+    """
     tok = loaded.tokenizer
     top = tuple((tok.decode([int(i)]), float(p)) for i, p in zip(state.top_ids, state.top_probs))
     lens_top = tuple(tok.decode([int(i)]) for i in state.lens.top_ids[0, :, 0])
     skipped = tuple(tok.decode([i]) for i in state.skipped_ids)
-    check_s = time.perf_counter() - start
-    analysis = Analysis(
-        loaded.spec.label, rendered, state, top, lens_top, skipped, check_s, expected=expected, question=question,
-        kind=kind, choices=tuple(choices), aliases=tuple(aliases), model_spec=loaded.spec, prefill=prefill,
+    return Analysis(
+        loaded.spec.label, rendered, state, top, lens_top, skipped, check_s, question=question, kind=kind,
+        model_spec=loaded.spec, prefill=prefill, **extra,
     )
-    return answer(loaded, analysis, gen_config) if do_generate else analysis

@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="on escalate: block (HTTP 409, nothing generated) or annotate (generate and mark)")
     p.add_argument("--audit-log", help="JSON Lines audit log (default: $IC_AUDIT_LOG or audit/gate_audit.jsonl)")
     p.add_argument("--queue-size", type=_positive, default=8, help="requests that may wait for the model (then 429)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0,
+                   help="how long to collect concurrent gate checks into one forward pass (default 5)")
+    p.add_argument("--max-batch", type=_positive, default=8, help="most gate checks in one forward pass")
     p.add_argument("--max-tokens-limit", type=_positive, default=512, help="largest max_tokens a request may ask for")
     p.add_argument("--max-body-bytes", type=_positive, default=1_000_000, help="largest request body (then 413)")
     p.add_argument("--no-auth", action="store_true",
@@ -79,7 +82,8 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
         raise DataError(f"--no-auth contradicts the API keys in {ENV_API_KEYS}/{ENV_API_KEY_FILE}; drop one of them.")
     return ServeSettings(mode=args.mode, api_keys=keys, max_body_bytes=args.max_body_bytes,
                          max_tokens_limit=args.max_tokens_limit, queue_size=args.queue_size,
-                         default_max_tokens=min(64, args.max_tokens_limit), audit_log=args.audit_log)
+                         default_max_tokens=min(64, args.max_tokens_limit), audit_log=args.audit_log,
+                         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -219,7 +219,9 @@ def create_app(loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = N
     """
     settings = settings or ServeSettings()
     engine = GatedEngine(loaded, policy, probe, settings.audit_log)
-    worker, metrics = ModelWorker(settings.queue_size), ServeMetrics()
+    metrics = ServeMetrics()
+    worker = ModelWorker(settings.queue_size, engine.check_batch, settings.batch_window_ms / 1000, settings.max_batch,
+                         metrics.batch_size.observe)
     model_id = settings.model_id or loaded.spec.label
 
     @asynccontextmanager
@@ -252,8 +254,9 @@ def create_app(loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = N
                              {"WWW-Authenticate": "Bearer"})
         return f"api:{key_fingerprint(key)}"
 
-    async def on_worker(fn: Callable[..., Any], *args: Any) -> Any:
-        future = worker.submit(fn, *args)
+    async def on_worker(fn: Callable[..., Any] | None, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the model thread; without ``fn``, ``args`` is one micro-batched gate check."""
+        future = worker.submit(fn, *args) if fn is not None else worker.submit_batched(args)
         metrics.queue_depth.set(worker.pending)
         try:
             return await asyncio.wrap_future(future)
@@ -327,7 +330,7 @@ def create_app(loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = N
 
     @app.post("/v1/gate")
     async def gate(req: GateRequest, actor: str = Depends(caller)) -> JSONResponse:
-        checked = await on_worker(engine.check, req.messages, req.answer_prefix, actor)
+        checked = await on_worker(None, req.messages, req.answer_prefix, actor)
         record(checked, "gate")
         body = {"object": "gate.decision", "model": model_id,
                 "intention": intention(checked, policy, settings.mode, "checked")}

@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ic_core.analysis import Analysis, analyze, answer
+from ic_core.analysis import Analysis, analysis_of, answer, check_choices, prepare_prompt
+from ic_core.capture import capture, capture_batch
 from ic_core.errors import DataError, ICError, PromptError
 from ic_core.generate import GenerationConfig
 from ic_core.governance.audit import resolve_audit_path
@@ -37,6 +38,7 @@ from ic_core.governance.gate import (
 )
 from ic_core.governance.policy import Policy, check_model
 from ic_core.models import LoadedModel
+from ic_core.prompts import RenderedPrompt
 from ic_core.serve.schemas import Message
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,6 +128,20 @@ class GatedEngine:
         self.loaded, self.policy, self.probe = loaded, policy, probe
         self.audit_path: Path = resolve_audit_path(audit_log)
 
+    def _prepare(self, messages: Sequence[Message], answer_prefix: str | None) -> tuple[Conversation, RenderedPrompt]:
+        """The conversation and the prompt the policy reads it as (its template, system text, turns, prefix)."""
+        conversation = read_conversation(messages)
+        policy = self.policy
+        check_choices(policy.kind, ())
+        template = policy_template(policy)
+        if conversation.system is not None:
+            template = replace(template, system=conversation.system)
+        rendered = prepare_prompt(
+            self.loaded, conversation.question, policy.regime, policy.kind, template,
+            resolve_answer_prefix(policy, answer_prefix), history=conversation.history,
+        )
+        return conversation, rendered
+
     def check(self, messages: Sequence[Message], answer_prefix: str | None, actor: str) -> Checked:
         """Read the conversation's state, decide, and append the decision to the audit log.
 
@@ -135,18 +151,40 @@ class GatedEngine:
 
         """
         start = time.perf_counter()
-        conversation = read_conversation(messages)
-        policy = self.policy
-        template = policy_template(policy)
-        if conversation.system is not None:
-            template = replace(template, system=conversation.system)
-        analysis = analyze(
-            self.loaded, conversation.question, regime=policy.regime, kind=policy.kind, template=template,
-            answer_prefix=resolve_answer_prefix(policy, answer_prefix), do_generate=False,
-            history=conversation.history,
-        )
-        decision = decide_for_analysis(policy, analysis, self.probe, elapsed_s=time.perf_counter() - start)
-        decision = replace(decision, audit_log=str(self.audit_path), policy_signed=policy.is_signed,
+        conversation, rendered = self._prepare(messages, answer_prefix)
+        state, prefill = capture(self.loaded, rendered)
+        analysis = analysis_of(self.loaded, rendered, state, time.perf_counter() - start, conversation.question,
+                               self.policy.kind, prefill)
+        return self._decide(conversation, analysis, actor, start)
+
+    def check_batch(self, requests: Sequence[tuple[Sequence[Message], str | None, str]]) -> list[Checked | ICError]:
+        """Check several conversations with one left-padded forward pass (gate checks: no prefill kept).
+
+        Each request is ``(messages, answer_prefix, actor)``; its result is its :class:`Checked`
+        (audited, in request order) or the error that request alone raised. The numbers equal
+        :meth:`check`'s within float tolerance (:func:`ic_core.capture.capture_batch`).
+        """
+        start = time.perf_counter()
+        results: list[Checked | ICError | None] = [None] * len(requests)
+        ready: list[tuple[int, Conversation, RenderedPrompt]] = []
+        for i, (messages, answer_prefix, _) in enumerate(requests):
+            try:
+                ready.append((i, *self._prepare(messages, answer_prefix)))
+            except ICError as exc:
+                results[i] = exc
+        states = capture_batch(self.loaded, [r for _, _, r in ready], batch_size=max(len(ready), 1)) if ready else []
+        took = time.perf_counter() - start
+        for (i, conversation, rendered), state in zip(ready, states, strict=True):
+            analysis = analysis_of(self.loaded, rendered, state, took, conversation.question, self.policy.kind)
+            try:
+                results[i] = self._decide(conversation, analysis, requests[i][2], start)
+            except ICError as exc:
+                results[i] = exc
+        return [r for r in results if r is not None]
+
+    def _decide(self, conversation: Conversation, analysis: Analysis, actor: str, start: float) -> Checked:
+        decision = decide_for_analysis(self.policy, analysis, self.probe, elapsed_s=time.perf_counter() - start)
+        decision = replace(decision, audit_log=str(self.audit_path), policy_signed=self.policy.is_signed,
                            model=self.loaded.spec.label)
         return Checked(conversation, analysis, decision, self._audit(conversation, decision, actor))
 

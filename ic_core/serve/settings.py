@@ -46,6 +46,12 @@ class ServeSettings:
     """Audit log path (None: ``$IC_AUDIT_LOG`` or ``audit/gate_audit.jsonl``)."""
     model_id: str | None = None
     """The model name served in ``/v1/models`` and responses (default: the model's label)."""
+    batch_window_ms: float = 5.0
+    """How long the model thread waits for more gate checks once a batch starts (0: no waiting)."""
+    max_batch: int = 8
+    """Most gate checks read in one forward pass."""
+    prefix_cache_mb: int = 256
+    """Memory budget of the prefix KV cache (0: no prefix caching)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -55,6 +61,13 @@ class ServeSettings:
                 raise DataError(f"{name} must be a positive integer; got {getattr(self, name)!r}.")
         if not isinstance(self.queue_size, int) or self.queue_size < 0:
             raise DataError(f"queue_size must be a non-negative integer; got {self.queue_size!r}.")
+        if isinstance(self.batch_window_ms, bool) or not isinstance(self.batch_window_ms, (int, float)) \
+                or not 0 <= self.batch_window_ms <= 1000:
+            raise DataError(f"batch_window_ms must be a number between 0 and 1000; got {self.batch_window_ms!r}.")
+        if not isinstance(self.max_batch, int) or not 1 <= self.max_batch <= 64:
+            raise DataError(f"max_batch must be an integer between 1 and 64; got {self.max_batch!r}.")
+        if not isinstance(self.prefix_cache_mb, int) or self.prefix_cache_mb < 0:
+            raise DataError(f"prefix_cache_mb must be a non-negative integer; got {self.prefix_cache_mb!r}.")
         if self.default_max_tokens > self.max_tokens_limit:
             raise DataError(f"default_max_tokens {self.default_max_tokens} exceeds max_tokens_limit {self.max_tokens_limit}.")
         for key in self.api_keys:
