@@ -40,7 +40,8 @@ def accuracy_figure(per_regime: pd.DataFrame) -> go.Figure:
     Args:
         per_regime: Columns ``regime``, ``n_graded``, ``accuracy``, ``accuracy_ci_low``,
             ``accuracy_ci_high`` (as in :attr:`ic_core.study.compare.RegimeComparison.per_regime`);
-            regimes without graded rows are drawn as an annotated gap.
+            regimes without graded rows are drawn as an annotated gap; a control regime (babble,
+            ``role == "control"``) is annotated with its ``result`` ("control: N % complied").
 
     """
     fig = go.Figure()
@@ -55,7 +56,9 @@ def accuracy_figure(per_regime: pd.DataFrame) -> go.Figure:
             hovertemplate="%{x}: %{y:.1f} %<extra></extra>",
         ))
         if not graded:
-            fig.add_annotation(x=r.regime, y=5, text="no graded rows", showarrow=False)
+            control = getattr(r, "role", None) == "control" and isinstance(getattr(r, "result", None), str)
+            fig.add_annotation(x=r.regime, y=5, text=html.escape(r.result) if control else "no graded rows",
+                               showarrow=False)
     fig.update_layout(title="Accuracy by regime (bars: Wilson 95 % CI)", xaxis_title="regime",
                       yaxis_title="accuracy (%)", showlegend=False, margin=dict(t=50, b=10, l=10, r=10))
     fig.update_yaxes(range=[0, 105])

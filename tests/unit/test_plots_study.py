@@ -39,6 +39,16 @@ def test_accuracy_bars_with_wilson_errors_and_ungraded_gap():
     assert any(a.text == "no graded rows" for a in fig.layout.annotations)
 
 
+def test_babble_control_bar_says_how_many_complied():
+    per = pd.DataFrame({
+        "regime": ["direct", "babble"], "role": ["answer", "control"], "result": ["50.0 %", "control: 65 % complied"],
+        "n_graded": [10, 0], "accuracy": [0.5, math.nan], "accuracy_ci_low": [0.2366, math.nan],
+        "accuracy_ci_high": [0.7634, math.nan],
+    })
+    texts = [a.text for a in accuracy_figure(per).layout.annotations]
+    assert texts == ["control: 65 % complied"]
+
+
 def test_h_int_distribution_by_regime_and_by_correctness():
     regimes = ["direct", "direct", "cot", "cot"]
     values = [1.0, 2.0, 3.0, 4.0]
