@@ -215,8 +215,12 @@ def pca_colour_values(frame: pd.DataFrame, colour: str) -> list[object]:
 
 
 def pca_hover(frame: pd.DataFrame) -> list[str]:
-    """Hover text per row of a run table: item, regime, the question (escaped, 80 characters), H (bits)."""
-    return [f"{i} · {r}<br>{html.escape(str(q))[:80]}<br>H={h:.2f} bits" for i, r, q, h in
+    """Hover text per row of a run table: item, regime, the question (80 characters), H (bits); stored text escaped.
+
+    Plotly renders a subset of HTML in hover text (``<a href>`` included), so every stored string is escaped.
+    """
+    return [f"{html.escape(str(i))} · {html.escape(str(r))}<br>{html.escape(str(q)[:80])}<br>H={h:.2f} bits"
+            for i, r, q, h in
             zip(frame["item_id"], frame["regime"], frame["question"], frame["readout_entropy_bits"])]
 
 

@@ -132,3 +132,5 @@ def test_pca_colour_values_and_hover_from_a_run_table():
     hover = pca_hover(frame)
     assert hover[0] == "a · direct<br>&lt;b&gt;2+2&lt;/b&gt;<br>H=1.23 bits"
     assert hover[1] == "b · cot<br>" + "q" * 80 + "<br>H=2.00 bits"
+    hostile = frame.assign(item_id=['<a href="http://127.0.0.1:9/x">id</a>'] * len(frame))
+    assert pca_hover(hostile)[0].startswith("&lt;a href=&quot;http://127.0.0.1:9/x&quot;&gt;id&lt;/a&gt; · direct")
