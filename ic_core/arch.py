@@ -5,9 +5,10 @@ tuned-lens' ``model_surgery.py``: the logit lens and the last-position recorder 
 a model through the :class:`ArchLayout` this returns, so no other module guesses
 attribute names. Transformers has no accessor for the blocks or the final norm, so the
 table says where each family keeps them; the embedding and unembedding come from the
-model's own ``get_input_embeddings()`` / ``get_output_embeddings()``. A model whose ``config.model_type`` is not in the table, or whose modules
-are not where its family keeps them, is refused with a :class:`ModelLoadError` that names
-the class and what is missing.
+model's own ``get_input_embeddings()`` / ``get_output_embeddings()``; soft-capping (Gemma 2/3)
+and embedding scaling (Gemma) are read from the config and the embedding module. A model whose
+``config.model_type`` is not in the table, or whose modules are not where its family keeps
+them, is refused with a :class:`ModelLoadError` that names the class and what is missing.
 """
 
 from __future__ import annotations
@@ -40,14 +41,17 @@ class Family:
     """Whether ``hidden_states[L]`` is the final norm's output (else the last block's)."""
     softcapped: bool = False
     """Whether the model soft-caps its logits with ``config.final_logit_softcapping``."""
+    embed_scaled: bool = False
+    """Whether the embedding module multiplies token embeddings by a constant (√d for Gemma)."""
 
 
 FAMILIES: tuple[Family, ...] = (
     Family("llama", frozenset({
         "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "smollm3", "olmo", "olmo2",
-        "olmo3", "phi3", "starcoder2", "stablelm", "gemma", "helium", "nemotron",
+        "olmo3", "phi3", "starcoder2", "stablelm", "helium", "nemotron",
     }), base="model"),
-    Family("gemma2/3", frozenset({"gemma2", "gemma3_text"}), base="model", softcapped=True),
+    Family("gemma", frozenset({"gemma"}), base="model", embed_scaled=True),
+    Family("gemma2/3", frozenset({"gemma2", "gemma3_text"}), base="model", softcapped=True, embed_scaled=True),
     Family("phi", frozenset({"phi"}), base="model", final_norm="final_layernorm"),
     Family("gpt2", frozenset({"gpt2", "gptj"}), base="transformer", blocks="h", final_norm="ln_f"),
     Family("gpt_neox", frozenset({"gpt_neox"}), base="gpt_neox", final_norm="final_layer_norm"),
@@ -76,6 +80,9 @@ class ArchLayout:
     """Whether ``hidden_states[L]`` is the final norm's output."""
     logit_softcap: float | None = None
     """``c`` in ``logits = c · tanh(raw / c)`` (Gemma 2/3), or None when the family does not cap."""
+    embed_scale: float = 1.0
+    """The factor ``embed`` multiplies token embeddings by (√d for Gemma, else 1): the lens's layer-0
+    row (``hidden_states[0]``) is the scaled embedding, so a lens that re-embeds must scale too."""
 
     @property
     def n_layers(self) -> int:
@@ -120,6 +127,17 @@ def _accessor(model: PreTrainedModel, method: str, cls_name: str, what: str) -> 
     return module
 
 
+def _embed_scale(embed: object, cls_name: str, family: Family) -> float:
+    """The constant the embedding module multiplies by; refused when a scaling family hides it."""
+    value = getattr(embed, "scalar_embed_scale", None)
+    if value is None:
+        if family.embed_scaled:
+            raise ModelLoadError(f"{cls_name} (family {family.name}) scales its token embeddings, but its embedding "
+                                 f"{type(embed).__name__} has no `scalar_embed_scale`; the lens cannot tell by how much.")
+        return 1.0
+    return float(value)
+
+
 def layout_of(model: PreTrainedModel) -> ArchLayout:
     """Find the blocks, final norm, embedding and unembedding of a transformers causal LM.
 
@@ -150,12 +168,14 @@ def layout_of(model: PreTrainedModel) -> ArchLayout:
     if family.softcapped:
         value = getattr(config.get_text_config(), "final_logit_softcapping", None)
         softcap = float(value) if value else None
+    embed = _accessor(model, "get_input_embeddings", cls_name, "the token embedding")
     return ArchLayout(
         family=family.name,
         blocks=blocks,
         final_norm=_resolve(model, f"{family.base}.{family.final_norm}", cls_name, family, "the final norm"),
-        embed=_accessor(model, "get_input_embeddings", cls_name, "the token embedding"),
+        embed=embed,
         unembed=_accessor(model, "get_output_embeddings", cls_name, "the unembedding"),
         last_hidden_is_normed=family.last_hidden_is_normed,
         logit_softcap=softcap,
+        embed_scale=_embed_scale(embed, cls_name, family),
     )

@@ -1,4 +1,4 @@
-"""Builders shared by every tier: a tiny random model (Llama, GPT-2 or Gemma 3) with an in-memory
+"""Builders shared by every tier: a tiny random model (Llama, GPT-2, Gemma 3 and five more families) with an in-memory
 word-level tokenizer (milliseconds, no network), and a forward-pass counter."""
 
 from __future__ import annotations
@@ -55,32 +55,51 @@ GEMMA_SOFTCAP = 2.0
 """Small enough that the tiny Gemma's logits are visibly capped (the real models use 30)."""
 
 
+ARCH_FAMILIES = (*TINY_FAMILIES, "qwen3", "mistral", "phi3", "gpt_neox", "olmo2")
+"""Every family :func:`make_tiny_model` builds (``tests/integration/test_arch_families.py`` runs
+over all of them): Qwen3 and OLMo 2 norm their queries and keys, Mistral uses a sliding window,
+Phi-3 fuses its QKV and gate/up projections, GPT-NeoX keeps its blocks in ``gpt_neox.layers``,
+its final norm in ``final_layer_norm`` and its unembedding in ``embed_out``."""
+
+
+def _tiny_config(family: str, vocab_size: int, n_layers: int):
+    """The config of one tiny family (d = 32, 4 heads, 2 KV heads where the family has them)."""
+    import transformers
+
+    ids = dict(bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    decoder = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
+                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                   initializer_range=0.2, **ids)
+    if family == "gpt2":
+        return transformers.GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=n_layers, n_head=4, n_positions=256,
+                                       initializer_range=0.2, **ids)
+    if family == "gpt_neox":
+        return transformers.GPTNeoXConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                                          num_hidden_layers=n_layers, num_attention_heads=4, rotary_pct=0.5,
+                                          max_position_embeddings=256, initializer_range=0.2,
+                                          tie_word_embeddings=False, **ids)
+    extra = {
+        "llama": dict(tie_word_embeddings=False),
+        "gemma3": dict(head_dim=8, sliding_window=8, final_logit_softcapping=GEMMA_SOFTCAP),
+        "qwen3": dict(head_dim=8, tie_word_embeddings=True),
+        "mistral": dict(sliding_window=8, tie_word_embeddings=False),
+        "phi3": dict(tie_word_embeddings=False),
+        "olmo2": dict(tie_word_embeddings=False),
+    }
+    classes = {"llama": "LlamaConfig", "gemma3": "Gemma3TextConfig", "qwen3": "Qwen3Config",
+               "mistral": "MistralConfig", "phi3": "Phi3Config", "olmo2": "Olmo2Config"}
+    if family not in classes:
+        raise ValueError(f"unknown tiny family {family!r}")
+    return getattr(transformers, classes[family])(**decoder, **extra[family])
+
+
 def make_tiny_model(vocab_size: int, n_layers: int = 4, seed: int = 0, family: str = "llama"):
-    """A random causal LM of ``family`` (one of :data:`TINY_FAMILIES`) small enough to run in milliseconds."""
+    """A random causal LM of ``family`` (one of :data:`ARCH_FAMILIES`) small enough to run in milliseconds."""
     import torch
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, LlamaConfig
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    ids = dict(bos_token_id=2, eos_token_id=3, pad_token_id=0)
-    if family == "llama":
-        config = LlamaConfig(
-            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            tie_word_embeddings=False, initializer_range=0.2, **ids,
-        )
-    elif family == "gpt2":
-        config = GPT2Config(
-            vocab_size=vocab_size, n_embd=32, n_layer=n_layers, n_head=4, n_positions=256,
-            initializer_range=0.2, **ids,
-        )
-    elif family == "gemma3":
-        config = Gemma3TextConfig(
-            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
-            sliding_window=8, final_logit_softcapping=GEMMA_SOFTCAP, initializer_range=0.2, **ids,
-        )
-    else:
-        raise ValueError(f"unknown tiny family {family!r}")
+    config = _tiny_config(family, vocab_size, n_layers)
     return AutoModelForCausalLM.from_config(config).eval()
 
 
