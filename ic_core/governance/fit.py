@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ic_core.errors import DataError
+from ic_core.governance.fit_ltt import EMPIRICAL_LABEL, RiskControlFit, check_method, compare_readouts, fit_ltt
 from ic_core.governance.policy import Policy, Signal, probe_entry
+from ic_core.governance.policy_schema import PREFIX_NEED_OF_MODE
 from ic_core.governance.rule import escalate as rule_escalate
 from ic_core.governance.signals import RunSignals, resolve_entropy_signal, run_signals
 from ic_core.probes.scores import ProbeScores, calibrated_probe_scores
@@ -34,10 +36,12 @@ from ic_core.stats.gating import (
     N_BOOT,
     Confusion,
     HeldOutReport,
+    confusion_from_decisions,
     evaluate_held_out,
     fit_combined,
     fit_threshold,
 )
+from ic_core.stats.risk_simulation import N_SPLITS
 
 if TYPE_CHECKING:  # pragma: no cover
     from ic_core.probes.saved import SavedProbe
@@ -81,11 +85,19 @@ class PolicyFit:
     held_out: HeldOutReport
     target_met: bool
     message: str
+    risk: RiskControlFit | None = None
+    """The Learn-then-Test fit, its held-out check and simulation (method ``ltt``), else None."""
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready figures for the CLI and downloads."""
         s = self.signals
         return {
+            "method": "ltt" if self.risk is not None else EMPIRICAL_LABEL, "guarantee": self.policy.guarantee,
+            "readout": s.readout, "prefix_need": self.policy.prefix_need,
+            "risk_control": None if self.risk is None else self.risk.to_json(),
+            "ood": None if self.policy.ood is None else {
+                "layer": self.policy.ood_layer, "threshold": self.policy.ood["threshold"],
+                "outside_rate": self.policy.ood["outside_rate"], "n_calibration": self.policy.ood["n_calibration"]},
             "policy_id": self.policy.policy_id, "signal": self.policy.signal,
             "entropy_signal": s.entropy_signal if self.policy.signal != "probe" else None,
             "rule": self.policy.describe(), "t_entropy_bits": self.policy.t_entropy_bits,
@@ -119,6 +131,9 @@ def policy_from_thresholds(
     target_error: float | None = None,
     threshold_origin: ThresholdOrigin | None = SET_BY_HAND,
     store_prompt_text: bool = False,
+    risk_control: dict[str, Any] | None = None,
+    ood: dict[str, Any] | None = None,
+    ood_layer: int | None = None,
 ) -> Policy:
     """The policy document for a rule on a run's split: its thresholds, model, read-out and provenance.
 
@@ -136,6 +151,8 @@ def policy_from_thresholds(
         target_error: The target the thresholds were fitted for (None when set by hand).
         threshold_origin: Recorded as ``fitted_on["thresholds"]``; None leaves it out.
         store_prompt_text: Whether audit records may keep the prompt text.
+        risk_control: The Learn-then-Test entry (:meth:`RiskControlFit.risk_control_entry`), if any.
+        ood, ood_layer: The distance model of the calibration states and the layer it reads.
 
     Raises:
         DataError: an invalid policy (e.g. a probe rule without probe scores).
@@ -151,6 +168,13 @@ def policy_from_thresholds(
     }
     if threshold_origin is not None:
         fitted_on["thresholds"] = threshold_origin
+    if signals.readout != "auto":
+        fitted_on["readout"] = signals.readout
+    held = held_out.to_json()
+    if risk_control is not None:
+        from ic_core.governance.policy_schema import guarantee_text
+
+        held["guarantee"] = guarantee_text(replace_risk(risk_control, escalate_all))
     return Policy(
         signal=signal, model=fitted_model(signals), regime=signals.regime, kind=signals.kind,
         prefix_mode=signals.prefix_mode, answer_prefix=signals.answer_prefix,
@@ -159,8 +183,22 @@ def policy_from_thresholds(
         t_probe=None if escalate_all or not uses_probe else t_probe, escalate_all=escalate_all,
         probe=None if probe is None else probe_entry(probe.path or "", probe.probe.probe_id, probe.calibration),
         model_n_layers=signals.n_layers, model_d_model=signals.d_model, fitted_on=fitted_on,
-        target_error=target_error, held_out=held_out.to_json(), store_prompt_text=store_prompt_text,
+        target_error=target_error, held_out=held, store_prompt_text=store_prompt_text,
+        risk_control=risk_control, ood=ood, ood_layer=ood_layer, prefix_need=PREFIX_NEED_OF_MODE[signals.prefix_mode],
     )
+
+
+@dataclass(frozen=True)
+class _GuaranteeView:
+    """The two fields :func:`~ic_core.governance.policy_schema.guarantee_text` reads, before the policy exists."""
+
+    risk_control: dict[str, Any] | None
+    escalate_all: bool
+
+
+def replace_risk(risk_control: dict[str, Any], escalate_all: bool) -> Any:
+    """A stand-in carrying ``risk_control`` and ``escalate_all`` for :func:`guarantee_text`."""
+    return _GuaranteeView(risk_control, escalate_all)
 
 
 WEIGHTS_KEY = "model_weights_sha256"
@@ -186,7 +224,7 @@ def fitted_model(signals: RunSignals) -> dict[str, Any]:
 def fit_policy_on_run(
     run: StudyRun,
     signal: str,
-    target_error: float,
+    target_error: float | None,
     *,
     regime: str | None = None,
     holdout: float = 0.4,
@@ -196,6 +234,14 @@ def fit_policy_on_run(
     signals: RunSignals | None = None,
     store_prompt_text: bool = False,
     n_boot: int = N_BOOT,
+    method: str = "empirical",
+    alpha: float | None = None,
+    delta: float | None = 0.1,
+    bound: str = "clopper_pearson",
+    readout: str = "auto",
+    ood: bool = False,
+    ood_layer: int | None = None,
+    n_splits: int = N_SPLITS,
 ) -> PolicyFit:
     """Fit a policy on a run's training items and evaluate it on the held-out items.
 
@@ -203,28 +249,61 @@ def fit_policy_on_run(
         run: A loaded study run.
         signal: ``entropy`` (H_slot if the run read after answer prefixes, else H_int),
             ``h_int``, ``h_slot``, ``probe`` or ``combined``.
-        target_error: Highest acceptable error among auto-approved training answers.
+        target_error: Highest acceptable error among auto-approved training answers (method
+            ``empirical``; with ``ltt`` it defaults to ``alpha``).
         regime: Which regime of the run (see :func:`run_signals`).
         holdout: Held-out share. seed: Split and bootstrap seed.
         probe: An external saved probe (see :func:`probe_scores`); None fits one on training items.
         scores: Precomputed :func:`probe_scores` (the app caches them).
-        signals: Precomputed :func:`run_signals` (must match regime/holdout/seed).
+        signals: Precomputed :func:`run_signals` (must match regime/holdout/seed/readout).
         store_prompt_text: Recorded in the policy (audit records keep prompt text only if True).
         n_boot: Bootstrap resamples for the held-out CIs.
+        method: ``empirical`` (the threshold that met the target on training items, no guarantee)
+            or ``ltt`` (Learn then Test: certified, or every prompt escalated with the reason).
+        alpha, delta, bound: The LTT guarantee and its binomial bound.
+        readout: :data:`ic_core.governance.signals.READOUTS` (``last-token`` and ``kind-prefix``
+            make agent-ready policies).
+        ood: Fit a distance model of the training items' states at ``ood_layer`` (default: the last layer).
+        n_splits: Repeated splits of the LTT simulation.
 
     Raises:
-        DataError: bad signal or target, one class, n too small, or an unusable probe.
+        DataError: bad signal, method, α/δ or target, one class, n too small, an unusable probe,
+            or a probe/OOD model on states read elsewhere than the read-out.
 
     """
     if signal not in ("entropy", "h_int", "h_slot", "probe", "combined"):
         raise DataError(f"Unknown signal {signal!r}; choose entropy, h_int, h_slot, probe or combined.")
-    sig = signals or run_signals(run, regime, holdout, seed)
+    check_method(method, alpha, delta, bound)
+    if method == "ltt" and signal == "combined":
+        raise DataError("Method 'ltt' certifies one score; use signal entropy or probe (not combined).")
+    if method == "empirical" and target_error is None:
+        raise DataError("Method 'empirical' needs a target error (--target-error).")
+    sig = signals or run_signals(run, regime, holdout, seed, readout=readout)
     entropy = resolve_entropy_signal("entropy" if signal in ("probe", "combined") else signal, sig)
     policy_signal: Signal = entropy if signal in ("entropy", "h_int", "h_slot") else signal  # type: ignore[assignment]
+    if (policy_signal in ("probe", "combined") or ood) and not sig.states_at_readout:
+        raise DataError(
+            "This run's states were read after the answer prefix, not at the last prompt token: a probe or an "
+            "OOD model for a last-token policy needs a run read without prefixes (study --no-item-prefix)."
+        )
     ps = None
     if policy_signal in ("probe", "combined"):
         ps = scores or probe_scores(run, sig, probe)
-    if policy_signal == "probe":
+    risk = None
+    if method == "ltt":
+        risk_scores, direction = (ps.p_correct, "ge") if policy_signal == "probe" else (sig.entropy_bits, "le")
+        risk = fit_ltt(risk_scores, sig.correct, direction, sig.train_idx, sig.test_idx, alpha=float(alpha),
+                       delta=float(delta), bound=bound, n_splits=n_splits, seed=seed)
+        if sig.item_prefix_bits is not None:
+            risk = replace(risk, comparison=compare_readouts(
+                sig.entropy_bits, sig.item_prefix_bits, sig.correct, sig.train_idx, sig.test_idx,
+                alpha=float(alpha), delta=float(delta), bound=bound))
+        t = risk.ltt.threshold
+        t_e, t_p = (None, t) if policy_signal == "probe" else (t, None)
+        met, train = risk.ltt.certified, _confusion_at(policy_signal, sig, ps, t_e, t_p, t is None)
+        msg = risk.ltt.text()
+        target_error = float(alpha)
+    elif policy_signal == "probe":
         fit = fit_threshold(-ps.p_correct, sig.correct, target_error, sig.train_idx)
         t_e = None
         t_p = None if fit.threshold is None else -fit.threshold  # approve -p <= t  <=>  p >= -t
@@ -238,12 +317,33 @@ def fit_policy_on_run(
     escalate = rule_escalate(policy_signal, sig.entropy_bits, None if ps is None else ps.p_correct, t_e, t_p,
                              escalate_all=not met)
     report = evaluate_held_out(escalate, sig.correct, sig.test_idx, n_boot=n_boot, seed=seed)
+    ood_json, layer = _fit_ood(run, sig, ood_layer, seed) if ood else (None, None)
     # The CLI's policy documents have never recorded where the thresholds came from (threshold_origin=None).
     policy = policy_from_thresholds(
         sig, policy_signal, t_e, t_p, report, scores=ps, escalate_all=not met, target_error=float(target_error),
         threshold_origin=None, store_prompt_text=store_prompt_text,
+        risk_control=None if risk is None else risk.risk_control_entry(), ood=ood_json, ood_layer=layer,
     )
-    return PolicyFit(policy, sig, ps, escalate, train, report, met, msg)
+    return PolicyFit(policy, sig, ps, escalate, train, report, met, msg, risk)
+
+
+def _confusion_at(policy_signal: str, sig: RunSignals, ps: ProbeScores | None, t_e: float | None,
+                  t_p: float | None, escalate_all: bool) -> Confusion:
+    """The training items' confusion of the rule with these thresholds."""
+    flags = rule_escalate(policy_signal, sig.entropy_bits, None if ps is None else ps.p_correct, t_e, t_p,
+                          escalate_all=escalate_all)
+    return confusion_from_decisions(flags[sig.train_idx], sig.correct[sig.train_idx])
+
+
+def _fit_ood(run: StudyRun, sig: RunSignals, layer: int | None, seed: int) -> tuple[dict[str, Any], int]:
+    """The distance model of the training items' states at ``layer`` (default the last), as JSON."""
+    from ic_core.stats.ood import fit_ood
+
+    at = sig.n_layers if layer is None else int(layer)
+    if not 0 <= at <= sig.n_layers:
+        raise DataError(f"OOD layer {at} is not in 0..{sig.n_layers}.")
+    states = np.asarray(run.hidden)[sig.hidden_rows[sig.train_idx], at].astype(np.float64)
+    return fit_ood(states, seed=seed).to_json(), at
 
 
 def with_probe_path(fit: PolicyFit, path: str | os.PathLike[str], save: bool = True) -> PolicyFit:

@@ -6,14 +6,24 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ic_core.errors import DataError
+from ic_core.governance.policy_schema import (
+    OPTIONAL_FIELDS,
+    calibration_of,
+    check_guarantee_fields,
+    guarantee_text,
+    probe_digests,
+    probe_entry,
+)
 from ic_core.io import atomic_write_text
-from ic_core.stats.gating import PlattCalibration
+
+__all__ = ["FORMAT_VERSION", "SIGNALS", "ModelMismatchError", "Policy", "calibration_of", "check_model",
+           "check_model_spec", "check_spec_matches", "probe_digests", "probe_entry"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from ic_core.models import LoadedModel, ModelSpec
@@ -82,6 +92,15 @@ class Policy:
     """Held-out figures with CIs (:meth:`HeldOutReport.to_json`)."""
     store_prompt_text: bool = False
     """When False the audit log keeps only the prompt's SHA-256."""
+    risk_control: dict[str, Any] | None = None
+    """How the threshold was certified (Learn then Test: method, bound, alpha, delta, n_calibration,
+    coverage, certified, reason, needed_n); None for an empirical threshold (no guarantee)."""
+    ood: dict[str, Any] | None = None
+    """Distance model of the calibration states (:meth:`ic_core.stats.ood.OODModel.to_json`), or None."""
+    ood_layer: int | None = None
+    """Layer (hidden_states index) of the read-out state the OOD model measures."""
+    prefix_need: str | None = None
+    """What the policy needs from a prompt: ``none``, ``per_kind`` or ``per_item`` (None: older files)."""
     created: str = field(default_factory=_now_iso)
     """UTC ISO time the policy was made."""
     format_version: int = FORMAT_VERSION
@@ -107,7 +126,9 @@ class Policy:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     def _fields_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        # The optional guarantee fields are left out while None, so older files keep their id and signature.
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if not (f.name in OPTIONAL_FIELDS and getattr(self, f.name) is None)}
 
     def signed_bytes(self) -> bytes:
         """The canonical JSON the signature covers: every field but ``signature`` itself."""
@@ -263,9 +284,21 @@ class Policy:
         """Whether a saved probe is needed at gate time."""
         return self.signal in ("probe", "combined")
 
+    @property
+    def guarantee(self) -> str:
+        """Which guarantee the policy's approvals carry (see :func:`~ic_core.governance.policy_schema.guarantee_text`)."""
+        return guarantee_text(self)
+
+    @property
+    def agent_ready(self) -> bool:
+        """Whether an agent's prompt can be gated as it is (no per-item answer prefix needed)."""
+        return self.prefix_mode != "per_item"
+
     def describe(self) -> str:
         """One sentence: the rule."""
         if self.escalate_all:
+            if self.risk_control is not None:
+                return f"Escalate every prompt (no threshold certified: {self.risk_control.get('reason')})."
             return "Escalate every prompt (the target error could not be met on the training items)."
         parts = []
         if self.t_entropy_bits is not None and self.signal in ("h_int", "h_slot", "combined"):
@@ -318,7 +351,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "entropy_signal": (str, type(None)), "t_probe": (int, float, type(None)), "escalate_all": (bool,),
     "probe": (dict, type(None)), "model_n_layers": (int, type(None)), "model_d_model": (int, type(None)),
     "fitted_on": (dict,), "target_error": (int, float, type(None)), "held_out": (dict,),
-    "store_prompt_text": (bool,), "created": (str,), "format_version": (int,), "policy_id": (str,), "signature": (str,),
+    "store_prompt_text": (bool,), "risk_control": (dict, type(None)), "ood": (dict, type(None)),
+    "ood_layer": (int, type(None)), "prefix_need": (str, type(None)), "created": (str,), "format_version": (int,), "policy_id": (str,), "signature": (str,),
 }
 
 
@@ -378,6 +412,7 @@ def _check_fields(p: Policy) -> None:
 def _validate(p: Policy) -> None:
     _check_types(p)
     _check_fields(p)
+    check_guarantee_fields(p)
     if p.signal not in SIGNALS:
         raise DataError(f"Unknown policy signal {p.signal!r}; choose one of {', '.join(SIGNALS)}.")
     if p.prefix_mode not in ("none", "fixed", "per_item"):
@@ -465,35 +500,3 @@ def check_model(policy: Policy, loaded: LoadedModel) -> None:
             f"Policy {policy.policy_id} was fitted on {policy.model.get('name')} with weights {pinned[:16]}… but the "
             f"loaded model has {got}: the file differs from the one the policy was fitted on; load that file or fit again."
         )
-
-
-def probe_entry(path: str, probe_id: str, calibration: PlattCalibration) -> dict[str, Any]:
-    """The ``probe`` field of a policy, pinning the SHA-256 of the probe's ``.json`` and ``.npz`` when they exist."""
-    entry: dict[str, Any] = {"path": str(path), "id": str(probe_id), **{f"platt_{k}": v for k, v in asdict(calibration).items()}}
-    entry.update(probe_digests(path) or {})
-    return entry
-
-
-def probe_digests(path: str | os.PathLike[str]) -> dict[str, str] | None:
-    """``{"json_sha256", "npz_sha256"}`` of the probe pair at ``path`` (json, npz or stem); None if either is missing."""
-    if not str(path):
-        return None
-    p = Path(path)
-    if not p.name:
-        return None
-    stem = p.with_suffix("") if p.suffix in (".json", ".npz") else p
-    out = {}
-    for ext in ("json", "npz"):
-        f = stem.with_name(stem.name + "." + ext)
-        if not f.is_file():
-            return None
-        out[f"{ext}_sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
-
-
-def calibration_of(policy: Policy) -> PlattCalibration | None:
-    """The Platt calibration stored in a policy's probe entry."""
-    if policy.probe is None:
-        return None
-    return PlattCalibration(float(policy.probe["platt_coef"]), float(policy.probe["platt_intercept"]))
-

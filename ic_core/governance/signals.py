@@ -51,6 +51,13 @@ class RunSignals:
     model: dict[str, Any]
     n_layers: int
     d_model: int
+    readout: str = "auto"
+    """Which read-out was asked for (:data:`READOUTS`)."""
+    states_at_readout: bool = True
+    """Whether the run's saved states were read where :attr:`entropy_bits` was (False for the
+    last-token entropy of rows whose states were read after an answer prefix)."""
+    item_prefix_bits: np.ndarray | None = None
+    """(n,) H_slot after each item's own prefix, when the last-token read-out was taken from a per-item run."""
 
     @property
     def hidden_rows(self) -> np.ndarray:
@@ -103,6 +110,11 @@ class RunSignals:
 
 
 ItemView = Literal["training", "held-out", "all"]
+READOUTS: tuple[str, ...] = ("auto", "last-token", "kind-prefix", "item-prefix")
+"""``auto``: whatever the run read; ``last-token``: H_int at the last prompt token (agent-ready);
+``kind-prefix``: H_slot after one generic prefix (agent-ready); ``item-prefix``: H_slot after each
+item's own prefix (research only)."""
+_READOUT_MODE = {"kind-prefix": "fixed", "item-prefix": "per_item"}
 ITEM_COLUMNS = ("item_id", "question", "output_text", "expected", "correct")
 """Columns of :meth:`RunSignals.items_table` (those the run has)."""
 
@@ -120,7 +132,40 @@ def _prefix_mode(prefixes: Sequence[Any]) -> tuple[PrefixMode, str | None]:
     return ("fixed", given.pop()) if len(given) == 1 else ("per_item", None)
 
 
-def run_signals(run: StudyRun, regime: str | None = None, holdout: float = 0.4, seed: int = 0) -> RunSignals:
+def _last_token_bits(graded: pd.DataFrame) -> np.ndarray:
+    """H_int of rows read after a prefix: the run's extra plain read at the last prompt token."""
+    values = graded["last_token_entropy_bits"] if "last_token_entropy_bits" in graded.columns else None
+    bits = None if values is None else pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
+    if bits is None or not np.isfinite(bits).all():
+        raise DataError(
+            "This run read its rows after answer prefixes and holds no last-token entropy for every row "
+            "(runs made before that read-out existed); run the study again, or with --no-item-prefix."
+        )
+    return bits
+
+
+def _apply_readout(readout: str, graded: pd.DataFrame, mode: PrefixMode, prefix: str | None,
+                   entropy: np.ndarray) -> tuple[PrefixMode, str | None, np.ndarray, bool, np.ndarray | None]:
+    """The prefix mode, prefix, entropy, states-match flag and per-item comparison bits for ``readout``."""
+    if readout not in READOUTS:
+        raise DataError(f"Unknown read-out {readout!r}; choose {', '.join(READOUTS)}.")
+    if readout == "auto":
+        return mode, prefix, entropy, True, None
+    if readout == "last-token":
+        if mode == "none":
+            return mode, prefix, entropy, True, None
+        return "none", None, _last_token_bits(graded), False, entropy if mode == "per_item" else None
+    want = _READOUT_MODE[readout]
+    if mode != want:
+        have = {"none": "no prefix", "fixed": f"one prefix ({prefix!r})", "per_item": "per-item prefixes"}[mode]
+        hint = ("a study with --answer-prefix 'The answer is'" if want == "fixed" else "a study with item prefixes")
+        raise DataError(f"Read-out {readout!r} needs rows read after {'one generic prefix' if want == 'fixed' else 'per-item prefixes'}, "
+                        f"but this run read them with {have}; run {hint}.")
+    return mode, prefix, entropy, True, None
+
+
+def run_signals(run: StudyRun, regime: str | None = None, holdout: float = 0.4, seed: int = 0,
+                readout: str = "auto") -> RunSignals:
     """The graded rows of one regime of a run, their entropy and a stratified seeded split.
 
     Args:
@@ -128,9 +173,11 @@ def run_signals(run: StudyRun, regime: str | None = None, holdout: float = 0.4, 
         regime: Which regime (default: the only one, else ``direct``).
         holdout: Share of graded items held out for evaluation.
         seed: Split seed.
+        readout: :data:`READOUTS`; ``last-token`` on a run read after prefixes takes the run's
+            last-token entropy (its saved states stay those after the prefix).
 
     Raises:
-        DataError: unknown regime, mixed read-outs, one class or n too small.
+        DataError: unknown regime or read-out, mixed read-outs, one class or n too small.
 
     """
     table = run.table
@@ -150,6 +197,7 @@ def run_signals(run: StudyRun, regime: str | None = None, holdout: float = 0.4, 
     if not np.isfinite(entropy).all():
         raise DataError("Some rows have no finite entropy; the run folder is damaged.")
     mode, prefix = _prefix_mode(graded["answer_prefix"].tolist())
+    mode, prefix, entropy, states_ok, item_bits = _apply_readout(readout, graded, mode, prefix, entropy)
     correct = np.array([bool(v) for v in graded["correct"]], dtype=bool)
     train_idx, test_idx = split_items(correct, holdout, seed)
     kinds = graded["kind"].value_counts()
@@ -160,7 +208,8 @@ def run_signals(run: StudyRun, regime: str | None = None, holdout: float = 0.4, 
         entropy_signal="h_int" if mode == "none" else "h_slot", prefix_mode=mode, answer_prefix=prefix,
         train_idx=train_idx, test_idx=test_idx, holdout=float(holdout), seed=int(seed),
         n_ungraded_excluded=int((~graded_rows).sum()), model=dict(m.get("model") or {}),
-        n_layers=int(m["n_layers"]), d_model=int(m["d_model"]),
+        n_layers=int(m["n_layers"]), d_model=int(m["d_model"]), readout=readout, states_at_readout=states_ok,
+        item_prefix_bits=item_bits,
     )
 
 
