@@ -177,10 +177,14 @@ def _is_whitespace_token(loaded: LoadedModel, token_id: int) -> bool:
 
 
 def _read_batch(
-    loaded: LoadedModel, rows: Sequence[Sequence[int]], skip_whitespace: bool
+    loaded: LoadedModel, rows: Sequence[Sequence[int]], skip_whitespace: bool, prefix: tuple[int, Cache] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]], list[list[float]], list[list[float]], Cache, torch.Tensor,
            torch.Tensor]:
-    """Forward B left-padded rows; optionally step past greedy whitespace tokens."""
+    """Forward B left-padded rows; optionally step past greedy whitespace tokens.
+
+    ``prefix`` — ``(n, cache)`` with ``cache`` over the first ``n`` ids of the one row — makes
+    the pass read only the rest (the cache is extended in place).
+    """
     import torch
 
     from ic_core.lens import torch_entropy_bits
@@ -195,7 +199,11 @@ def _read_batch(
         mask[i, width - len(r):] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    states, logits, past = _forward(loaded, ids, mask, positions)
+    past = None
+    if prefix is not None:
+        assert len(rows) == 1 and 0 < prefix[0] < len(rows[0])
+        past, ids, positions = prefix[1], ids[:, prefix[0]:], positions[:, prefix[0]:]
+    states, logits, past = _forward(loaded, ids, mask, positions, past)
     skipped: list[list[int]] = [[] for _ in rows]
     skipped_h: list[list[float]] = [[] for _ in rows]
     skipped_p: list[list[float]] = [[] for _ in rows]
@@ -259,7 +267,8 @@ def default_skip(rendered: RenderedPrompt) -> bool:
 
 
 def capture(
-    loaded: LoadedModel, rendered: RenderedPrompt, skip_whitespace: bool | None = None, k: int = TOP_K
+    loaded: LoadedModel, rendered: RenderedPrompt, skip_whitespace: bool | None = None, k: int = TOP_K,
+    prefix: tuple[int, Cache] | None = None,
 ) -> tuple[IntentionState, Prefill]:
     """Read I for one prompt with one forward pass; also return the cache for generation.
 
@@ -268,6 +277,8 @@ def capture(
         rendered: Output of :func:`ic_core.prompts.render`.
         skip_whitespace: Read past greedy whitespace tokens; default: only after an answer prefix.
         k: Number of top next tokens kept.
+        prefix: ``(n, cache)``: a KV cache already over the first ``n`` ids of the read row
+            (0 < n < row length; a copy the call may extend), so only the rest is read.
 
     """
     import torch
@@ -275,7 +286,7 @@ def capture(
     skip = default_skip(rendered) if skip_whitespace is None else skip_whitespace
     row = list(rendered.input_ids[: rendered.readout_index + 1])
     with loaded.lock, torch.inference_mode():
-        states, logits, skipped, sk_h, sk_p, past, _, _ = _read_batch(loaded, [row], skip)
+        states, logits, skipped, sk_h, sk_p, past, _, _ = _read_batch(loaded, [row], skip, prefix)
         state = _to_states(loaded, states, logits, [rendered], skipped, sk_h, sk_p, k)[0]
     prefill = Prefill(row + skipped[0], past, logits[0], list(skipped[0]), list(sk_h[0]), list(sk_p[0]))
     return state, prefill

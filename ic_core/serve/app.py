@@ -218,7 +218,7 @@ def create_app(loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = N
 
     """
     settings = settings or ServeSettings()
-    engine = GatedEngine(loaded, policy, probe, settings.audit_log)
+    engine = GatedEngine(loaded, policy, probe, settings.audit_log, settings.prefix_cache_mb)
     metrics = ServeMetrics()
     worker = ModelWorker(settings.queue_size, engine.check_batch, settings.batch_window_ms / 1000, settings.max_batch,
                          metrics.batch_size.observe)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ic_core.analysis import Analysis, analysis_of, answer, check_choices, prepare_prompt
-from ic_core.capture import capture, capture_batch
+from ic_core.capture import IntentionState, Prefill, capture, capture_batch
 from ic_core.errors import DataError, ICError, PromptError
 from ic_core.generate import GenerationConfig
 from ic_core.governance.audit import resolve_audit_path
@@ -39,9 +39,12 @@ from ic_core.governance.gate import (
 from ic_core.governance.policy import Policy, check_model
 from ic_core.models import LoadedModel
 from ic_core.prompts import RenderedPrompt
+from ic_core.serve.prefix_cache import PrefixCache
 from ic_core.serve.schemas import Message
 
 if TYPE_CHECKING:  # pragma: no cover
+    from transformers import Cache
+
     from ic_core.probes.saved import SavedProbe
 
 Action = Literal["checked", "answered", "blocked", "annotated"]
@@ -115,7 +118,7 @@ class GatedEngine:
     """The model, policy and probe of one server; every method runs on the model worker's thread."""
 
     def __init__(self, loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = None,
-                 audit_log: str | None = None) -> None:
+                 audit_log: str | None = None, prefix_cache_mb: int = 0) -> None:
         """Refuse a model or probe other than the policy's before serving anything.
 
         Raises:
@@ -127,6 +130,7 @@ class GatedEngine:
         check_probe(policy, probe)
         self.loaded, self.policy, self.probe = loaded, policy, probe
         self.audit_path: Path = resolve_audit_path(audit_log)
+        self.prefix_cache = PrefixCache(loaded, prefix_cache_mb * 2**20) if prefix_cache_mb > 0 else None
 
     def _prepare(self, messages: Sequence[Message], answer_prefix: str | None) -> tuple[Conversation, RenderedPrompt]:
         """The conversation and the prompt the policy reads it as (its template, system text, turns, prefix)."""
@@ -152,7 +156,7 @@ class GatedEngine:
         """
         start = time.perf_counter()
         conversation, rendered = self._prepare(messages, answer_prefix)
-        state, prefill = capture(self.loaded, rendered)
+        state, prefill = self._read(rendered, self._cached_prefix(rendered))
         analysis = analysis_of(self.loaded, rendered, state, time.perf_counter() - start, conversation.question,
                                self.policy.kind, prefill)
         return self._decide(conversation, analysis, actor, start)
@@ -172,15 +176,34 @@ class GatedEngine:
                 ready.append((i, *self._prepare(messages, answer_prefix)))
             except ICError as exc:
                 results[i] = exc
-        states = capture_batch(self.loaded, [r for _, _, r in ready], batch_size=max(len(ready), 1)) if ready else []
+        hits = {i: hit for i, _, r in ready if (hit := self._cached_prefix(r)) is not None or len(ready) == 1}
+        batch = [(i, r) for i, _, r in ready if i not in hits]
+        states = dict(zip((i for i, _ in batch), capture_batch(self.loaded, [r for _, r in batch],
+                                                                 batch_size=max(len(batch), 1)))) if batch else {}
+        for i, _, rendered in ready:
+            if i in hits:  # a cached prefix (or a batch of one): read alone, only the new tokens
+                states[i] = self._read(rendered, hits[i])[0]
         took = time.perf_counter() - start
-        for (i, conversation, rendered), state in zip(ready, states, strict=True):
-            analysis = analysis_of(self.loaded, rendered, state, took, conversation.question, self.policy.kind)
+        for i, conversation, rendered in ready:
+            analysis = analysis_of(self.loaded, rendered, states[i], took, conversation.question, self.policy.kind)
             try:
                 results[i] = self._decide(conversation, analysis, requests[i][2], start)
             except ICError as exc:
                 results[i] = exc
         return [r for r in results if r is not None]
+
+    def _cached_prefix(self, rendered: RenderedPrompt) -> tuple[int, Cache] | None:
+        """A copy of the cached KV of the longest stored prefix of the read row (None: no hit or no cache)."""
+        if self.prefix_cache is None:
+            return None
+        return self.prefix_cache.lookup(self.loaded, rendered.input_ids[: rendered.readout_index + 1])
+
+    def _read(self, rendered: RenderedPrompt, prefix: tuple[int, Cache] | None) -> tuple[IntentionState, Prefill]:
+        """One prompt's read (after ``prefix`` when given); its KV cache is kept for later prompts."""
+        state, prefill = capture(self.loaded, rendered, prefix=prefix)
+        if self.prefix_cache is not None:
+            self.prefix_cache.store(self.loaded, prefill.ids, prefill.past_key_values)
+        return state, prefill
 
     def _decide(self, conversation: Conversation, analysis: Analysis, actor: str, start: float) -> Checked:
         decision = decide_for_analysis(self.policy, analysis, self.probe, elapsed_s=time.perf_counter() - start)
