@@ -26,6 +26,7 @@ from ui.common import (
     md_text,
     page_title,
 )
+from ui.gate_policy import apply_default_policy
 
 ROOT = Path(__file__).resolve().parent
 PAGES_DIR = ROOT / "pages"
@@ -147,6 +148,7 @@ if wanted is not None:  # a page opened by URL before the router existed (see ui
 with st.sidebar:
     model_picker(admin)
     generation_settings()
+apply_default_policy()  # the administrator's IC_POLICY, verified, once per session (every page sees it)
 st.session_state[ROUTER_KEY] = True
 try:
     navigation.run()

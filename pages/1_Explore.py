@@ -29,6 +29,7 @@ from ui.common import (
     EXPLORE_KEYS,
     EXPLORE_NOTE_KEY,
     EXPLORE_RESULT_KEY,
+    EXPLORE_STALE_KEY,
     GATE_PROBE_KEY,
     UPLOAD_LIMIT_BYTES,
     footer,
@@ -42,11 +43,15 @@ from ui.common import (
     show_error,
 )
 from ui.gate_policy import active_policy, unsigned_badge
+from ui.probe_picker import saved_probe_picker, weak_probe_note
 
 K = EXPLORE_KEYS
 UPLOAD_KEY = "explore_upload"
 AUDITED_KEY = "explore.audited"
 UPLOAD_MSG_KEY = "explore.upload_message"
+STALE_KEY = EXPLORE_STALE_KEY
+ANSWER_FIELDS = ("answer_prefix", "expected", "aliases", "choices")
+"""Inputs that belong to one question (cleared together when the question changes)."""
 REGIME_LABELS = {
     "direct": "direct — answer only",
     "cot": "cot — think step by step",
@@ -76,9 +81,39 @@ def _on_upload() -> None:
         return
     try:
         st.session_state[K["question"]] = read_text_upload(uploaded.name, uploaded.getvalue())
+        _mark_stale()
         st.session_state[UPLOAD_MSG_KEY] = ("ok", f"Loaded **{md_text(uploaded.name)}** into the prompt box.")
     except ICError as exc:
         st.session_state[UPLOAD_MSG_KEY] = ("error", str(exc))
+
+
+def _mark_stale() -> None:
+    """A new question: flag the answer prefix and expected answer if they were set for the old one."""
+    s = st.session_state
+    s[STALE_KEY] = any(s[K[name]].strip() for name in ANSWER_FIELDS)
+
+
+def _keep_answer_fields() -> None:
+    st.session_state[STALE_KEY] = False
+
+
+def _clear_answer_fields() -> None:
+    for name in ANSWER_FIELDS:
+        st.session_state[K[name]] = ""
+    st.session_state[STALE_KEY] = False
+
+
+def stale_answer_warning() -> None:
+    """Warn (and offer to clear) when the prefix or expected answer belong to the previous question."""
+    s = st.session_state
+    if not s.get(STALE_KEY) or not any(s[K[name]].strip() for name in ANSWER_FIELDS):
+        return
+    held = ", ".join(f"{label} “{md_text(s[K[name]], 60)}”" for name, label in
+                     (("answer_prefix", "answer prefix"), ("expected", "expected answer")) if s[K[name]].strip())
+    st.warning(f"The question changed but the {held} were set for the previous one.")
+    c1, c2 = st.columns(2)
+    c1.button("Clear them", key="explore_clear_answer", on_click=_clear_answer_fields)
+    c2.button("Keep them", key="explore_keep_answer", on_click=_keep_answer_fields)
 
 
 def _split(text: str, sep: str) -> tuple[str, ...]:
@@ -111,7 +146,9 @@ def input_panel() -> None:
     left, right = st.columns([3, 2], gap="large")
     with left:
         st.text_area("Prompt", key=K["question"], height=130, placeholder="e.g. What is the capital of France?",
-                     help="The question as the user would ask it. The regime below wraps it in its instructions.")
+                     help="The question as the user would ask it. The regime below wraps it in its instructions.",
+                     on_change=_mark_stale)
+        stale_answer_warning()
         st.file_uploader(f"…or upload a .txt file (UTF-8, up to {UPLOAD_LIMIT_BYTES // 1000} kB)", type=["txt"],
                          key=UPLOAD_KEY, on_change=_on_upload, max_upload_size=1)
         message = st.session_state.get(UPLOAD_MSG_KEY)
@@ -132,10 +169,10 @@ def input_panel() -> None:
         st.selectbox("Task kind", TASK_KINDS, key=K["kind"],
                      help="Picks the template wording and how the answer is graded.")
         st.text_input("Forced answer prefix (optional → H_slot)", key=K["answer_prefix"], help=PREFIX_HELP,
-                      placeholder="e.g. The capital of France is")
+                      placeholder="e.g. The capital of France is", on_change=_keep_answer_fields)
         with st.expander("Expected answer (optional, to grade the output)",
                          expanded=bool(st.session_state[K["expected"]])):
-            st.text_input("Expected answer", key=K["expected"], placeholder="e.g. Paris")
+            st.text_input("Expected answer", key=K["expected"], placeholder="e.g. Paris", on_change=_keep_answer_fields)
             st.text_input("Other accepted answers (comma-separated)", key=K["aliases"])
             st.text_area("Choices (one per line, for multiple choice)", key=K["choices"], height=90)
 
@@ -180,13 +217,16 @@ def gate_verdict(loaded: LoadedModel, analysis: Analysis) -> None:
         st.success(f"**Gate: approve.** {decision.reason}{extra}")
     else:
         st.warning(f"**Gate: escalate to a human.** {decision.reason}{extra}")
+    if p_correct is not None and probe is not None:
+        weak_probe_note(probe)
 
 
 def probe_reading(analysis: Analysis) -> None:
-    """P(correct) from the probe saved on the Recoverability page, when one is loaded."""
+    """P(correct) from the session's probe, or a picker over the probes saved in run folders."""
     probe = st.session_state.get(GATE_PROBE_KEY)
     if probe is None:
-        st.caption("No correctness probe loaded — train and save one on the Recoverability page.")
+        probe = saved_probe_picker("explore")
+    if probe is None:
         return
     try:
         p_correct = probe.predict_proba_correct(analysis.state)
@@ -196,6 +236,7 @@ def probe_reading(analysis: Analysis) -> None:
     st.metric("Probe P(correct)", f"{p_correct:.0%}",
               help="A linear probe trained on a saved study predicts, from this same state, how likely the "
                    "model's answer is to be right. It is only meaningful for questions like the study's.")
+    weak_probe_note(probe)
 
 
 def risk_card(loaded: LoadedModel, analysis: Analysis) -> None:

@@ -47,7 +47,15 @@ from ic_core.probes.scores import probe_fitted_on_run
 from ic_core.runs.store import RunInfo, StudyRun, list_runs, runs_root
 from ic_core.stats.gating import HeldOutReport, confusion_from_decisions, risk_coverage
 from ui.common import GATE_PROBE_KEY, cached_run, footer, get_loaded, json_download, md_text, require_router, show_error
-from ui.gate_policy import activate_policy, active_policy, show_active_policy, upload_policy
+from ui.gate_policy import (
+    activate_policy,
+    active_policy,
+    default_policy_notice,
+    save_policy_button,
+    saved_policy_picker,
+    show_active_policy,
+    upload_policy,
+)
 
 PROBE_KEY = GATE_PROBE_KEY
 
@@ -190,10 +198,11 @@ def run_label(info: RunInfo) -> str:
 
 def _fit_callback(run: StudyRun, sig: RunSignals, signal: str, scores: ProbeScores | None) -> None:
     s = st.session_state
+    context = threshold_context(sig, signal, scores)
     try:
         fit = fit_policy_on_run(run, signal, float(s["gov_target"]), signals=sig, scores=scores)
     except ICError as exc:
-        s["gov.fit_message"] = ("error", str(exc))
+        s["gov.fit_message"] = ("error", str(exc), context)
         return
     s["gov.fit"] = {"context": threshold_context(sig, signal, scores), "escalate_all": fit.policy.escalate_all,
                     "target": float(s["gov_target"])}
@@ -202,7 +211,7 @@ def _fit_callback(run: StudyRun, sig: RunSignals, signal: str, scores: ProbeScor
     if fit.policy.t_probe is not None:
         s["gov_t_probe"] = float(fit.policy.t_probe)
     kind = "warning" if not fit.target_met else "success"
-    s["gov.fit_message"] = (kind, fit.message)
+    s["gov.fit_message"] = (kind, fit.message, context)  # shown only while the same run/split/signal is on
 
 
 def _manual_change() -> None:
@@ -227,7 +236,8 @@ def tune_tab(loaded: LoadedModel | None) -> None:
     names = [r.name for r in runs]
     if st.session_state.get("gov_run") not in names:
         st.session_state["gov_run"] = names[0]
-    chosen = c1.selectbox("Saved run", names, key="gov_run", format_func=lambda n: run_label(runs[names.index(n)]))
+    chosen = c1.selectbox("Saved run", names, key="gov_run", format_func=lambda n: run_label(runs[names.index(n)]),
+                          on_change=_manual_change)
     info = runs[names.index(chosen)]
     holdout = c2.slider("Held-out share", 0.2, 0.6, 0.4, 0.05, key="gov_holdout")
     seed = int(c3.number_input("Split seed", 0, 10_000, 0, key="gov_seed"))
@@ -263,8 +273,10 @@ def tune_tab(loaded: LoadedModel | None) -> None:
     c2.button("Fit on training items", key="gov_fit_btn", type="primary", on_click=_fit_callback,
               args=(run, sig, signal, scores))
     message = st.session_state.get("gov.fit_message")
-    if message:
+    if message and message[2] == threshold_context(sig, signal, scores):
         getattr(st, message[0])(message[1])
+    elif message:
+        _manual_change()  # the message was about another run, split, signal or probe
 
     t_e = t_p = None
     if signal in (sig.entropy_signal, "combined"):
@@ -372,13 +384,15 @@ def policy_actions(policy: Policy, scores: ProbeScores | None, run: StudyRun) ->
     if saved.uses_probe:
         st.caption(f"The policy's probe is saved at {md_text(saved.probe['path'])}; keep it with the policy file.")
     st.markdown(f"**Rule:** {saved.describe()}  \n**Policy id:** `{saved.policy_id}` (signed)")
-    c1, c2 = st.columns(2)
+    c1, c2, c3 = st.columns(3)
     if c1.button("Use this policy in Explore (and the live gate)", key="gov_use_btn"):
         activate_policy(saved)
         if saved.uses_probe:
             st.session_state[PROBE_KEY] = scores.probe
         st.success(f"Policy {saved.policy_id} is active: Explore's risk card now shows its verdict.")
     with c2:
+        save_policy_button(saved)
+    with c3:
         json_download("Download policy (JSON)", saved.to_dict(), f"policy-{saved.policy_id}.json", key="gov_dl")
 
 
@@ -386,6 +400,7 @@ def policy_actions(policy: Policy, scores: ProbeScores | None, run: StudyRun) ->
 
 
 def policy_tab(loaded: LoadedModel | None) -> None:
+    saved_policy_picker()
     upload_policy()
     try:
         current = active_policy()
@@ -393,9 +408,11 @@ def policy_tab(loaded: LoadedModel | None) -> None:
         show_error(exc)
         return
     if current is None:
-        st.info("No policy active. Fit one in the 'Tune' tab, or load a policy file.")
+        default_policy_notice()
+        st.info("No policy active. Fit one in the 'Tune' tab, pick a saved one, or load a policy file.")
         return
     policy, unsigned = current
+    default_policy_notice()
     show_active_policy(policy, unsigned)
     if loaded is None:
         return

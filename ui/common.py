@@ -200,6 +200,8 @@ EXPLORE_KEYS = {
 """Session-state keys of the Explore page's input widgets (other pages may fill them)."""
 EXPLORE_RESULT_KEY = "explore.result"
 EXPLORE_NOTE_KEY = "explore.note"
+EXPLORE_STALE_KEY = "explore.answer_fields_stale"
+"""True while the answer prefix / expected answer may belong to a previous question."""
 
 
 def fill_explore(item: dict[str, Any], regime: str = "direct") -> None:
@@ -221,6 +223,7 @@ def fill_explore(item: dict[str, Any], regime: str = "direct") -> None:
     s[EXPLORE_KEYS["aliases"]] = ", ".join(item.get("aliases") or ())
     s[EXPLORE_KEYS["choices"]] = "\n".join(item.get("choices") or ())
     s[EXPLORE_NOTE_KEY] = {"question": item["question"], "note": item.get("note") or ""}
+    s[EXPLORE_STALE_KEY] = False  # the prefix and answer come with this question
     s.pop(EXPLORE_RESULT_KEY, None)
 
 

@@ -8,19 +8,61 @@ the red "unsigned" badge for a policy the user accepted without a valid signatur
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from ic_core.errors import ICError
+from ic_core.errors import DataError, ICError
 from ic_core.governance.gate import load_policy_probe
 from ic_core.governance.policy import Policy
+from ic_core.library import (
+    DEFAULT_POLICY_ENV,
+    LoadedPolicy,
+    default_policy,
+    load_saved_policy,
+    policies_root,
+    save_to_library,
+    saved_policy_files,
+)
 from ic_core.narrative import recorded_held_out_text
 from ic_core.runs.store import runs_root
-from ui.common import GATE_PROBE_KEY, md_text
+from ui.common import GATE_PROBE_KEY, md_text, show_error
 
 GATE_POLICY_KEY = "gate_policy"
 """The active gate policy (set only by :func:`activate_policy`)."""
 UNSIGNED_OK_KEY = "gate_policy_unsigned_ok"
 """The id of an unsigned policy the user explicitly accepted ("Allow unsigned")."""
+DEFAULT_TRIED_KEY = "gate_policy_default_tried"
+"""Set once the administrator's default policy (``IC_POLICY``) was tried in this session."""
+DEFAULT_ERROR_KEY = "gate_policy_default_error"
+"""Why the default policy was refused (shown on the Governance page)."""
+DEFAULT_ID_KEY = "gate_policy_default_id"
+"""The id of the default policy when it was activated."""
+
+
+def use_loaded(loaded: LoadedPolicy) -> None:
+    """Make a verified policy (and its probe) the session's gate."""
+    activate_policy(loaded.policy)
+    st.session_state.pop(GATE_PROBE_KEY, None)
+    if loaded.probe is not None:
+        st.session_state[GATE_PROBE_KEY] = loaded.probe
+
+
+def apply_default_policy() -> None:
+    """Once per session: activate ``$IC_POLICY`` through the engine's checks (a refusal is remembered, not raised)."""
+    if st.session_state.get(DEFAULT_TRIED_KEY):
+        return
+    st.session_state[DEFAULT_TRIED_KEY] = True
+    if st.session_state.get(GATE_POLICY_KEY) is not None:
+        return
+    try:
+        loaded = default_policy()
+    except DataError as exc:
+        st.session_state[DEFAULT_ERROR_KEY] = str(exc)
+        return
+    if loaded is not None:
+        use_loaded(loaded)
+        st.session_state[DEFAULT_ID_KEY] = loaded.policy.policy_id
 
 
 def activate_policy(policy: Policy, allow_unsigned: bool = False) -> None:
@@ -45,6 +87,7 @@ def active_policy() -> tuple[Policy, bool] | None:
         DataError: the policy fails :meth:`Policy.verify` and was not accepted as unsigned.
 
     """
+    apply_default_policy()
     policy = st.session_state.get(GATE_POLICY_KEY)
     if policy is None:
         return None
@@ -96,6 +139,47 @@ def upload_policy() -> None:
         st.session_state.pop(GATE_PROBE_KEY, None)
         if probe is not None:
             st.session_state[GATE_PROBE_KEY] = probe
+
+
+def default_policy_notice() -> None:
+    """Say that the active policy is the administrator's default, or why the default was refused."""
+    error = st.session_state.get(DEFAULT_ERROR_KEY)
+    if error:
+        st.error(f"**Default policy refused.** {md_text(error)}")
+    current = st.session_state.get(GATE_POLICY_KEY)
+    if current is not None and current.policy_id == st.session_state.get(DEFAULT_ID_KEY):
+        st.caption(f"This is the administrator's default policy ({DEFAULT_POLICY_ENV}); every new session starts with it.")
+
+
+def saved_policy_picker() -> None:
+    """Pick a policy saved in the policies folder; it is verified (signature, probe) before it is used."""
+    folder = policies_root()
+    files = saved_policy_files(folder)
+    if not files:
+        st.caption(f"No saved policies in {md_text(folder)} yet: save one from the 'Tune' tab "
+                   "(set IC_POLICIES_DIR to use another folder).")
+        return
+    choice = st.selectbox("Saved policy", [str(p) for p in files], format_func=lambda p: Path(p).name,
+                          key="gov_saved_policy", help=f"Policies saved (signed) in {folder}.")
+    if st.button("Use the saved policy", key="gov_use_saved"):
+        try:
+            use_loaded(load_saved_policy(choice, folder))
+        except ICError as exc:
+            st.error(f"**Policy refused.** {md_text(exc)}")
+            return
+        st.success(f"Policy {st.session_state[GATE_POLICY_KEY].policy_id} is active.")
+
+
+def save_policy_button(policy: Policy) -> None:
+    """Write ``policy`` signed into the policies folder, so every session can pick it."""
+    if st.button("Save to the policies folder", key="gov_save_library",
+                 help="Signed with the operator key; other sessions find it under 'Saved policy'."):
+        try:
+            path = save_to_library(policy)
+        except ICError as exc:
+            show_error(exc)
+            return
+        st.success(f"Saved as {md_text(path)}.")
 
 
 def show_active_policy(policy: Policy, unsigned: bool) -> None:

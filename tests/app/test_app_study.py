@@ -176,9 +176,13 @@ def test_upload_csv_shows_mapping_and_bad_rows_then_runs(tiny, runs_dir):
 def test_upload_without_a_question_column_says_so(tiny, runs_dir):
     at = open_study(tiny)
     at.radio(key="keep:study.source").set_value("Upload CSV / JSONL").run()
-    at.file_uploader(key="study_upload").upload("x.jsonl", b'{"prompt": "hi"}\n', "application/json").run()
+    at.file_uploader(key="study_upload").upload("x.jsonl", b'{"words": "hi"}\n', "application/json").run()
     assert not at.exception
     assert any("Missing required column(s): question" in e.value for e in at.error)
+    # a recognised key is mapped as in a CSV (issue 17 item 2): "prompt" holds the question
+    at.file_uploader(key="study_upload").upload("y.jsonl", b'{"prompt": "hi"}\n', "application/json").run()
+    assert not at.exception and not at.error
+    assert any("1 good item(s)" in s.value for s in at.success)
 
 
 def test_probe_column_says_n_too_small_instead_of_a_number(tiny, saved_run):
