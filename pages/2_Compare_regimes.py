@@ -31,15 +31,35 @@ COT_DEFAULT_TOKENS = 192
 REGIME_TITLES = {"direct": "Direct", "cot": "Chain of thought", "babble": "Babble (control)", "custom": "Custom"}
 
 
+FROM_EXPLORE = ("question", "answer_prefix", "kind", "expected", "aliases", "choices")
+"""Inputs taken over from Explore when a new question is there."""
+TAKEN_KEY = "compare.taken_from_explore"
+
+
 def _init_state() -> None:
     s = st.session_state
     defaults = {
-        "question": s.get(EXPLORE_KEYS["question"], "") or "", "kind": "short_answer", "expected": "",
+        "question": "", "answer_prefix": "", "kind": "short_answer", "expected": "",
         "aliases": "", "choices": "", "use_custom": False, "template": "{question}\nAnswer in one word.",
         "cot_tokens": COT_DEFAULT_TOKENS,
     }
     for name, value in defaults.items():
         s.setdefault(P + name, value)
+    take_from_explore()
+
+
+def take_from_explore() -> None:
+    """When Explore holds a question not taken yet, take it with its prefix, kind and expected answer."""
+    s = st.session_state
+    question = s.get(EXPLORE_KEYS["question"], "") or ""
+    if not question.strip() or s.get(TAKEN_KEY) == question:
+        return
+    for name in FROM_EXPLORE:
+        value = s.get(EXPLORE_KEYS[name])
+        if value is not None:
+            s[P + name] = value
+    s[TAKEN_KEY] = question
+    s["compare.taken_note"] = True
 
 
 def _split(text: str, sep: str) -> tuple[str, ...]:
@@ -51,6 +71,7 @@ def current_inputs() -> dict[str, Any]:
     s = st.session_state
     return {
         "question": s[P + "question"], "kind": s[P + "kind"], "expected": s[P + "expected"].strip() or None,
+        "answer_prefix": s[P + "answer_prefix"].strip() or None,
         "aliases": _split(s[P + "aliases"], ","), "choices": _split(s[P + "choices"], "\n"),
         "template": s[P + "template"] if s[P + "use_custom"] else None,
     }
@@ -60,7 +81,10 @@ def read_all(loaded: LoadedModel, inputs: dict[str, Any]) -> dict[str, Analysis]
     """One read-out per regime (and the custom template when given), nothing generated."""
     custom = custom_template(inputs["template"]) if inputs["template"] is not None else None
     common = dict(kind=inputs["kind"], choices=inputs["choices"], expected=inputs["expected"], aliases=inputs["aliases"])
-    out = {regime: analyze(loaded, inputs["question"], regime=regime, **common) for regime in REGIMES}
+    # a forced prefix applies to direct only: CoT must reason first and babble must not answer
+    out = {regime: analyze(loaded, inputs["question"], regime=regime,
+                           answer_prefix=inputs["answer_prefix"] if regime == "direct" else None, **common)
+           for regime in REGIMES}
     if custom is not None:
         out["custom"] = analyze(loaded, inputs["question"], template=custom, **common)
     return out
@@ -71,6 +95,13 @@ def input_panel() -> None:
     left, right = st.columns([3, 2], gap="large")
     with left:
         st.text_area("Question", key=P + "question", height=110, placeholder="e.g. What is 48 + 67?")
+        if st.session_state.pop("compare.taken_note", False):
+            st.caption("Question, answer prefix and expected answer taken from Explore.")
+        st.text_input("Forced answer prefix for direct (optional → H_slot)", key=P + "answer_prefix",
+                      placeholder="e.g. The capital of France is",
+                      help="Direct is then read after this prefix (H_slot), where the answer is decided; CoT and "
+                           "babble never use a prefix. Without it every regime is read at the last prompt token "
+                           "(raw H_int), which on the small default model carries little signal.")
         st.checkbox("Add a custom template as a fourth regime", key=P + "use_custom")
         if st.session_state[P + "use_custom"]:
             st.text_area("Custom template (must contain {question})", key=P + "template", height=80)
@@ -88,12 +119,14 @@ def input_panel() -> None:
 
 
 def h_int_row(analyses: dict[str, Analysis]) -> None:
-    """H_int of each regime side by side, with the difference from direct."""
+    """The read-out entropy of each regime side by side (H_slot for direct after a prefix), with the difference."""
     base = analyses["direct"].state.readout_entropy_bits
+    other_readout = bool(analyses["direct"].rendered.answer_prefix)  # H_slot vs H_int: no difference shown
     for col, (regime, a) in zip(st.columns(len(analyses)), analyses.items()):
         h = a.state.readout_entropy_bits
-        col.metric(f"{REGIME_TITLES[regime]}: H_int (bits)", f"{h:.2f}",
-                   delta=None if regime == "direct" else f"{h - base:+.2f} bits vs direct", delta_color="off",
+        col.metric(f"{REGIME_TITLES[regime]}: {a.signal_name} (bits)", f"{h:.2f}",
+                   delta=None if regime == "direct" or other_readout else f"{h - base:+.2f} bits vs direct",
+                   delta_color="off",
                    help=f"Top-1 probability {a.state.top1_prob:.1%}; top-100 variant "
                         f"{a.state.readout_entropy_top100_bits:.2f} bits; read-out token {a.rendered.readout_token!r}.")
 
@@ -169,9 +202,13 @@ elif loaded is not None:
     h_int_row(analyses)
     curves = {r: (a.state.lens.layers, a.state.lens.entropy_bits[0]) for r, a in analyses.items()}
     st.plotly_chart(lens_overlay_figure(curves), key="compare_lens_fig")
-    st.caption("H_int is read at the last prompt token, before any token is written. On the small default model "
-               "that token is the newline after the assistant header, so H_int mostly measures how the answer "
-               "starts; see the Learn page.")
+    if analyses["direct"].rendered.answer_prefix:
+        st.caption("Direct is read after the forced answer prefix (H_slot); CoT and babble at the last prompt "
+                   "token (H_int), before any token is written. Compare them as two read-outs, not one scale.")
+    else:
+        st.caption("H_int is read at the last prompt token, before any token is written. On the small default "
+                   "model that token is the newline after the assistant header, so H_int mostly measures how the "
+                   "answer starts; add a forced prefix above for H_slot, and see the Learn page.")
     st.subheader("Outputs")
     budget = st.session_state[P + "cot_tokens"]
     if st.button("Generate all", key="compare_generate_btn",
