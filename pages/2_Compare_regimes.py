@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import streamlit as st
@@ -24,10 +25,13 @@ from ui.common import (
     require_router,
     show_error,
 )
+from ui.progress import duration_text, left_text, measured_speed, remember_speed
 
 P = KEEP_PREFIX + "compare."
 RESULT_KEY = "compare.result"
 COT_DEFAULT_TOKENS = 192
+TOKEN_TASK = "generate:token"
+"""Measured seconds per generated token (the time-left estimate of the next answers)."""
 REGIME_TITLES = {"direct": "Direct", "cot": "Chain of thought", "babble": "Babble (control)", "custom": "Custom"}
 
 
@@ -136,10 +140,21 @@ def generate_all(loaded: LoadedModel, result: dict[str, Any]) -> None:
     base = gen_config()
     cot = dataclasses.replace(base, max_new_tokens=int(st.session_state[P + "cot_tokens"]))
     analyses = result["analyses"]
+    budgets = {regime: (cot if regime == "cot" else base).max_new_tokens for regime in analyses}
+    total = sum(budgets.values())
     progress = st.progress(0.0, text="Generating…")
-    for i, (regime, a) in enumerate(list(analyses.items())):
-        progress.progress(i / len(analyses), text=f"Generating: {REGIME_TITLES[regime]}…")
+    done = 0
+    for regime, a in list(analyses.items()):
+        per_token = measured_speed(TOKEN_TASK)
+        left = None if per_token is None else per_token * (total - done)
+        progress.progress(done / total, text=f"Generating: {REGIME_TITLES[regime]} · {left_text(left)} "
+                                             "(at most; answers often stop earlier)")
+        start = time.monotonic()
         analyses[regime] = answer(loaded, a, cot if regime == "cot" else base)
+        n_tokens = len(analyses[regime].generation.tokens) if analyses[regime].generation else 0
+        if n_tokens:
+            remember_speed(TOKEN_TASK, (time.monotonic() - start) / n_tokens)
+        done += budgets[regime]
     progress.empty()
 
 
@@ -224,8 +239,12 @@ elif loaded is not None:
     if any(a.generation is not None for a in analyses.values()):
         outputs_row(analyses)
     else:
+        per_token = measured_speed(TOKEN_TASK)
+        most = budget + 2 * int(st.session_state.get("max_new_tokens", 64))
+        speed = (f"at the measured {per_token:.2f} s per token, at most {duration_text(per_token * most)} for all "
+                 "three" if per_token is not None else "the time left is measured from the first answer")
         st.caption(f"CoT gets {budget} new tokens here (it reasons before answering); the others use the sidebar's "
-                   f"{st.session_state.get('max_new_tokens', 64)}. On a CPU expect roughly 10–20 s for all three.")
+                   f"{st.session_state.get('max_new_tokens', 64)} — {speed}.")
     json_download("Download JSON", export(result), "compare_regimes.json", key="compare_download")
 st.divider()
 footer(loaded)

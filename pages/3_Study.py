@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -47,7 +46,7 @@ from ic_core.study.compare import (
 )
 from ic_core.study.export import items_csv, metrics_json
 from ic_core.study.report import build_report, summary_markdown
-from ic_core.study.runner import COT_MIN_NEW_TOKENS, MAX_LIMIT, eta_text, resume_run, run_study
+from ic_core.study.runner import COT_MIN_NEW_TOKENS, MAX_LIMIT, resume_run, run_study
 from ui.common import (
     EXPLORE_RESULT_KEY,
     KEEP_PREFIX,
@@ -59,6 +58,7 @@ from ui.common import (
     require_router,
     show_error,
 )
+from ui.progress import ProgressBar, duration_text, measured_speed
 from ui.study_upload import choose_upload, validation_report
 
 # Session keys of the new-study inputs (kept across page switches).
@@ -128,28 +128,39 @@ def choose_bundled() -> tuple[str, LoadResult] | None:
 # ------------------------------------------------------------ running
 
 
-def progress_callback(bar: Any):
-    def update(done: int, total: int, eta_s: float | None, message: str) -> None:
-        eta = "estimating…" if eta_s is None else eta_text(eta_s)
-        bar.progress(done / max(1, total), text=f"{done}/{total} rows · ETA {eta} · {message}")
-    return update
+def study_task(generate: bool) -> str:
+    """Name of the measured speed: rows with generation and rows that only read states differ ~20×."""
+    return "study:generate" if generate else "study:read"
+
+
+def time_estimate(n_rows: int, generate: bool) -> str:
+    """The pre-run estimate from the speed measured on this machine, or how it will be measured."""
+    per_row = measured_speed(study_task(generate))
+    if per_row is None:
+        return ("The time left is shown from the measured speed of the first rows (the first study on this "
+                "server has no measurement yet).")
+    return (f"At the speed measured on this machine ({per_row:.1f} s per row), {n_rows} rows take "
+            f"{duration_text(per_row * n_rows)}.")
 
 
 def start_study(loaded: LoadedModel, name: str, result: LoadResult, regimes: list[str], limit: int, use_prefix: bool,
                 max_new: int, generate: bool) -> None:
     config = dataclasses.replace(gen_config(), max_new_tokens=max_new)
     folder = run_path(st.session_state.get(K["run_name"]) or default_run_name(name, regimes, limit))
-    bar = st.progress(0.0, text="starting…")
+    bar = ProgressBar("rows", study_task(generate))
     st.caption("The run is saved after every batch: stopping the page (or pressing Stop) loses at most one batch, "
                "and the run can be resumed from the saved-runs list.")
-    st.button("Stop", key="study_stop")  # any click reruns the page, which interrupts the run between rows
+    stop = st.empty()
+    stop.button("Stop", key="study_stop")  # any click reruns the page, which interrupts the run between rows
     try:
         run = run_study(loaded, result.items, regimes, folder, limit=limit, gen_config=config,
-                        use_item_prefix=use_prefix, progress=progress_callback(bar), generate=generate,
+                        use_item_prefix=use_prefix, progress=bar, generate=generate,
                         seed=config.seed, dataset_name=name, dataset_sha256=result.sha256)
     except ICError as exc:
         show_error(exc)
         return
+    finally:
+        stop.empty()  # no Stop button beside a finished (or failed) run
     st.session_state[RUN_SELECT_KEY] = str(run.path)  # the selectbox below is not drawn yet: allowed
     st.success(f"Saved **{md_text(run.name)}** ({len(run.table)} rows) under {md_text(runs_root())}.")
 
@@ -197,8 +208,7 @@ def new_study_form(loaded: LoadedModel) -> None:
             show_error(exc)
             return
     n_rows = int(limit) * max(1, len(regimes))
-    st.caption(f"{n_rows} rows (items × regimes). On the small default model on a CPU, expect roughly 1–3 s per "
-               "row with generation (CoT rows longer), well under 0.2 s per row without.")
+    st.caption(f"{n_rows} rows (items × regimes). {time_estimate(n_rows, generate)}")
     if st.button("Run study", type="primary", key="study_run_btn", disabled=not regimes):
         start_study(loaded, name, result, list(regimes), int(limit), use_prefix, int(max_new), generate)
 
@@ -226,9 +236,9 @@ def show_header(run: StudyRun, loaded: LoadedModel | None) -> None:
     elif run.status != "complete" and loaded is not None:
         if st.button("Resume this run", key="study_resume_btn",
                      help="Finish the remaining rows with the run's own items and settings."):
-            bar = st.progress(len(run.table) / max(1, run.n_planned), text="resuming…")
+            bar = ProgressBar("rows", study_task(bool(run.manifest.get("generate", True))))
             try:
-                resume_run(loaded, run.path, progress=progress_callback(bar))
+                resume_run(loaded, run.path, progress=bar)
                 st.rerun()
             except ICError as exc:
                 show_error(exc)

@@ -56,6 +56,7 @@ from ui.gate_policy import (
     show_active_policy,
     upload_policy,
 )
+from ui.progress import ProgressBar
 
 PROBE_KEY = GATE_PROBE_KEY
 
@@ -147,14 +148,8 @@ def demo_tab(loaded: LoadedModel | None) -> None:
 
 
 def start_demo_run(loaded: LoadedModel) -> None:
-    bar = st.progress(0.0, text="Starting…")
-
-    def progress(done: int, total: int, eta_s: float | None, message: str) -> None:
-        eta = "" if eta_s is None else f" · about {eta_s:.0f} s left"
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{done}/{total}{eta} · {message[:50]}")
-
     try:
-        make_demo_run(loaded, progress)
+        make_demo_run(loaded, ProgressBar("rows"))
     except ICError as exc:
         show_error(exc)
         return

@@ -81,3 +81,17 @@ def test_items_limit_follows_the_good_rows_after_a_fix(tiny):
     assert at.number_input(key="keep:study.limit").value == 10
     at.file_uploader(key="study_upload").upload("fixed.csv", oceans(30), "text/csv").run()
     assert at.number_input(key="keep:study.limit").value == 25
+
+
+def test_a_finished_run_drops_stop_and_the_next_estimate_is_measured(tiny, runs_dir):
+    """Issue 17 item 8 and the cosmetic list: no Stop beside a finished run; the estimate comes from this machine."""
+    at = open_upload(tiny, oceans(4))
+    at.checkbox(key="keep:study.generate").uncheck().run()
+    at.button(key="study_run_btn").click().run()
+    assert not at.exception, at.exception
+    assert any("Saved" in s.value for s in at.success)
+    assert "study_stop" not in [b.key for b in at.button]
+    at.run()
+    estimate = next(c.value for c in at.caption if "rows (items × regimes)" in c.value)
+    assert "At the speed measured on this machine" in estimate and "s per row" in estimate
+    assert "1–3 s" not in estimate
