@@ -96,6 +96,9 @@ def check_gguf_file(gguf: Path) -> None:
     """
     from transformers.integrations.gguf.reader import GgufHeader
 
+    from ic_core.gguf_quants import register_extra_types
+
+    register_extra_types()  # Q5_0 (Gemma 3 270M), which transformers' own tables lack
     size = gguf.stat().st_size
     if size < 24:  # magic, version, tensor count and metadata count
         raise _corrupt(gguf, f"{size} bytes, shorter than a GGUF header")

@@ -33,6 +33,7 @@ from ic_core.gguf_files import (  # re-exported: callers import them from here
     gguf_sha256,
     save_converted,
 )
+from ic_core.model_registry import bundled_by_word, bundled_gguf
 from ic_core.weights import folder_weights_sha256, hub_snapshot_folder
 
 if TYPE_CHECKING:
@@ -57,9 +58,10 @@ class ModelSpec:
     """Which model to load and how. Frozen and hashable, so it is a safe cache key."""
 
     source: SourceKind = "default"
-    """``default`` (bundled SmolLM2), ``hub`` (a model id), ``local`` (a folder), ``gguf`` (a file)."""
+    """``default`` (a bundled offline model), ``hub`` (a model id), ``local`` (a folder), ``gguf`` (a file)."""
     name: str = DEFAULT_NAME
-    """Hub id, folder or ``.gguf`` path; for ``default`` the display name."""
+    """Hub id, folder or ``.gguf`` path; for ``default`` the bundled model's display name
+    (:data:`ic_core.model_registry.BUNDLED`: SmolLM2-135M-Instruct, Gemma-3-270M)."""
     dtype: DType = "float32"
     """Weights dtype. fp32 is the safe choice on CPU."""
     device: Device = "cpu"
@@ -69,10 +71,13 @@ class ModelSpec:
 
     @classmethod
     def parse(cls, text: str | None, **kwargs: Any) -> ModelSpec:
-        """Build a spec from one string: ``default``, a ``.gguf`` path, a folder, or a hub id."""
+        """Build a spec from one string: ``default``, a bundled model (``gemma3-270m``), a ``.gguf`` path, a folder, or a hub id."""
         text = (text or "").strip()
         if text in ("", "default", DEFAULT_NAME.lower(), DEFAULT_NAME):
             return cls(**kwargs)
+        bundled = bundled_by_word(text)
+        if bundled is not None:
+            return cls(source="default", name=bundled.name, **kwargs)
         path = Path(text).expanduser()
         if text.lower().endswith(".gguf"):
             return cls(source="gguf", name=str(path.resolve()), **kwargs)
@@ -89,7 +94,7 @@ class ModelSpec:
     @property
     def label(self) -> str:
         """A short name for display."""
-        return DEFAULT_NAME if self.source == "default" else self.name
+        return self.name
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (used in run manifests and policies)."""
@@ -271,6 +276,9 @@ def _resolve_device(device: Device) -> str:
 def _load_from_gguf(gguf: Path, dtype: DType) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ic_core.gguf_quants import register_extra_types
+
+    register_extra_types()
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=_torch_dtype(dtype))
@@ -443,7 +451,7 @@ def load_model(spec: ModelSpec | None = None, cache_dir: Path | None = None) -> 
 
 def _load_gguf_spec(spec: ModelSpec, cache_dir: Path | None) -> tuple[Any, Any, str, str]:
     """``(model, tokenizer, loaded_from, gguf_sha256)``: the converted copy of this content, else converted now."""
-    gguf = find_default_gguf() if spec.source == "default" else Path(spec.name)
+    gguf = bundled_gguf(spec.name, cache_dir) if spec.source == "default" else Path(spec.name)
     if not gguf.is_file():
         raise ModelLoadError(f"GGUF file {str(gguf)!r} does not exist.")
     digest = gguf_sha256(gguf, cache_dir)

@@ -90,3 +90,17 @@ class TestRefusals:
 
         with pytest.raises(ModelLoadError, match="not a known architecture"):
             from_objects(tiny_of("bloom"), make_tiny_tokenizer())
+
+
+class TestEmbeddingScale:
+    def test_gemma_scales_by_sqrt_d_and_others_not(self):
+        assert layout_of(tiny_of("gemma3_text")).embed_scale == pytest.approx(32**0.5)
+        assert layout_of(tiny_of("gemma")).embed_scale == pytest.approx(32**0.5)
+        assert layout_of(tiny_of("llama")).embed_scale == 1.0
+
+    def test_a_scaling_family_whose_embedding_hides_the_scale_is_refused(self):
+        model = tiny_of("gemma3_text")
+        model.set_input_embeddings(torch.nn.Embedding(300, 32))
+        with pytest.raises(ModelLoadError, match=r"Gemma3ForCausalLM \(family gemma2/3\) scales its token embeddings, "
+                                                 r"but its embedding Embedding has no `scalar_embed_scale`"):
+            layout_of(model)
