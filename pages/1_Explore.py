@@ -50,8 +50,8 @@ UPLOAD_KEY = "explore_upload"
 AUDITED_KEY = "explore.audited"
 UPLOAD_MSG_KEY = "explore.upload_message"
 STALE_KEY = EXPLORE_STALE_KEY
+# inputs that belong to one question (cleared together when the question changes)
 ANSWER_FIELDS = ("answer_prefix", "expected", "aliases", "choices")
-"""Inputs that belong to one question (cleared together when the question changes)."""
 REGIME_LABELS = {
     "direct": "direct — answer only",
     "cot": "cot — think step by step",

@@ -30,13 +30,12 @@ from ui.progress import duration_text, left_text, measured_speed, remember_speed
 P = KEEP_PREFIX + "compare."
 RESULT_KEY = "compare.result"
 COT_DEFAULT_TOKENS = 192
-TOKEN_TASK = "generate:token"
-"""Measured seconds per generated token (the time-left estimate of the next answers)."""
+TOKEN_TASK = "generate:token"  # measured seconds per generated token (the next answers' time left)
 REGIME_TITLES = {"direct": "Direct", "cot": "Chain of thought", "babble": "Babble (control)", "custom": "Custom"}
 
 
+# inputs taken over from Explore when it holds a new question
 FROM_EXPLORE = ("question", "answer_prefix", "kind", "expected", "aliases", "choices")
-"""Inputs taken over from Explore when a new question is there."""
 TAKEN_KEY = "compare.taken_from_explore"
 
 

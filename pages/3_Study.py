@@ -255,12 +255,15 @@ def safe_summary(run: StudyRun) -> str:
 
 def show_items(run: StudyRun) -> None:
     t = run.table
-    view = t[["item_id", "regime", "question", "output_text", "extracted_answer", "correct", "readout_entropy_bits", "signal"]].copy()
+    view = t[["item_id", "regime", "question", "expected", "output_text", "extracted_answer", "correct",
+              "readout_entropy_bits", "signal"]].copy()
     view["correct"] = view["correct"].map(lambda v: VERDICT_ICONS[verdict_label(v)])
     # Widget keys are per run: another run's row index (or label) must never reach this one.
     pick_key, df_key, last_key = (f"{name}:{run.path}" for name in (ITEM_PICK_KEY, "study_items_df", "study.last_df_pick"))
     event = st.dataframe(view, hide_index=True, on_select="rerun", selection_mode="single-row", key=df_key,
-                         column_config={"readout_entropy_bits": st.column_config.NumberColumn("H_int / H_slot (bits)", format="%.2f")})
+                         column_config={"readout_entropy_bits": st.column_config.NumberColumn("H_int / H_slot (bits)", format="%.2f"),
+                                        "item_id": st.column_config.TextColumn("item id", width="medium"),
+                                        "expected": st.column_config.TextColumn("expected answer")})
     labels = [f"{r.item_id} · {r.regime}" for r in t.itertuples()]
     rows = getattr(getattr(event, "selection", None), "rows", None) or []
     picked = int(rows[0]) if rows else None

@@ -59,6 +59,8 @@ from ui.gate_policy import (
 from ui.progress import ProgressBar
 
 PROBE_KEY = GATE_PROBE_KEY
+# item ids shown whole in the item tables (they were cut at the default width)
+ITEM_COLUMN_CONFIG = {"item_id": st.column_config.TextColumn("item id", width="medium")}
 
 
 # ---------------------------------------------------------------- cached engine calls
@@ -179,9 +181,9 @@ def show_comparison(comp: SignalComparison) -> None:
         st.warning(escalates_everything_warning(chosen, r.threshold_text))
     c1, c2 = st.columns(2)
     c1.markdown(f"**Caught** — escalated, and the answer was wrong ({seen.caught.size})")
-    c1.dataframe(sig.items_table(seen.caught, score), hide_index=True, key="gov_demo_caught")
+    c1.dataframe(sig.items_table(seen.caught, score), hide_index=True, key="gov_demo_caught", column_config=ITEM_COLUMN_CONFIG)
     c2.markdown(f"**Slipped through** — approved, but the answer was wrong ({seen.slipped.size})")
-    c2.dataframe(sig.items_table(seen.slipped, score), hide_index=True, key="gov_demo_slipped")
+    c2.dataframe(sig.items_table(seen.slipped, score), hide_index=True, key="gov_demo_slipped", column_config=ITEM_COLUMN_CONFIG)
 
 
 # ---------------------------------------------------------------- tuning
@@ -358,9 +360,9 @@ def live_figures(sig: RunSignals, signal: str, scores: ProbeScores | None, escal
         extra["P(correct)"] = scores.p_correct
     seen = outcomes(escalate, sig.correct, idx)
     with st.expander(f"Items that would be escalated ({seen.escalated.size})"):
-        st.dataframe(sig.items_table(seen.escalated, extra), hide_index=True, key="gov_escalated")
+        st.dataframe(sig.items_table(seen.escalated, extra), hide_index=True, key="gov_escalated", column_config=ITEM_COLUMN_CONFIG)
     with st.expander(f"Wrong answers that would slip through ({seen.slipped.size})"):
-        st.dataframe(sig.items_table(seen.slipped, extra), hide_index=True, key="gov_slipped")
+        st.dataframe(sig.items_table(seen.slipped, extra), hide_index=True, key="gov_slipped", column_config=ITEM_COLUMN_CONFIG)
 
 
 def policy_actions(policy: Policy, scores: ProbeScores | None, run: StudyRun) -> None:

@@ -205,3 +205,11 @@ def test_switching_runs_after_picking_a_row_does_not_crash(tiny, saved_run, runs
     at.run()  # any later rerun (e.g. another widget) must not trip over the old run's row
     assert not at.exception, at.exception
     assert at.selectbox(key=f"study_item_pick:{other.path}").value == 0
+
+
+def test_items_table_shows_the_expected_answer(tiny, saved_run):
+    """Issue 17 cosmetic list: the items table has an expected-answer column beside the output."""
+    at = open_study(tiny)
+    items = next(df.value for df in at.dataframe if "output_text" in df.value.columns)
+    assert list(items.columns[:4]) == ["item_id", "regime", "question", "expected"]
+    assert set(items["expected"]) == {"paris", "berlin", "19", "rome", "12"}
