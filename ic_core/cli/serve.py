@@ -53,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-window-ms", type=float, default=5.0,
                    help="how long to collect concurrent gate checks into one forward pass (default 5)")
     p.add_argument("--max-batch", type=_positive, default=8, help="most gate checks in one forward pass")
+    p.add_argument("--prefix-cache-mb", type=int, default=256,
+                   help="memory for KV caches of recent shared prefixes (system prompts, earlier turns); 0: off")
     p.add_argument("--max-tokens-limit", type=_positive, default=512, help="largest max_tokens a request may ask for")
     p.add_argument("--max-body-bytes", type=_positive, default=1_000_000, help="largest request body (then 413)")
     p.add_argument("--no-auth", action="store_true",
@@ -83,7 +85,8 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
     return ServeSettings(mode=args.mode, api_keys=keys, max_body_bytes=args.max_body_bytes,
                          max_tokens_limit=args.max_tokens_limit, queue_size=args.queue_size,
                          default_max_tokens=min(64, args.max_tokens_limit), audit_log=args.audit_log,
-                         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch)
+                         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
+                         prefix_cache_mb=args.prefix_cache_mb)
 
 
 def run(args: argparse.Namespace) -> int:

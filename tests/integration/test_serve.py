@@ -450,3 +450,24 @@ class TestServeCli:
         rc = main(["serve", "--policy", str(path), "--allow-unsigned"])  # then the in-memory model is not loadable
         err = capsys.readouterr().err
         assert "warning: policy" in err and "--allow-unsigned" in err and rc == 2
+
+    def test_batching_and_prefix_cache_flags(self, tiny_dir, tmp_path, monkeypatch, capsys):
+        """--batch-window-ms, --max-batch and --prefix-cache-mb reach the app; a bad value is exit 2, one line."""
+        import uvicorn
+
+        from ic_core.cli import main
+
+        pol = Policy(signal="h_int", model=ModelSpec("local", str(tiny_dir)).to_dict(), t_entropy_bits=50.0)
+        path = pol.save(tmp_path / "p.json")
+        seen = {}
+        monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app))
+        monkeypatch.setenv("IC_API_KEYS", KEY)
+        base = ["serve", "--policy", str(path), "--audit-log", str(tmp_path / "a.jsonl")]
+        assert main([*base, "--batch-window-ms", "2.5", "--max-batch", "3", "--prefix-cache-mb", "0"]) == 0
+        app = seen["app"]
+        assert app.state.worker.batch_window_s == 0.0025 and app.state.worker.max_batch == 3
+        assert app.state.engine.prefix_cache is None
+        capsys.readouterr()
+        assert main([*base, "--batch-window-ms", "-1"]) == 2
+        err = capsys.readouterr().err
+        assert "batch_window_ms" in err and len(err.strip().splitlines()) == 1
