@@ -23,7 +23,9 @@ Figures (see ``docs/benchmark.md`` for the JSON layout and how to read it):
 * ``items_per_s`` — study throughput in the direct and CoT regimes;
 * ``ours_over_naive`` — check + answer through ``ic_core`` ÷ what a user would otherwise write with
   plain transformers (hidden states of the whole sequence, a lens over every position and layer,
-  then ``model.generate`` re-reading the prompt).
+  then ``model.generate`` re-reading the prompt);
+* ``serve`` — the served gate (:mod:`ic_core.bench.serve_workloads`): ``gate_rps_8_over_1``
+  (higher is better), ``served_over_inprocess`` and ``cached_prefix_over_uncached``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ic_core.bench.serve_workloads import SERVE_TARGETS, bench_serve
 from ic_core.bench.timing import NOISY_SPREAD, TARGETS, RatioStats, rounded
 from ic_core.bench.workloads import (
     bench_analysis_over_forward,
@@ -85,6 +88,12 @@ class BenchSettings:
     """Capitals items per regime for the throughput figure."""
     direct_new_tokens: int = 32
     cot_new_tokens: int = 128
+    serve: bool = True
+    """Measure the served gate's figures (uvicorn on 127.0.0.1; rounds: ``repeats``)."""
+    serve_gate_requests: int = 32
+    """Gate requests per arm of ``gate_rps_8_over_1`` (a multiple of 8)."""
+    serve_system_tokens: int = 350
+    """Cached system prompt of ``cached_prefix_over_uncached``."""
     quick: bool = False
 
     def __post_init__(self) -> None:
@@ -100,7 +109,7 @@ class BenchSettings:
         """About one minute: the shortest length only, fewer prompts and repeats, one load each."""
         return cls(
             repeats=repeats or 2, lengths=(45,), forward_repeats=5, batch_prompts=16, batch_repeats=1,
-            load_repeats=1, memory_items=16, study_items=2, quick=True,
+            load_repeats=1, memory_items=16, study_items=2, serve_gate_requests=16, quick=True,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -194,8 +203,17 @@ def run_benchmark(
     say("study throughput (direct, CoT)")
     throughput = bench_throughput(loaded, settings.study_items, settings.direct_new_tokens, settings.cot_new_tokens)
 
+    serve = None
+    if settings.serve:
+        say("served gate: 8 vs 1 clients, served vs in-process answer, cached vs uncached system prompt")
+        serve = bench_serve(loaded, settings.repeats, settings.new_tokens, settings.serve_gate_requests,
+                            settings.serve_system_tokens)
+
     result: dict[str, Any] = {"format_version": FORMAT_VERSION}
     passes: dict[str, bool | None] = {}
+    if serve is not None:
+        result["serve"] = serve
+        passes.update({f"serve.{name}": figure["pass"] for name, figure in serve.items()})
     per_length = {
         "analysis_over_forward": forward,
         "answer_with_check_over_answer": {k: v["answer_with_check_over_answer"] for k, v in gen.items()},
@@ -216,7 +234,8 @@ def run_benchmark(
     result["throughput"] = throughput
     passes["items_per_s"] = None
     result["noisy"] = noisy_figures(result)
-    result["targets"] = {**TARGETS, "bytes_per_item": memory["bytes_per_item_target"]}
+    result["targets"] = {**TARGETS, "bytes_per_item": memory["bytes_per_item_target"],
+                         **{f"serve.{k}": bound for k, (_, bound) in SERVE_TARGETS.items()}}
     result["pass"] = passes
     result["prompt_tokens"] = {str(k): p.n_tokens for k, p in prompts.items()}
     result["model"] = {"label": loaded.spec.label, "spec": loaded.spec.to_dict(), "n_layers": loaded.n_layers,
