@@ -56,6 +56,7 @@ from ui.gate_policy import (
     show_active_policy,
     upload_policy,
 )
+from ui.probe_picker import weak_probe_note
 from ui.progress import ProgressBar
 
 PROBE_KEY = GATE_PROBE_KEY
@@ -442,6 +443,8 @@ def policy_tab(loaded: LoadedModel | None) -> None:
             show_error(exc)
         else:
             (st.success if decision.decision == "approve" else st.warning)(decision_text(decision))
+            if probe is not None and decision.signals.get("probe_p_correct") is not None:
+                weak_probe_note(probe)
 
 
 # ---------------------------------------------------------------- audit log
