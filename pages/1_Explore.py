@@ -108,9 +108,11 @@ def stale_answer_warning() -> None:
     s = st.session_state
     if not s.get(STALE_KEY) or not any(s[K[name]].strip() for name in ANSWER_FIELDS):
         return
-    held = ", ".join(f"{label} “{md_text(s[K[name]], 60)}”" for name, label in
-                     (("answer_prefix", "answer prefix"), ("expected", "expected answer")) if s[K[name]].strip())
-    st.warning(f"The question changed but the {held} were set for the previous one.")
+    held = [f"{label} “{md_text(s[K[name]], 60)}”" for name, label in
+            (("answer_prefix", "answer prefix"), ("expected", "expected answer"), ("aliases", "other accepted answers"),
+             ("choices", "choices")) if s[K[name]].strip()]
+    verb = "was" if len(held) == 1 else "were"
+    st.warning(f"The question changed but the {' and the '.join(held)} {verb} set for the previous one.")
     c1, c2 = st.columns(2)
     c1.button("Clear them", key="explore_clear_answer", on_click=_clear_answer_fields)
     c2.button("Keep them", key="explore_keep_answer", on_click=_keep_answer_fields)
