@@ -57,7 +57,7 @@ from ui.gate_policy import (
     upload_policy,
 )
 from ui.probe_picker import weak_probe_note
-from ui.progress import ProgressBar
+from ui.progress import ProgressBar, duration_text, measured_speed
 
 PROBE_KEY = GATE_PROBE_KEY
 # item ids shown whole in the item tables (they were cut at the default width)
@@ -118,8 +118,11 @@ def demo_tab(loaded: LoadedModel | None) -> None:
     )
     demo_runs, candidates = demo_candidates(list_saved_runs())
     if not demo_runs:
+        per_row = measured_speed("study:generate")
+        took = (f"{duration_text(per_row * DEMO_LIMIT)} at the speed measured on this machine" if per_row
+                else "the progress bar shows the time left once the first rows are done")
         st.info(f"No run of {DEMO_SET} yet. Make one here (about {DEMO_LIMIT} items, direct regime, with the "
-                f"answer prefix; a few minutes on a laptop CPU), or from a terminal:")
+                f"answer prefix; {took}), or from a terminal:")
         st.code(DEMO_COMMAND, language="bash")
         if st.button("Make a governance_ops run now", key="gov_demo_make", disabled=loaded is None):
             start_demo_run(loaded)
@@ -152,7 +155,7 @@ def demo_tab(loaded: LoadedModel | None) -> None:
 
 def start_demo_run(loaded: LoadedModel) -> None:
     try:
-        make_demo_run(loaded, ProgressBar("rows"))
+        make_demo_run(loaded, ProgressBar("rows", "study:generate"))
     except ICError as exc:
         show_error(exc)
         return
