@@ -9,7 +9,7 @@ from typing import Any
 import streamlit as st
 
 from ic_core.errors import DataError, ICError
-from ui.common import KEEP_PREFIX, fill_explore, footer, get_loaded, md_text, require_router, show_error
+from ui.common import EXPLORE_KEYS, KEEP_PREFIX, fill_explore, footer, get_loaded, md_text, require_router, show_error
 
 EXAMPLES_PATH = Path(__file__).resolve().parent.parent / "sample_prompts" / "examples.jsonl"
 COMPARE_PREFIX = KEEP_PREFIX + "compare."
@@ -41,6 +41,9 @@ def fill_compare(item: dict[str, Any]) -> None:
     s[COMPARE_PREFIX + "expected"] = str(item.get("answer") or "")
     s[COMPARE_PREFIX + "aliases"] = ", ".join(item.get("aliases") or ())
     s[COMPARE_PREFIX + "choices"] = "\n".join(item.get("choices") or ())
+    s[COMPARE_PREFIX + "answer_prefix"] = item.get("answer_prefix") or ""
+    # Explore's current question counts as taken, so Compare keeps this example instead of taking it over
+    s["compare.taken_from_explore"] = s.get(EXPLORE_KEYS["question"], "")
     s.pop("compare.result", None)
 
 

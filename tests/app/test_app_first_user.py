@@ -112,3 +112,14 @@ class TestCompareRegimes:
         assert analyses["cot"].rendered.answer_prefix is None and analyses["babble"].rendered.answer_prefix is None
         assert not any(m.delta for m in at.metric)  # H_slot and H_int are not one scale
         assert any("after the forced answer prefix (H_slot)" in c.value for c in at.caption)
+
+    def test_a_learn_example_for_compare_is_not_replaced_by_explores_question(self, tiny):
+        at = with_answer_fields(tiny)  # Explore holds the Burkina Faso question, never taken by Compare
+        at.switch_page(LEARN).run()
+        button = next(b for b in at.button if b.key and b.key.startswith("learn_compare_"))
+        button.click().run()
+        at.switch_page(COMPARE).run()
+        assert not at.exception, at.exception
+        question = at.text_area(key="keep:compare.question").value
+        assert question and question != BURKINA
+        assert at.text_input(key="keep:compare.expected").value != "ouagadougou"
