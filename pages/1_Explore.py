@@ -151,8 +151,9 @@ def input_panel() -> None:
                      help="The question as the user would ask it. The regime below wraps it in its instructions.",
                      on_change=_mark_stale)
         stale_answer_warning()
-        st.file_uploader(f"…or upload a .txt file (UTF-8, up to {UPLOAD_LIMIT_BYTES // 1000} kB)", type=["txt"],
-                         key=UPLOAD_KEY, on_change=_on_upload, max_upload_size=1)
+        # the widget can only state whole MB, so the label states the prompt limit in words
+        st.file_uploader(f"…or upload a .txt file (UTF-8; a prompt over {UPLOAD_LIMIT_BYTES // 1000} kB is refused "
+                         "with a message)", type=["txt"], key=UPLOAD_KEY, on_change=_on_upload, max_upload_size=1)
         message = st.session_state.get(UPLOAD_MSG_KEY)
         if message and message[0] == "error":
             st.error(f"**Upload refused.** {md_text(message[1])}")
