@@ -88,6 +88,6 @@ def run(args: argparse.Namespace) -> int:
         print_json(decision.to_json())
     else:
         sys.stdout.write(f"{decision.decision.upper()}: {decision.reason} (policy {decision.policy_id}, "
-                         f"{decision.elapsed_s:.2f} s)\n")
+                         f"{decision.elapsed_s:.2f} s; guarantee: {decision.guarantee})\n")
     return 0
 

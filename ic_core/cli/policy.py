@@ -12,6 +12,7 @@ from ic_core.errors import DataError
 from ic_core.governance.fit import fit_policy_on_run, with_probe_path
 from ic_core.governance.keys import DEFAULT_KEY_FILE, create_key_file
 from ic_core.governance.policy import Policy
+from ic_core.governance.signals import READOUTS
 from ic_core.weights import pinned_weights_label
 
 
@@ -23,7 +24,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--run", required=True, help="study run folder (from `python -m ic_core study`)")
     fit.add_argument("--signal", required=True, choices=["entropy", "probe", "combined"],
                      help="entropy = H_slot if the run read after answer prefixes, else H_int")
-    fit.add_argument("--target-error", required=True, type=float, help="highest error rate among approved answers (0-1)")
+    fit.add_argument("--target-error", type=float,
+                     help="method empirical: highest error rate among approved training answers (0-1)")
+    fit.add_argument("--method", choices=["empirical", "ltt"], default="empirical",
+                     help="empirical (no guarantee, default) or ltt (Learn then Test: a certified threshold or none)")
+    fit.add_argument("--alpha", type=float, help="ltt: error among approved to certify (0-1)")
+    fit.add_argument("--delta", type=float, default=0.1, help="ltt: allowed failure probability (default 0.1)")
+    fit.add_argument("--bound", choices=["clopper_pearson", "hoeffding_bentkus"], default="clopper_pearson",
+                     help="ltt: binomial tail bound (default clopper_pearson)")
+    fit.add_argument("--readout", choices=list(READOUTS), default="auto",
+                     help="last-token (H_int, agent-ready), kind-prefix (one generic prefix, agent-ready), "
+                          "item-prefix (research only), auto (whatever the run read)")
+    fit.add_argument("--ood", action=argparse.BooleanOptionalAction, default=None,
+                     help="store a distance model of the training states and escalate prompts outside it "
+                          "(default: on with --method ltt when the run's states are at the read-out)")
+    fit.add_argument("--ood-layer", type=int, help="layer the distance model reads (default: the last)")
     fit.add_argument("--out", required=True, help="policy JSON file to write")
     fit.add_argument("--probe", help="a saved probe fitted on ANOTHER run (default: fit one on the training items)")
     fit.add_argument("--probe-out", help="where to save the fitted probe (default: <out>.probe.json/.npz)")
@@ -64,7 +79,9 @@ def run_fit(args: argparse.Namespace) -> int:
         probe = SavedProbe.load(args.probe, Path(os.path.abspath(Path(args.probe).expanduser())).parent)
     fit = fit_policy_on_run(
         run, args.signal, args.target_error, regime=args.regime, holdout=args.holdout, seed=args.seed,
-        probe=probe, store_prompt_text=args.store_prompt_text,
+        probe=probe, store_prompt_text=args.store_prompt_text, method=args.method, alpha=args.alpha,
+        delta=args.delta, bound=args.bound, readout=args.readout, ood=_want_ood(args),
+        ood_layer=args.ood_layer,
     )
     if fit.probe_scores is not None:
         if probe is not None:
@@ -77,9 +94,21 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.signal == "entropy":
         summary["note"] = f"signal 'entropy' read as {fit.signals.entropy_name} (prefix mode {fit.signals.prefix_mode})"
     print_json(summary)
+    if fit.risk is not None:
+        for line in fit.risk.lines():
+            print(line, file=sys.stderr)
+    if fit.ood_note:
+        print(f"note: {fit.ood_note}", file=sys.stderr)
     if not fit.target_met:
         print(f"warning: {fit.message}", file=sys.stderr)
     return 0
+
+
+def _want_ood(args: argparse.Namespace) -> bool | str:
+    """``--ood``/``--no-ood``, else ``auto`` for LTT fits (stored when the states allow it) and off otherwise."""
+    if args.ood is not None:
+        return bool(args.ood)
+    return "auto" if args.method == "ltt" else False
 
 
 def signature_status(policy: Policy) -> str:
@@ -105,6 +134,10 @@ def run_show(args: argparse.Namespace) -> int:
     policy = Policy.load(args.file, allow_unsigned=True)
     data = policy.to_dict()
     data["rule"] = policy.describe()
+    data["guarantee"] = policy.guarantee
+    data["agent_ready"] = policy.agent_ready
+    if policy.ood is not None:  # the distance model's arrays are long; show what it is
+        data["ood"] = {k: policy.ood[k] for k in ("kind", "d", "k", "threshold", "outside_rate", "n_fit", "n_calibration")}
     data["signature_status"] = signature_status(policy)
     data["weights"] = pinned_weights_label(policy.model)
     print_json(data)

@@ -87,6 +87,8 @@ class PolicyFit:
     message: str
     risk: RiskControlFit | None = None
     """The Learn-then-Test fit, its held-out check and simulation (method ``ltt``), else None."""
+    ood_note: str | None = None
+    """Why no OOD model was stored although one was asked for with ``ood="auto"``."""
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready figures for the CLI and downloads."""
@@ -94,7 +96,7 @@ class PolicyFit:
         return {
             "method": "ltt" if self.risk is not None else EMPIRICAL_LABEL, "guarantee": self.policy.guarantee,
             "readout": s.readout, "prefix_need": self.policy.prefix_need,
-            "risk_control": None if self.risk is None else self.risk.to_json(),
+            "risk_control": None if self.risk is None else self.risk.to_json(), "ood_note": self.ood_note,
             "ood": None if self.policy.ood is None else {
                 "layer": self.policy.ood_layer, "threshold": self.policy.ood["threshold"],
                 "outside_rate": self.policy.ood["outside_rate"], "n_calibration": self.policy.ood["n_calibration"]},
@@ -239,7 +241,7 @@ def fit_policy_on_run(
     delta: float | None = 0.1,
     bound: str = "clopper_pearson",
     readout: str = "auto",
-    ood: bool = False,
+    ood: bool | Literal["auto"] = False,
     ood_layer: int | None = None,
     n_splits: int = N_SPLITS,
 ) -> PolicyFit:
@@ -263,7 +265,9 @@ def fit_policy_on_run(
         alpha, delta, bound: The LTT guarantee and its binomial bound.
         readout: :data:`ic_core.governance.signals.READOUTS` (``last-token`` and ``kind-prefix``
             make agent-ready policies).
-        ood: Fit a distance model of the training items' states at ``ood_layer`` (default: the last layer).
+        ood: Fit a distance model of the training items' states at ``ood_layer`` (default: the last
+            layer); ``"auto"`` fits one when the states are at the read-out and there are enough of
+            them, and says why not otherwise (:attr:`PolicyFit.ood_note`).
         n_splits: Repeated splits of the LTT simulation.
 
     Raises:
@@ -281,7 +285,10 @@ def fit_policy_on_run(
     sig = signals or run_signals(run, regime, holdout, seed, readout=readout)
     entropy = resolve_entropy_signal("entropy" if signal in ("probe", "combined") else signal, sig)
     policy_signal: Signal = entropy if signal in ("entropy", "h_int", "h_slot") else signal  # type: ignore[assignment]
-    if (policy_signal in ("probe", "combined") or ood) and not sig.states_at_readout:
+    ood_note = None
+    if ood == "auto" and not sig.states_at_readout:
+        ood, ood_note = False, "no OOD model: the run's states were read after the answer prefix, not at the read-out"
+    if (policy_signal in ("probe", "combined") or ood is True) and not sig.states_at_readout:
         raise DataError(
             "This run's states were read after the answer prefix, not at the last prompt token: a probe or an "
             "OOD model for a last-token policy needs a run read without prefixes (study --no-item-prefix)."
@@ -317,14 +324,21 @@ def fit_policy_on_run(
     escalate = rule_escalate(policy_signal, sig.entropy_bits, None if ps is None else ps.p_correct, t_e, t_p,
                              escalate_all=not met)
     report = evaluate_held_out(escalate, sig.correct, sig.test_idx, n_boot=n_boot, seed=seed)
-    ood_json, layer = _fit_ood(run, sig, ood_layer, seed) if ood else (None, None)
+    ood_json, layer = None, None
+    if ood:
+        try:
+            ood_json, layer = _fit_ood(run, sig, ood_layer, seed)
+        except DataError as exc:
+            if ood is True:
+                raise
+            ood_note = f"no OOD model: {exc}"
     # The CLI's policy documents have never recorded where the thresholds came from (threshold_origin=None).
     policy = policy_from_thresholds(
         sig, policy_signal, t_e, t_p, report, scores=ps, escalate_all=not met, target_error=float(target_error),
         threshold_origin=None, store_prompt_text=store_prompt_text,
         risk_control=None if risk is None else risk.risk_control_entry(), ood=ood_json, ood_layer=layer,
     )
-    return PolicyFit(policy, sig, ps, escalate, train, report, met, msg, risk)
+    return PolicyFit(policy, sig, ps, escalate, train, report, met, msg, risk, ood_note)
 
 
 def _confusion_at(policy_signal: str, sig: RunSignals, ps: ProbeScores | None, t_e: float | None,

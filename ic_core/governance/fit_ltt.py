@@ -23,12 +23,14 @@ import numpy as np
 from ic_core.errors import DataError
 from ic_core.stats.auroc import auroc
 from ic_core.stats.risk_control import (
+    MIN_COVERAGE,
     HeldOutRisk,
     LTTResult,
     check_levels,
     default_grid,
     held_out_risk,
     learn_then_test,
+    zero_error_items,
 )
 from ic_core.stats.risk_simulation import N_SPLITS, SplitSimulation, simulate_splits
 
@@ -109,6 +111,19 @@ def check_method(method: str, alpha: float | None, delta: float | None, bound: s
         check_levels(float(alpha), float(delta), "le", bound)
 
 
+def start_coverage(n: int, alpha: float, delta: float, bound: str) -> float:
+    """Coverage of the first threshold tested: the fewest approved items that could certify α at all.
+
+    Fixed-sequence testing stops at its first failure, so a first threshold approving fewer
+    items than zero errors would need (e.g. 4 of 36 at α = 0.2) could never pass and would stop
+    everything. The figure depends on n, α and δ only (never on labels), so the guarantee holds.
+    """
+    m0 = zero_error_items(alpha, delta, bound)
+    if m0 is None or n < 1 or m0 > n:
+        return MIN_COVERAGE
+    return max(MIN_COVERAGE, m0 / n)
+
+
 def fit_ltt(
     scores: np.ndarray, correct: np.ndarray, direction: str, train_idx: np.ndarray, test_idx: np.ndarray, *,
     alpha: float, delta: float, bound: str = "clopper_pearson", n_splits: int = N_SPLITS, seed: int = 0,
@@ -129,7 +144,8 @@ def fit_ltt(
     """
     s = np.asarray(scores, dtype=np.float64)
     c = np.asarray(correct, dtype=bool)
-    grid = default_grid(s[train_idx], direction)
+    start = start_coverage(int(train_idx.size), alpha, delta, bound)
+    grid = default_grid(s[train_idx], direction, min_coverage=start)
     ltt = learn_then_test(s[train_idx], c[train_idx], alpha=alpha, delta=delta, direction=direction, method=bound,
                           thresholds=grid)
     held = None
@@ -138,7 +154,7 @@ def fit_ltt(
     sim, note = None, None
     try:
         sim = simulate_splits(s, c, alpha=alpha, delta=delta, direction=direction, method=bound, n_splits=n_splits,
-                              n_calibration=int(train_idx.size), seed=seed)
+                              n_calibration=int(train_idx.size), seed=seed, min_coverage=start)
     except DataError as exc:
         note = str(exc)
     return RiskControlFit(ltt, held, sim, note)
@@ -155,10 +171,11 @@ def compare_readouts(
     """
     out: dict[str, Any] = {}
     c = np.asarray(correct, dtype=bool)
+    start = start_coverage(int(train_idx.size), alpha, delta, bound)
     for name, bits in (("last_token_H_int", last_token_bits), ("item_prefix_H_slot", item_prefix_bits)):
         b = np.asarray(bits, dtype=np.float64)
         ltt = learn_then_test(b[train_idx], c[train_idx], alpha=alpha, delta=delta, direction="le", method=bound,
-                              thresholds=default_grid(b[train_idx], "le"))
+                              thresholds=default_grid(b[train_idx], "le", min_coverage=start))
         ho = None if ltt.threshold is None else held_out_risk(b[test_idx], c[test_idx], ltt.threshold, "le")
         out[name] = {
             "held_out_auroc_wrong": auroc(b[test_idx], ~c[test_idx]), "certified": ltt.certified,

@@ -48,6 +48,9 @@ class Decision:
     policy_signed: bool | None = None
     """Whether the policy carried a signature (it was verified on load unless the operator
     allowed unsigned policies); None when not known (decisions outside :func:`gate_check`)."""
+    guarantee: str | None = None
+    """Which guarantee applies to this prompt: the policy's (:attr:`Policy.guarantee`) or
+    ``out of distribution`` when the prompt's state lies outside the calibration states."""
 
     @property
     def escalate(self) -> bool:
@@ -163,6 +166,44 @@ def _check_readout(policy: Policy, analysis: Analysis) -> None:
         )
 
 
+OUT_OF_DISTRIBUTION = "out of distribution"
+"""The guarantee an out-of-distribution prompt gets: none."""
+
+
+def _ood_model(policy: Policy) -> Any:
+    """The policy's distance model, parsed once per policy id."""
+    from ic_core.stats.ood import OODModel
+
+    cached = _OOD_CACHE.get(policy.policy_id)
+    if cached is None:
+        cached = OODModel.from_json(policy.ood)
+        if len(_OOD_CACHE) >= 16:
+            _OOD_CACHE.clear()
+        _OOD_CACHE[policy.policy_id] = cached
+    return cached
+
+
+_OOD_CACHE: dict[str, Any] = {}
+
+
+def _ood_check(policy: Policy, analysis: Analysis, signals: dict[str, Any]) -> str | None:
+    """Record the prompt's distance from the calibration states; the escalation reason when it lies outside."""
+    if policy.ood is None or policy.ood_layer is None:
+        return None
+    hidden = analysis.state.hidden
+    if not 0 <= policy.ood_layer < hidden.shape[0]:
+        raise DataError(f"Policy {policy.policy_id} measures layer {policy.ood_layer}, but the state has "
+                        f"{hidden.shape[0]} layers.")
+    model = _ood_model(policy)
+    distance = model.distance(hidden[policy.ood_layer])
+    signals["ood_distance"] = round(distance, 4)
+    signals["ood_threshold"] = round(float(model.threshold), 4)
+    if distance > model.threshold:
+        return (f"out of distribution (distance {distance:.2f} > threshold {model.threshold:.2f}): the guarantee "
+                "holds only for prompts like the calibration items.")
+    return None
+
+
 def _rule(policy: Policy, signals: dict[str, Any]) -> tuple[bool, str]:
     """The policy's rule (:func:`ic_core.governance.rule.explain`) on the gate's read-out values."""
     entropy = None
@@ -186,6 +227,10 @@ def decide_for_analysis(
         probe: The saved probe the policy names (signals ``probe`` and ``combined``).
         elapsed_s: Time to report; defaults to the analysis' check time plus the probe and rule.
 
+    A policy with a distance model first measures the prompt's state at its ``ood_layer``
+    (``ood_distance``/``ood_threshold`` in the signals) and escalates a prompt outside it before
+    the rule is read; :attr:`Decision.guarantee` says which guarantee applies.
+
     Raises:
         DataError: missing or different probe.
         PromptError: the analysis was read at another position than the policy expects.
@@ -195,10 +240,15 @@ def decide_for_analysis(
     check_probe(policy, probe)
     _check_readout(policy, analysis)
     signals = _signals(policy, analysis, probe)
-    escalate, reason = _rule(policy, signals)
+    outside = _ood_check(policy, analysis, signals)
+    if outside is not None:
+        escalate, reason, guarantee = True, outside, OUT_OF_DISTRIBUTION
+    else:
+        (escalate, reason), guarantee = _rule(policy, signals), policy.guarantee
     took = elapsed_s if elapsed_s is not None else analysis.check_s + (time.perf_counter() - start)
     return Decision(
-        "escalate" if escalate else "approve", reason, signals, policy.policy_id, float(took), analysis.model_label
+        "escalate" if escalate else "approve", reason, signals, policy.policy_id, float(took), analysis.model_label,
+        guarantee=guarantee,
     )
 
 
@@ -286,7 +336,7 @@ def gate_check(
     decision = Decision(
         decision.decision, decision.reason, decision.signals, decision.policy_id, elapsed,
         loaded.spec.label, prompt_sha256(prompt), str(target) if target is not None else None,
-        policy.is_signed,
+        policy.is_signed, decision.guarantee,
     )
     if target is not None:
         audit_decision(
@@ -295,6 +345,13 @@ def gate_check(
             weights_sha256=getattr(loaded, "weights_sha256", None),
         )
     return decision
+
+
+def _audit_extra(policy: Policy, decision: Decision) -> dict[str, Any]:
+    extra: dict[str, Any] = {"policy_signed": policy.is_signed}
+    if decision.guarantee:
+        extra["guarantee"] = decision.guarantee
+    return extra
 
 
 def audit_decision(
@@ -324,6 +381,6 @@ def audit_decision(
         prompt=prompt, model=decision.model, policy_id=policy.policy_id, signals=logged,
         decision=decision.decision, reason=decision.reason, elapsed_s=decision.elapsed_s,
         store_prompt_text=policy.store_prompt_text, actor=actor, source=source,
-        probe_sha256=probe_sha256, weights_sha256=weights_sha256, extra={"policy_signed": policy.is_signed},
+        probe_sha256=probe_sha256, weights_sha256=weights_sha256, extra=_audit_extra(policy, decision),
     )
     return append_record(Path(audit_log), record)
