@@ -66,7 +66,8 @@ def column_mapping(headers: list[str]) -> dict[str, str]:
     """
     guess = suggest_column_map(headers)
     headers_key = hashlib.sha256("\x1f".join(headers).encode("utf-8")).hexdigest()[:10]
-    with st.expander("Column mapping", expanded=not set(REQUIRED_FIELDS) <= set(guess)):
+    with st.expander(f"Column mapping — guessed: {md_text(format_column_map(guess), 120)}",
+                     expanded=not set(REQUIRED_FIELDS) <= set(guess)):
         st.caption(f"Which column holds each field? `question` is required. Guessed: {md_text(format_column_map(guess))}.")
         cols = st.columns(4)
         mapping = {}
