@@ -199,7 +199,8 @@ def bench_serve(loaded: LoadedModel, rounds: int, new_tokens: int = 64, gate_req
         rounds: Rounds per figure.
         new_tokens: Tokens per answer in ``served_over_inprocess``.
         gate_requests: Requests per arm in ``gate_rps_8_over_1`` (a multiple of 8).
-        system_tokens: Cached system prompt length in ``cached_prefix_over_uncached``.
+        system_tokens: Cached system prompt length in ``cached_prefix_over_uncached`` (at most half
+            the model's context, so the conversation fits a small model too).
 
     """
     from ic_core.serve.app import create_app
@@ -207,6 +208,8 @@ def bench_serve(loaded: LoadedModel, rounds: int, new_tokens: int = 64, gate_req
 
     if gate_requests < CLIENTS or gate_requests % CLIENTS:
         raise ICError(f"gate_requests must be a positive multiple of {CLIENTS}; got {gate_requests}.")
+    if loaded.max_context is not None:
+        system_tokens = min(system_tokens, loaded.max_context // 2)
     key = "bench-" + "k" * 24
     headers = {"Authorization": f"Bearer {key}"}
     questions = _Questions()
