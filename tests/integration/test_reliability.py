@@ -1025,15 +1025,17 @@ class TestSecurity:
         return log
 
     def test_hash_only_audit_never_holds_the_prompt(self, shared, tmp_path):
-        """With store_prompt_text False the audit file holds the prompt's SHA-256 and no word of the prompt."""
-        from ic_core.governance.audit import prompt_sha256, read_audit
+        """With store_prompt_text False the audit file holds a keyed hash of the prompt and no word of it."""
+        from ic_core.governance.audit import prompt_hmac, read_audit
+        from ic_core.governance.keys import operator_key
 
         prompt = "what is the capital of germany ?"
         log = self._gate_log(shared, tmp_path, prompt, signal="h_int", kind="short_answer")
         raw = log.read_bytes()
         records, skipped = read_audit(log)
         assert len(records) == 2 and skipped == 0 and {r["decision"] for r in records} == {"approve", "escalate"}
-        assert all(r["prompt_sha256"] == prompt_sha256(prompt) and "prompt" not in r for r in records)
+        assert all(r["prompt_hmac"] == prompt_hmac(operator_key(), prompt) and "prompt" not in r for r in records)
+        assert all("prompt_sha256" not in r for r in records)  # an unkeyed hash of a short prompt can be guessed
         assert b"germany" not in raw and prompt.encode() not in raw
 
     def test_hash_only_audit_never_holds_a_prompt_token(self, plain, tmp_path):
