@@ -15,9 +15,11 @@ from ic_core.cli.common import (
     print_json,
     text_type,
 )
-from ic_core.datasets import LoadResult, bundled_sets, load_bundled, load_items
+from ic_core.dataset_columns import format_column_map
+from ic_core.dataset_load import load_with_mapping
+from ic_core.datasets import LoadResult, bundled_sets, load_bundled
 from ic_core.errors import DataError
-from ic_core.prompts import REGIMES
+from ic_core.prompts import REGIMES, TASK_KINDS
 from ic_core.runs.store import default_run_name, run_path
 from ic_core.study.export import metrics_json
 from ic_core.study.runner import eta_text, run_study
@@ -27,6 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``study`` command."""
     p = sub.add_parser("study", help="run a prompt set in one or more regimes and save a run folder")
     p.add_argument("--data", required=True, help="a bundled set name (e.g. capitals) or a .jsonl/.csv file")
+    p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="which column holds a field, e.g. --map question=prompt --map answer=gold (repeatable; "
+                        "other fields use the printed guess)")
+    p.add_argument("--kind", choices=TASK_KINDS, help="task kind of the rows that name none (default: guessed per row)")
+    p.add_argument("--kind-value", action="append", default=[], metavar="WORD=KIND",
+                   help="what a word of the kind column means, e.g. --kind-value short=short_answer (repeatable)")
     p.add_argument("--regimes", default="direct", help=f"comma-separated, among {','.join(REGIMES)}")
     p.add_argument("--limit", type=int, help="use only the first N items")
     p.add_argument("--out", help="run folder (default: $IC_RUNS_DIR/<set>-<regimes>-n<N>-<time>); resumed if it exists")
@@ -42,15 +50,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _load_data(text: str) -> tuple[str, LoadResult]:
+def _load_data(args: argparse.Namespace) -> tuple[str, LoadResult]:
     names = {s.name for s in bundled_sets()}
-    if text in names:
-        return text, load_bundled(text)
-    path = Path(text)
+    if args.data in names:
+        return args.data, load_bundled(args.data)
+    path = Path(args.data)
     if not path.is_file():
-        raise DataError(f"--data {text!r} is neither a bundled set ({', '.join(sorted(names))}) nor an existing file.")
+        raise DataError(f"--data {args.data!r} is neither a bundled set ({', '.join(sorted(names))}) nor an existing file.")
     fmt = "csv" if path.suffix.lower() == ".csv" else "jsonl"
-    return path.stem, load_items(path, fmt=fmt)
+    loaded = load_with_mapping(path, fmt, args.map, args.kind, args.kind_value)
+    print(f"columns: {format_column_map(loaded.column_map)}", file=sys.stderr)
+    return path.stem, loaded.result
 
 
 def _progress_line(done: int, total: int, eta_s: float | None, message: str) -> None:
@@ -61,7 +71,7 @@ def _progress_line(done: int, total: int, eta_s: float | None, message: str) -> 
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``study``."""
-    name, result = _load_data(args.data)
+    name, result = _load_data(args)
     for err in result.errors[:10]:
         print(f"skipped line {err.line}: {err.message}", file=sys.stderr)
     if len(result.errors) > 10:

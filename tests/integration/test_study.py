@@ -531,6 +531,27 @@ class TestComparison:
 
 
 class TestCli:
+    def test_map_and_kind_options_load_a_file_with_other_headers(self, tiny_dir, tmp_path, capsys):
+        """Issue 17 item 2: --map / --kind / --kind-value do on the CLI what the Study page's mapping does."""
+        from ic_core.cli import main
+
+        data = tmp_path / "mine.csv"
+        data.write_text("prompt,gold,type\nwhat is the capital of france,paris|paris france,short\n"
+                        "what is 2 plus 2,4,math\n")
+        out = tmp_path / "mapped"
+        code = main(["study", "--data", str(data), "--map", "answer=gold", "--kind-value", "math=numeric",
+                     "--map", "kind=type", "--regimes", "direct", "--out", str(out), "--model", str(tiny_dir),
+                     "--max-new-tokens", "2", "--no-generate"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        assert "columns: question ← prompt, answer ← gold" in captured.err
+        items = [json.loads(line) for line in (out / "dataset.jsonl").read_text().splitlines()]
+        assert [(it["answer"], it["aliases"], it["kind"]) for it in items] == [
+            ("paris", ["paris france"], "short_answer"), ("4", [], "numeric")]
+        assert main(["study", "--data", str(data), "--map", "question", "--out", str(tmp_path / "x"),
+                     "--model", str(tiny_dir)]) == 2
+        assert "field=column" in capsys.readouterr().err
+
     def test_study_command_on_tiny_model(self, tiny_dir, tmp_path, capsys):
         from ic_core.cli import main
 
