@@ -79,9 +79,7 @@ def run_fit(args: argparse.Namespace) -> int:
         probe = SavedProbe.load(args.probe, Path(os.path.abspath(Path(args.probe).expanduser())).parent)
     fit = fit_policy_on_run(
         run, args.signal, args.target_error, regime=args.regime, holdout=args.holdout, seed=args.seed,
-        probe=probe, store_prompt_text=args.store_prompt_text, method=args.method, alpha=args.alpha,
-        delta=args.delta, bound=args.bound, readout=args.readout, ood=_want_ood(args),
-        ood_layer=args.ood_layer,
+        probe=probe, store_prompt_text=args.store_prompt_text, **_ltt_options(args),
     )
     if fit.probe_scores is not None:
         if probe is not None:
@@ -104,11 +102,17 @@ def run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _want_ood(args: argparse.Namespace) -> bool | str:
-    """``--ood``/``--no-ood``, else ``auto`` for LTT fits (stored when the states allow it) and off otherwise."""
-    if args.ood is not None:
-        return bool(args.ood)
-    return "auto" if args.method == "ltt" else False
+LTT_DEFAULTS = {"method": "empirical", "alpha": None, "delta": 0.1, "bound": "clopper_pearson", "readout": "auto",
+                "ood": None, "ood_layer": None}
+"""The issue-12 options and their defaults (a Namespace built by a caller may lack them)."""
+
+
+def _ltt_options(args: argparse.Namespace) -> dict[str, object]:
+    """The fit's method/guarantee/read-out keywords; ``--ood`` unset means ``auto`` for LTT fits, off otherwise."""
+    opts = {k: getattr(args, k, v) for k, v in LTT_DEFAULTS.items()}
+    if opts["ood"] is None:
+        opts["ood"] = "auto" if opts["method"] == "ltt" else False
+    return opts
 
 
 def signature_status(policy: Policy) -> str:
