@@ -120,6 +120,9 @@ def explain(policy: Policy, entropy_bits: float | None, p_correct: float | None)
 
     """
     if policy.escalate_all:  # what escalate() gives for escalate_all, without needing the read-out
+        rc = policy.risk_control
+        if rc is not None and not rc.get("certified"):
+            return Verdict(True, f"The policy escalates every prompt: no threshold was certified ({rc.get('reason')}).")
         return Verdict(True, ESCALATE_ALL_REASON)
     decision = bool(escalate(policy.signal, _one(entropy_bits), _one(p_correct), policy.t_entropy_bits,
                              policy.t_probe)[0])

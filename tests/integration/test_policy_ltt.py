@@ -102,6 +102,11 @@ class TestLttFit:
         assert pol.risk_control["reason"] == fit.risk.ltt.reason and pol.risk_control["coverage"] is None
         assert fit.risk.held_out is None and "n too small" in fit.risk.simulation_note
         assert np.all(fit.escalate) and pol.guarantee.startswith("none (not certified: cannot certify")
+        from ic_core.governance.rule import explain
+
+        verdict = explain(pol, 1.0, None)
+        assert verdict.escalate and verdict.reason.startswith("The policy escalates every prompt: no threshold was "
+                                                              "certified (cannot certify α = 0.05 with 36 items")
 
     def test_empirical_fit_is_unchanged_and_says_so(self, plain_run):
         from ic_core.governance.fit import fit_policy_on_run
