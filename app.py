@@ -16,6 +16,7 @@ import streamlit as st
 from ic_core.admin import ENV_SWITCH, AdminSettings, AllowedModel, admin_settings, check_app_model
 from ic_core.errors import ICError
 from ic_core.generate import MAX_NEW_TOKENS_LIMIT
+from ic_core.model_registry import GEMMA_NOTICE, bundled_by_name
 from ic_core.models import DEFAULT_NAME, ModelSpec
 from ui.common import (
     ROUTER_KEY,
@@ -54,7 +55,9 @@ def _settings() -> AdminSettings:
 
 
 def _model_label(model: AllowedModel) -> str:
-    return DEFAULT_SOURCE if model.source == "default" else model.label
+    if model.source != "default":
+        return model.label
+    return DEFAULT_SOURCE if model.name == DEFAULT_NAME else bundled_by_name(model.name).description
 
 
 def _init_sidebar_state(settings: AdminSettings) -> None:
@@ -100,6 +103,8 @@ def model_picker(settings: AdminSettings) -> None:
         st.selectbox("Model", [m.label for m in models], key="sb_model",
                      format_func=lambda label: _model_label(next(m for m in models if m.label == label)),
                      help="The models this app's administrator allows (IC_MODEL_ALLOWLIST). Nothing is downloaded.")
+        if st.session_state.get("sb_model") == "gemma3-270m":
+            st.caption(md_text(GEMMA_NOTICE))
     else:
         st.caption(f"Model: **{md_text(_model_label(models[0]))}**. Switching models is turned off for this app "
                    f"(administrator setting {ENV_SWITCH}).")

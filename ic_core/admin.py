@@ -53,7 +53,12 @@ class AllowedModel:
     @property
     def label(self) -> str:
         """The entry as an administrator writes it (``hub:org/name``), for pickers and messages."""
-        return "default" if self.source == "default" else f"{self.source}:{self.name}"
+        if self.source == "default":  # a bundled offline model: its key ("default", "gemma3-270m")
+            from ic_core.model_registry import bundled_by_word
+
+            bundled = bundled_by_word(self.name)
+            return bundled.key if bundled is not None else "default"
+        return f"{self.source}:{self.name}"
 
     def spec(self, **options: Any) -> ModelSpec:
         """A spec of this model with the given dtype/device/trust_remote_code."""
@@ -106,7 +111,9 @@ def parse_bool(name: str, value: Any) -> bool:
 
 
 def parse_entry(text: str) -> AllowedModel:
-    """One allow-list entry: ``default``, ``hub:org/name``, ``local:/folder`` or ``gguf:/file.gguf``.
+    """One allow-list entry: ``default``, a bundled key, ``hub:org/name``, ``local:/…`` or ``gguf:/….gguf``.
+
+    A bundled key is another offline model's word, e.g. ``gemma3-270m``.
 
     Raises:
         DataError: another form, an unknown source, or an empty name.
@@ -115,6 +122,11 @@ def parse_entry(text: str) -> AllowedModel:
     entry = text.strip()
     if entry.lower() in ("default", DEFAULT_NAME.lower()):
         return DEFAULT_MODEL
+    from ic_core.model_registry import bundled_by_word
+
+    bundled = bundled_by_word(entry)
+    if bundled is not None:  # another bundled offline model, e.g. gemma3-270m
+        return AllowedModel("default", bundled.name)
     source, sep, name = entry.partition(":")
     source, name = source.strip().lower(), name.strip()
     if not sep or source not in ALLOWED_SOURCES or not name:

@@ -26,7 +26,8 @@ from ic_core.capture import capture, capture_batch
 from ic_core.errors import ICError
 from ic_core.generate import GenerationConfig, generate
 from ic_core.lens import LN2
-from ic_core.models import LoadedModel, ModelSpec, converted_cache_path, find_default_gguf
+from ic_core.model_registry import bundled_gguf
+from ic_core.models import LoadedModel, ModelSpec, converted_cache_path
 from ic_core.prompts import PromptTemplate, RenderedPrompt, custom_template, render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -341,7 +342,7 @@ def bench_load(spec: ModelSpec, rounds: int) -> dict[str, Any]:
     if spec.source not in ("default", "gguf"):
         return {"median": None, "min": None, "max": None, "n": 0, "target": TARGETS["warm_over_cold_load"],
                 "pass": None, "not_applicable": f"{spec.source} models are not converted from GGUF"}
-    gguf = find_default_gguf() if spec.source == "default" else Path(spec.name)
+    gguf = bundled_gguf(spec.name) if spec.source == "default" else Path(spec.name)
     if not (converted_cache_path(gguf) / "config.json").is_file():
         load_in_subprocess(spec)  # convert once, so that warm loads read the cache
     warm, cold, details = [], [], []

@@ -9,12 +9,15 @@ import unicodedata
 from collections.abc import Callable
 
 from ic_core.generate import MAX_SEED, GenerationConfig
+from ic_core.model_registry import GEMMA_NOTICE
 from ic_core.models import ModelSpec, TransformersModel, get_model
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--dtype``, ``--device``, ``--trust-remote-code``."""
-    parser.add_argument("--model", default="default", help="'default' (offline SmolLM2), a hub id, a folder or a .gguf file")
+    parser.add_argument("--model", default="default",
+                        help="'default' (offline SmolLM2), 'gemma3-270m' (offline Gemma 3 270M base; "
+                             f"{GEMMA_NOTICE}), a hub id, a folder or a .gguf file")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument(

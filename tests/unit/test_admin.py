@@ -148,3 +148,14 @@ def test_the_app_and_the_server_listen_on_loopback_by_default():
     assert "--server.address $(HOST)" in makefile and "--host $(HOST)" in makefile
     args = build_parser().parse_args(["serve", "--policy", "p.json"])
     assert args.host == "127.0.0.1"
+
+
+def test_a_bundled_offline_model_can_be_allow_listed_by_its_key():
+    """gemma3-270m (issue 13) is an allow-list entry like 'default'; both show their keys in pickers."""
+    from ic_core.admin import parse_entry
+    from ic_core.models import DEFAULT_NAME, ModelSpec
+
+    gemma = parse_entry("gemma3-270m")
+    assert (gemma.source, gemma.name, gemma.label) == ("default", "Gemma-3-270M", "gemma3-270m")
+    assert gemma.spec() == ModelSpec.parse("gemma3-270m")
+    assert parse_entry("default").label == "default" and parse_entry("default").name == DEFAULT_NAME
