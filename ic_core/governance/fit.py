@@ -69,6 +69,7 @@ def probe_scores(run: StudyRun, signals: RunSignals, probe: SavedProbe | None = 
         np.asarray(run.hidden)[signals.hidden_rows], signals.correct, signals.train_idx, signals.test_idx,
         model_spec=signals.model, seed=signals.seed, probe=probe, run_path=signals.run_path,
         selection=f"{signals.regime}: training items of the gate split (holdout {signals.holdout}, seed {signals.seed})",
+        item_ids=signals.table["item_id"].to_numpy(), questions=signals.table["question"].to_numpy(),
     )
 
 

@@ -89,6 +89,10 @@ class TestRunFitting:
         sig = run_signals(tiny_run)
         ps = probe_scores(tiny_run, sig)
         assert ps.probe.n_train == 36  # fitted on the training items only
+        from ic_core.probes.overlap import question_hash
+
+        # It records exactly those items, so it can be refused later on any run that shares one of them.
+        assert set(ps.probe.train_question_sha256) == {question_hash(q) for q in sig.table["question"].iloc[sig.train_idx]}
         assert np.all((ps.p_correct > 0) & (ps.p_correct < 1))
         hidden = np.asarray(tiny_run.hidden)[sig.hidden_rows]
         raw = ps.probe.predict_proba_correct_batch(hidden[sig.test_idx])
