@@ -279,8 +279,8 @@ class DeltaStream:
 def intention(checked: Checked, policy: Policy, mode: str, action: Action) -> dict[str, Any]:
     """The ``intention`` object every response carries: what the gate decided, why, and where it is logged.
 
-    ``guarantee`` is the policy's recorded risk guarantee; a policy without one has an empirical
-    threshold and says so.
+    ``guarantee`` says which guarantee applies to this prompt (the gate's, e.g. "out of
+    distribution"), else the policy's; a policy without a certified one says so.
     """
     d, record = checked.decision, checked.record
     return {
@@ -289,7 +289,7 @@ def intention(checked: Checked, policy: Policy, mode: str, action: Action) -> di
         "signals": d.signals,
         "policy_id": d.policy_id,
         "policy_signed": d.policy_signed,
-        "guarantee": policy.held_out.get("guarantee") or "none (empirical threshold)",
+        "guarantee": d.guarantee or policy.guarantee,
         "mode": mode,
         "action": action,
         "model": d.model,

@@ -231,6 +231,7 @@ class TestDecisions:
         intent = err["intention"]
         assert intent["decision"] == "escalate" and intent["action"] == "blocked" and intent["policy_id"] == pol.policy_id
         assert intent["reason"].startswith("H_int ") and intent["audit"]["seq"] == 0
+        assert intent["guarantee"] == "none (empirical threshold)"  # no certified threshold in this policy
         assert len(lengths) == 1  # the check; no generation step
         rec = read_audit(tmp_path / "audit.jsonl")[0][0]
         assert rec["decision"] == "escalate" and rec["record_sha256"] == intent["audit"]["record_sha256"]
