@@ -182,3 +182,24 @@ def streamlit_server(log, env_extra=None, start_timeout_s: float = 90.0):
         yield url
     finally:
         stop_process(proc)
+
+
+def open_page(model, page: str | None = None, **state):
+    """An AppTest of app.py (router + sidebar) with ``model`` injected, switched to ``page``.
+
+    ``state`` goes into the session before the first run; the app must render without an exception.
+    """
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at.session_state["_injected_model"] = model
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, at.exception
+    if page is not None:
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+    return at

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import open_page
 
 from ui.common import EXPLORE_KEYS as K
 
@@ -17,14 +18,7 @@ PERU = "what is the capital of peru ?"
 
 
 def session(tiny, page: str = EXPLORE):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.session_state["_injected_model"] = tiny
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(tiny, page)
 
 
 def with_answer_fields(tiny):

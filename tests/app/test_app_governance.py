@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import open_page
 
 from ic_core.datasets import PromptItem
 from ic_core.governance.audit import read_audit
@@ -50,14 +51,7 @@ def env(monkeypatch, tmp_path, runs_dir):
 
 
 def start(tiny):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.session_state["_injected_model"] = tiny
-    at.run()
-    at.switch_page(PAGE).run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(tiny, PAGE)
 
 
 def values(data) -> np.ndarray:

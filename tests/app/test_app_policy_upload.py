@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import open_page
 
 from ic_core.governance.policy import Policy, probe_entry
 from ic_core.stats.gating import PlattCalibration
@@ -40,14 +41,7 @@ def probe_policy(tiny, folder: Path) -> Policy:
 
 
 def start(tiny):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.session_state["_injected_model"] = tiny
-    at.run()
-    at.switch_page(GOVERNANCE).run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(tiny, GOVERNANCE)
 
 
 def upload(at, policy_json: str, allow_unsigned: bool = False):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import open_page
 
 from ic_core.datasets import PromptItem
 from ic_core.governance.policy import Policy
@@ -51,14 +52,7 @@ def folders(monkeypatch, tmp_path, saved_runs):
 
 
 def session(tiny, page: str):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.session_state["_injected_model"] = tiny
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(tiny, page)
 
 
 def texts(elements) -> str:

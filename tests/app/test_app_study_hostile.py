@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import open_page
 from markdown_it import MarkdownIt
 
 from ic_core.datasets import PromptItem
@@ -30,14 +31,7 @@ MARKDOWN = MarkdownIt("commonmark", {"html": True})
 
 
 def open_study(tiny):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.session_state["_injected_model"] = tiny
-    at.run()
-    at.switch_page(STUDY).run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(tiny, STUDY)
 
 
 def markdown_bodies(at) -> list[str]:
