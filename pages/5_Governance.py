@@ -10,8 +10,6 @@ import streamlit as st
 
 from ic_core.errors import ICError
 from ic_core.governance.audit import audit_rows, read_audit, resolve_audit_path
-from ic_core.governance.compare import SignalComparison, compare_signals
-from ic_core.governance.demo import DEMO_COMMAND, DEMO_LIMIT, DEMO_SET, demo_candidates, make_demo_run, runs_with_rows
 from ic_core.governance.fit import (
     FITTED_ON_TRAINING,
     SET_BY_HAND,
@@ -24,27 +22,22 @@ from ic_core.governance.fit import (
 )
 from ic_core.governance.gate import gate_check, load_policy_probe
 from ic_core.governance.policy import Policy, check_model
-from ic_core.governance.rule import escalates_everything, outcomes
-from ic_core.governance.signals import RunSignals, run_signals
-from ic_core.models import LoadedModel, ModelSpec
+from ic_core.governance.rule import outcomes
+from ic_core.governance.signals import RunSignals
+from ic_core.models import LoadedModel
 from ic_core.narrative import (
     ci_caption,
-    comparison_headline,
-    comparison_intro,
-    comparison_rows,
     decision_text,
-    escalates_everything_warning,
     held_out_caption,
     percent_text,
     probe_source_caption,
     signal_labels,
-    small_sample_note,
     split_caption,
     threshold_origin_note,
 )
 from ic_core.plots.gate import confusion_figure, risk_coverage_figure, score_histogram_figure
 from ic_core.probes.scores import probe_fitted_on_run
-from ic_core.runs.store import RunInfo, StudyRun, list_runs, runs_root
+from ic_core.runs.store import StudyRun, runs_root
 from ic_core.stats.gating import HeldOutReport, confusion_from_decisions, risk_coverage
 from ui.common import GATE_PROBE_KEY, cached_run, footer, get_loaded, json_download, md_text, require_router, show_error
 from ui.gate_policy import (
@@ -56,41 +49,11 @@ from ui.gate_policy import (
     show_active_policy,
     upload_policy,
 )
+from ui.governance_cache import ITEM_COLUMN_CONFIG, cached_probe_scores, cached_signals, list_saved_runs, run_label
+from ui.governance_demo import demo_tab
 from ui.probe_picker import weak_probe_note
-from ui.progress import ProgressBar, duration_text, measured_speed
 
 PROBE_KEY = GATE_PROBE_KEY
-# item ids shown whole in the item tables (they were cut at the default width)
-ITEM_COLUMN_CONFIG = {"item_id": st.column_config.TextColumn("item id", width="medium")}
-
-
-# ---------------------------------------------------------------- cached engine calls
-
-
-@st.cache_resource(max_entries=4, show_spinner=False)
-def cached_signals(path: str, mtime: float, regime: str | None, holdout: float, seed: int) -> RunSignals:
-    return run_signals(cached_run(path, mtime), regime, holdout, seed)
-
-
-@st.cache_resource(max_entries=4, show_spinner="Fitting a probe on the training items (nested CV)…")
-def cached_probe_scores(path: str, mtime: float, regime: str | None, holdout: float, seed: int) -> ProbeScores:
-    return probe_scores(cached_run(path, mtime), cached_signals(path, mtime, regime, holdout, seed))
-
-
-@st.cache_resource(max_entries=2, show_spinner="Comparing signals on the held-out items…")
-def cached_comparison(path: str, mtime: float, target: float, holdout: float, seed: int, spec: ModelSpec | None,
-                      _loaded: LoadedModel | None) -> SignalComparison:
-    # ``spec`` keys the cache on the model; ``_loaded`` is that model (not hashed).
-    sig = cached_signals(path, mtime, None, holdout, seed)
-    try:
-        scores = cached_probe_scores(path, mtime, None, holdout, seed)
-    except ICError:
-        scores = None  # compare_signals fits again and records why it could not
-    return compare_signals(cached_run(path, mtime), _loaded, target, signals=sig, scores=scores)
-
-
-def list_saved_runs() -> list[RunInfo]:
-    return runs_with_rows(list_runs())
 
 
 def held_out_metrics(report: HeldOutReport, note: str) -> None:
@@ -105,96 +68,7 @@ def held_out_metrics(report: HeldOutReport, note: str) -> None:
     st.caption(held_out_caption(report, note))
 
 
-# ---------------------------------------------------------------- demo
-
-
-def demo_tab(loaded: LoadedModel | None) -> None:
-    st.markdown(
-        "A one-click walk-through for governance teams on the bundled **governance_ops** set (60 questions "
-        "about shell, git, kubectl, SQL, Docker and deployment safety). The model answers each; we fit "
-        "escalation thresholds on part of the items and gate the rest, then show what the gate caught and "
-        "what slipped through — for raw **H_int** (the paper's read-out, at the last prompt token), **H_slot** "
-        "(after the forced answer prefix *\"The answer is\"*) and a linear **probe** on the state."
-    )
-    demo_runs, candidates = demo_candidates(list_saved_runs())
-    if not demo_runs:
-        per_row = measured_speed("study:generate")
-        took = (f"{duration_text(per_row * DEMO_LIMIT)} at the speed measured on this machine" if per_row
-                else "the progress bar shows the time left once the first rows are done")
-        st.info(f"No run of {DEMO_SET} yet. Make one here (about {DEMO_LIMIT} items, direct regime, with the "
-                f"answer prefix; {took}), or from a terminal:")
-        st.code(DEMO_COMMAND, language="bash")
-        if st.button("Make a governance_ops run now", key="gov_demo_make", disabled=loaded is None):
-            start_demo_run(loaded)
-    if not candidates:
-        return
-    names = [r.name for r in candidates]
-    if st.session_state.get("gov_demo_run_name") not in names:
-        st.session_state["gov_demo_run_name"] = names[0]
-    chosen = st.selectbox("Run to demo on (the newest governance_ops run first)", names, key="gov_demo_run_name",
-                          format_func=lambda n: run_label(candidates[names.index(n)]))
-    info = candidates[names.index(chosen)]
-    c1, c2 = st.columns(2)
-    target = c1.slider("Target error among auto-approved answers", 0.0, 0.9, 0.5, 0.05, key="gov_demo_target",
-                       help="Thresholds are fitted on the training items to keep the error among approved "
-                            "answers at or below this.")
-    holdout = c2.slider("Held-out share", 0.2, 0.6, 0.4, 0.05, key="gov_demo_holdout")
-    autorun = st.session_state.pop("gov.demo_autorun", False) and info.dataset_name == DEMO_SET
-    if st.button("Run the demo", key="gov_demo_run", type="primary") or autorun:
-        st.session_state["gov.demo_args"] = (str(info.path), info.mtime, float(target), float(holdout))
-    args = st.session_state.get("gov.demo_args")
-    if not args:
-        return
-    try:
-        comp = cached_comparison(*args, 0, loaded.spec if loaded else None, loaded)
-    except ICError as exc:
-        show_error(exc)
-        return
-    show_comparison(comp)
-
-
-def start_demo_run(loaded: LoadedModel) -> None:
-    try:
-        make_demo_run(loaded, ProgressBar("rows", "study:generate"))
-    except ICError as exc:
-        show_error(exc)
-        return
-    st.session_state["gov.demo_autorun"] = True  # one click: the demo runs on the new run right away
-    st.rerun()
-
-
-def show_comparison(comp: SignalComparison) -> None:
-    sig = comp.signals
-    st.markdown(comparison_intro(comp))
-    st.dataframe(pd.DataFrame(comparison_rows(comp)), hide_index=True, key="gov_demo_table")
-    st.markdown(comparison_headline(comp))
-    for note in comp.notes:
-        st.info(note)
-    small = small_sample_note(sig.test_idx.size)
-    if small:
-        st.caption(small)
-    curves = {r.name: r.held_out_curve for r in comp.results}
-    st.plotly_chart(risk_coverage_figure(curves, target_error=comp.target_error), key="gov_demo_rc")
-    names = [r.name for r in comp.results]
-    default = next((i for i, r in enumerate(comp.results) if r.key != "h_int"), 0)
-    chosen = st.selectbox("Show the held-out items for", names, index=default, key="gov_demo_signal")
-    r = comp.results[names.index(chosen)]
-    seen = outcomes(r.escalate, sig.correct, sig.test_idx)
-    score = {"risk (bits, or −P)": r.risk}
-    if escalates_everything(r.escalate, sig.test_idx):
-        st.warning(escalates_everything_warning(chosen, r.threshold_text))
-    c1, c2 = st.columns(2)
-    c1.markdown(f"**Caught** — escalated, and the answer was wrong ({seen.caught.size})")
-    c1.dataframe(sig.items_table(seen.caught, score), hide_index=True, key="gov_demo_caught", column_config=ITEM_COLUMN_CONFIG)
-    c2.markdown(f"**Slipped through** — approved, but the answer was wrong ({seen.slipped.size})")
-    c2.dataframe(sig.items_table(seen.slipped, score), hide_index=True, key="gov_demo_slipped", column_config=ITEM_COLUMN_CONFIG)
-
-
 # ---------------------------------------------------------------- tuning
-
-
-def run_label(info: RunInfo) -> str:
-    return f"{info.name} · {info.dataset_name or 'custom'} · {info.model_label} · {info.n_rows_done} rows"
 
 
 def _fit_callback(run: StudyRun, sig: RunSignals, signal: str, scores: ProbeScores | None) -> None:
