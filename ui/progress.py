@@ -1,5 +1,7 @@
 """Progress bars with a time left measured on this machine, in one wording ("about 6 min left").
 
+The wording is :func:`ic_core.progress_text.left_text`, shared with the CLI and the job queue.
+
 :class:`MovingRate` keeps the speed of the last few steps, so the estimate comes from the
 first items actually done here rather than from a constant; :func:`remember_speed` keeps the
 last measured seconds per unit for the next pre-run estimate (shared by the sessions of this
@@ -15,26 +17,13 @@ from typing import Any
 
 import streamlit as st
 
+from ic_core.jobs import job_queue
+from ic_core.progress_text import duration_text, left_text
+
+__all__ = ["MovingRate", "ProgressBar", "duration_text", "left_text", "measured_speed", "remember_speed"]
+
 WINDOW = 8
 """Progress updates the moving rate averages over."""
-
-
-def left_text(seconds: float | None) -> str:
-    """``about 40 s left`` below 90 s, ``about 6 min left`` below 90 min, else ``about 2 h 5 min left``."""
-    if seconds is None:
-        return "measuring the speed…"
-    seconds = max(0.0, float(seconds))
-    if seconds < 90:
-        return f"about {max(1, round(seconds))} s left"
-    minutes = round(seconds / 60)
-    if minutes < 90:
-        return f"about {minutes} min left"
-    return f"about {minutes // 60} h {minutes % 60} min left"
-
-
-def duration_text(seconds: float) -> str:
-    """``about 40 s`` / ``about 6 min`` (the same rounding as :func:`left_text`)."""
-    return left_text(seconds).removesuffix(" left")
 
 
 class MovingRate:
@@ -62,20 +51,18 @@ class MovingRate:
         return None if per_unit is None else per_unit * max(0.0, total - done)
 
 
-@st.cache_resource(max_entries=1)
-def _speeds() -> dict[str, float]:
-    return {}
-
-
 def remember_speed(task: str, seconds_per_unit: float | None) -> None:
-    """Keep the last measured speed of ``task`` (e.g. ``study:generate``) for the next estimate."""
-    if seconds_per_unit is not None and seconds_per_unit > 0:
-        _speeds()[task] = float(seconds_per_unit)
+    """Keep the last measured speed of ``task`` (e.g. ``study:generate``) for the next estimate.
+
+    Kept by the process's job queue (:meth:`ic_core.jobs.JobQueue.remember_speed`), where background
+    jobs leave theirs too.
+    """
+    job_queue().remember_speed(task, seconds_per_unit)
 
 
 def measured_speed(task: str) -> float | None:
     """The last measured seconds per unit of ``task`` on this server, or None."""
-    return _speeds().get(task)
+    return job_queue().speed(task)
 
 
 class ProgressBar:
