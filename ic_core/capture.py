@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ic_core.backends import current_backend
 from ic_core.lens import LensResult, logit_lens
 from ic_core.models import LoadedModel
 from ic_core.prompts import RenderedPrompt, Signal
@@ -269,8 +270,12 @@ def default_skip(rendered: RenderedPrompt) -> bool:
 def capture(
     loaded: LoadedModel, rendered: RenderedPrompt, skip_whitespace: bool | None = None, k: int = TOP_K,
     prefix: tuple[int, Cache] | None = None,
-) -> tuple[IntentionState, Prefill]:
+) -> tuple[IntentionState, Prefill | None]:
     """Read I for one prompt with one forward pass; also return the cache for generation.
+
+    Reads through the backend chosen with :func:`ic_core.backends.using` (default: this module's
+    transformers path, :func:`hf_capture`). Another backend keeps no cache: the prefill is then
+    None (generation reads the prompt itself) and ``prefix`` is not used.
 
     Args:
         loaded: The model.
@@ -281,6 +286,17 @@ def capture(
             (0 < n < row length; a copy the call may extend), so only the rest is read.
 
     """
+    backend = current_backend()
+    if backend is not None and backend.name != "hf":
+        return backend.capture(loaded, rendered, skip_whitespace, k)
+    return hf_capture(loaded, rendered, skip_whitespace, k, prefix)
+
+
+def hf_capture(
+    loaded: LoadedModel, rendered: RenderedPrompt, skip_whitespace: bool | None = None, k: int = TOP_K,
+    prefix: tuple[int, Cache] | None = None,
+) -> tuple[IntentionState, Prefill]:
+    """:func:`capture` on the in-process transformers model (same arguments), with its KV cache."""
     import torch
 
     skip = default_skip(rendered) if skip_whitespace is None else skip_whitespace
@@ -302,8 +318,43 @@ def capture_batch(
 ) -> list[IntentionState]:
     """Read I for many prompts, left-padded in batches; same numbers as :func:`capture`.
 
-    Batches are cut so that batch width × rows stays under ``max_batch_tokens``.
+    Batches are cut so that batch width × rows stays under ``max_batch_tokens``. Reads through
+    the backend chosen with :func:`ic_core.backends.using` (default :func:`hf_capture_batch`).
     """
+    backend = current_backend()
+    if backend is not None and backend.name != "hf":
+        return backend.capture_batch(loaded, rendered, batch_size, skip_whitespace, k, max_batch_tokens)
+    return hf_capture_batch(loaded, rendered, batch_size, skip_whitespace, k, max_batch_tokens)
+
+
+Reader = Callable[
+    [LoadedModel, Sequence[Sequence[int]], bool],
+    tuple["torch.Tensor", "torch.Tensor", list[list[int]], list[list[float]], list[list[float]]],
+]
+"""``read(loaded, rows, skip_whitespace)`` → states (B, L + 1, d), logits (B, V), and per row the
+skipped whitespace ids, their entropies and probabilities: one backend's forward over B rows."""
+
+
+def _hf_reader(
+    loaded: LoadedModel, rows: Sequence[Sequence[int]], skip_whitespace: bool
+) -> tuple[torch.Tensor, torch.Tensor, list[list[int]], list[list[float]], list[list[float]]]:
+    states, logits, skipped, sk_h, sk_p, *_ = _read_batch(loaded, rows, skip_whitespace)
+    return states, logits, skipped, sk_h, sk_p
+
+
+def hf_capture_batch(
+    loaded: LoadedModel, rendered: Sequence[RenderedPrompt], batch_size: int = 16,
+    skip_whitespace: bool | None = None, k: int = TOP_K, max_batch_tokens: int = 8192,
+) -> list[IntentionState]:
+    """:func:`capture_batch` on the in-process transformers model (same arguments)."""
+    return capture_batch_with(_hf_reader, loaded, rendered, batch_size, skip_whitespace, k, max_batch_tokens)
+
+
+def capture_batch_with(
+    read: Reader, loaded: LoadedModel, rendered: Sequence[RenderedPrompt], batch_size: int = 16,
+    skip_whitespace: bool | None = None, k: int = TOP_K, max_batch_tokens: int = 8192,
+) -> list[IntentionState]:
+    """:func:`capture_batch` with the forward pass of any backend (``read``, see :data:`Reader`)."""
     import torch
 
     order = sorted(range(len(rendered)), key=lambda i: rendered[i].readout_index)
@@ -319,14 +370,36 @@ def capture_batch(
         skips = {default_skip(r) if skip_whitespace is None else skip_whitespace for r in chunk}
         rows = [list(r.input_ids[: r.readout_index + 1]) for r in chunk]
         with loaded.lock, torch.inference_mode():
-            states, logits, skipped, sk_h, sk_p, *_ = _read_batch(loaded, rows, any(skips))
+            states, logits, skipped, sk_h, sk_p = read(loaded, rows, any(skips))
             # Rows that must not skip keep their first read-out: re-read them alone if mixed.
             out = _to_states(loaded, states, logits, chunk, skipped, sk_h, sk_p, k)
         for pos, idx in enumerate(order[start:end]):
             want = default_skip(chunk[pos]) if skip_whitespace is None else skip_whitespace
-            results[idx] = out[pos] if want or not out[pos].skipped_ids else capture(loaded, chunk[pos], False, k)[0]
+            results[idx] = out[pos] if want or not out[pos].skipped_ids else _read_alone(read, loaded, chunk[pos], k)
         start = end
     return [r for r in results if r is not None]
+
+
+def _read_alone(read: Reader, loaded: LoadedModel, rendered: RenderedPrompt, k: int) -> IntentionState:
+    """One prompt read at its own read-out (no whitespace skipping)."""
+    import torch
+
+    row = list(rendered.input_ids[: rendered.readout_index + 1])
+    with loaded.lock, torch.inference_mode():
+        states, logits, skipped, sk_h, sk_p = read(loaded, [row], False)
+        return _to_states(loaded, states, logits, [rendered], skipped, sk_h, sk_p, k)[0]
+
+
+def read_single(read: Reader, loaded: LoadedModel, rendered: RenderedPrompt, skip_whitespace: bool | None = None,
+                k: int = TOP_K) -> IntentionState:
+    """:func:`capture`'s state (no cache) with the forward pass of any backend (``read``)."""
+    import torch
+
+    skip = default_skip(rendered) if skip_whitespace is None else skip_whitespace
+    row = list(rendered.input_ids[: rendered.readout_index + 1])
+    with loaded.lock, torch.inference_mode():
+        states, logits, skipped, sk_h, sk_p = read(loaded, [row], skip)
+        return _to_states(loaded, states, logits, [rendered], skipped, sk_h, sk_p, k)[0]
 
 
 def next_token_entropy_bits(loaded: LoadedModel, rows: Sequence[Sequence[int]], batch_size: int = 16) -> np.ndarray:
@@ -334,7 +407,27 @@ def next_token_entropy_bits(loaded: LoadedModel, rows: Sequence[Sequence[int]], 
 
     A plain read (no whitespace skipping, no states kept) for the extra read-outs of a study:
     the last prompt token of a direct prompt whose main read-out is after a prefix, or a
-    teacher-forced position such as the slot after the answer's first digit.
+    teacher-forced position such as the slot after the answer's first digit. Reads through the
+    backend chosen with :func:`ic_core.backends.using` (default :func:`hf_next_token_entropy_bits`).
+
+    Raises:
+        ValueError: a row is empty.
+
+    """
+    backend = current_backend()
+    if backend is not None and backend.name != "hf":
+        return backend.next_token_entropy_bits(loaded, rows, batch_size)
+    return hf_next_token_entropy_bits(loaded, rows, batch_size)
+
+
+def hf_next_token_entropy_bits(loaded: LoadedModel, rows: Sequence[Sequence[int]], batch_size: int = 16) -> np.ndarray:
+    """:func:`next_token_entropy_bits` on the in-process transformers model."""
+    return next_token_entropy_with(_hf_reader, loaded, rows, batch_size)
+
+
+def next_token_entropy_with(read: Reader, loaded: LoadedModel, rows: Sequence[Sequence[int]],
+                            batch_size: int = 16) -> np.ndarray:
+    """:func:`next_token_entropy_bits` with the forward pass of any backend (``read``).
 
     Raises:
         ValueError: a row is empty.
@@ -350,6 +443,6 @@ def next_token_entropy_bits(loaded: LoadedModel, rows: Sequence[Sequence[int]], 
     for start in range(0, len(rows), batch_size):
         chunk = [list(r) for r in rows[start:start + batch_size]]
         with loaded.lock, torch.inference_mode():
-            _, logits, *_ = _read_batch(loaded, chunk, skip_whitespace=False)
+            _, logits, *_ = read(loaded, chunk, False)
             out[start:start + len(chunk)] = torch_entropy_bits(logits).double().cpu().numpy()
     return out
