@@ -93,6 +93,8 @@ def run_fit(args: argparse.Namespace) -> int:
         summary["note"] = f"signal 'entropy' read as {fit.signals.entropy_name} (prefix mode {fit.signals.prefix_mode})"
     print_json(summary)
     if fit.risk is not None:
+        for line in readout_lines(run, fit.signals.regime, fit.signals.readout, fit.signals.prefix_mode):
+            print(line, file=sys.stderr)
         for line in fit.risk.lines():
             print(line, file=sys.stderr)
     if fit.ood_note:
@@ -100,6 +102,21 @@ def run_fit(args: argparse.Namespace) -> int:
     if not fit.target_met:
         print(f"warning: {fit.message}", file=sys.stderr)
     return 0
+
+
+def readout_lines(run: object, regime: str, readout: str, prefix_mode: str) -> list[str]:
+    """The run's read-outs, agent-ready first, marking the one fitted; a note when it is research only."""
+    from ic_core.governance.fit_ltt import NATIVE_READOUT, readout_options
+
+    fitted = NATIVE_READOUT[prefix_mode] if readout == "auto" else readout
+    out = ["read-outs of this run, agent-ready first:"]
+    for opt in readout_options(run, regime):  # type: ignore[arg-type]
+        mark = "  <- this fit" if opt.readout == fitted else ""
+        out.append(f"  --readout {opt.readout:<12} {opt.label}{mark}")
+    if fitted not in ("last-token", "kind-prefix"):
+        out.append("note: this policy needs each prompt's own answer prefix (research only): `gate` refuses an "
+                   "agent's prompt without --answer-prefix; --readout last-token makes an agent-ready policy.")
+    return out
 
 
 LTT_DEFAULTS = {"method": "empirical", "alpha": None, "delta": 0.1, "bound": "clopper_pearson", "readout": "auto",

@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ic_core.errors import DataError
-from ic_core.governance.fit_ltt import EMPIRICAL_LABEL, RiskControlFit, check_method, compare_readouts, fit_ltt
+from ic_core.governance.fit_ltt import (
+    EMPIRICAL_LABEL,
+    Progress,
+    RiskControlFit,
+    check_method,
+    compare_readouts,
+    fit_ltt,
+    readout_comparison,
+)
 from ic_core.governance.policy import Policy, Signal, probe_entry
 from ic_core.governance.policy_schema import PREFIX_NEED_OF_MODE
 from ic_core.governance.rule import escalate as rule_escalate
@@ -245,6 +253,7 @@ def fit_policy_on_run(
     ood: bool | Literal["auto"] = False,
     ood_layer: int | None = None,
     n_splits: int = N_SPLITS,
+    progress: Progress | None = None,
 ) -> PolicyFit:
     """Fit a policy on a run's training items and evaluate it on the held-out items.
 
@@ -270,6 +279,7 @@ def fit_policy_on_run(
             layer); ``"auto"`` fits one when the states are at the read-out and there are enough of
             them, and says why not otherwise (:attr:`PolicyFit.ood_note`).
         n_splits: Repeated splits of the LTT simulation.
+        progress: Called with ``(splits done, n_splits)`` as the LTT simulation advances.
 
     Raises:
         DataError: bad signal, method, α/δ or target, one class, n too small, an unusable probe,
@@ -301,11 +311,14 @@ def fit_policy_on_run(
     if method == "ltt":
         risk_scores, direction = (ps.p_correct, "ge") if policy_signal == "probe" else (sig.entropy_bits, "le")
         risk = fit_ltt(risk_scores, sig.correct, direction, sig.train_idx, sig.test_idx, alpha=float(alpha),
-                       delta=float(delta), bound=bound, n_splits=n_splits, seed=seed)
+                       delta=float(delta), bound=bound, n_splits=n_splits, seed=sig.seed, progress=progress)
         if sig.item_prefix_bits is not None:
-            risk = replace(risk, comparison=compare_readouts(
+            risk = replace(risk, comparison={**compare_readouts(
                 sig.entropy_bits, sig.item_prefix_bits, sig.correct, sig.train_idx, sig.test_idx,
-                alpha=float(alpha), delta=float(delta), bound=bound))
+                alpha=float(alpha), delta=float(delta), bound=bound), "n_held_out": int(sig.test_idx.size)})
+        elif sig.prefix_mode == "per_item":  # a research-only fit: show the agent-ready read-out beside it
+            risk = replace(risk, comparison=readout_comparison(run, sig.regime, sig.holdout, sig.seed,
+                                                               alpha=float(alpha), delta=float(delta), bound=bound))
         t = risk.ltt.threshold
         t_e, t_p = (None, t) if policy_signal == "probe" else (t, None)
         met, train = risk.ltt.certified, _confusion_at(policy_signal, sig, ps, t_e, t_p, t is None)

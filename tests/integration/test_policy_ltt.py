@@ -151,8 +151,18 @@ class TestReadouts:
         assert fit.policy.signal == "h_int" and fit.policy.prefix_need == "none" and fit.policy.agent_ready
         assert fit.policy.ood is None and "states were read after the answer prefix" in fit.ood_note
         comp = fit.risk.comparison
-        assert set(comp) == {"last_token_H_int", "item_prefix_H_slot"}
-        assert all(0.0 <= c["held_out_auroc_wrong"] <= 1.0 for c in comp.values())
+        assert set(comp) == {"last_token_H_int", "item_prefix_H_slot", "n_held_out"}
+        assert comp["n_held_out"] == fit.signals.test_idx.size == 24
+        assert all(0.0 <= comp[k]["held_out_auroc_wrong"] <= 1.0 for k in ("last_token_H_int", "item_prefix_H_slot"))
+        # The research-only fit on the same run carries the same comparison (agent-ready read-out beside it).
+        research = fit_policy_on_run(item_run, "entropy", None, method="ltt", alpha=0.9, delta=0.2, n_boot=50,
+                                     n_splits=10)
+        assert research.policy.prefix_mode == "per_item" and research.risk.comparison == comp
+        lines = research.risk.lines()
+        assert "what a per-item prefix buys, on the same held-out items:" in lines
+        auc = 1 - comp["last_token_H_int"]["held_out_auroc_wrong"]
+        assert any(line.startswith(f"  last-token H_int (agent-ready): held-out AUROC {auc:.3f} on 24 items")
+                   for line in lines)
         with pytest.raises(DataError, match="states were read after the answer prefix"):
             fit_policy_on_run(item_run, "probe", None, method="ltt", alpha=0.5, readout="last-token")
         with pytest.raises(DataError, match="needs rows read after one generic prefix"):
