@@ -1,4 +1,4 @@
-"""Running a study: a prompt set × regimes → states, outputs and grades, written batch by batch and resumable."""
+"""Running a study: a prompt set × regimes → states, outputs and grades, written row by row and resumable."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ic_core.datasets import PromptItem, items_jsonl, items_sha256, load_items
 from ic_core.errors import DataError, ICError
 from ic_core.generate import MAX_NEW_TOKENS_LIMIT, GenerationConfig, check_fits_context, check_seed
 from ic_core.io import atomic_write_bytes, atomic_write_json
+from ic_core.progress_text import left_text
 from ic_core.prompts import REGIMES, PromptTemplate, RenderedPrompt, render, template_for
 from ic_core.runs.lock import acquire_lock, release_lock
 from ic_core.runs.schema import CONTROL_REGIME, RunRow, finite_or_none
@@ -30,6 +31,7 @@ from ic_core.runs.store import (
     RUN_KIND,
     STATES_DIR,
     StudyRun,
+    _read_shard,
     append_rows,
     load_run,
     read_manifest,
@@ -67,9 +69,9 @@ ProgressFn = Callable[[int, int, float | None, str], None]
 CancelFn = Callable[[], bool]
 
 
-def eta_text(eta_s: float) -> str:
-    """A remaining time as shown in progress lines: ``42 s`` below 90 s, else ``2.5 min``."""
-    return f"{eta_s / 60:.1f} min" if eta_s >= 90 else f"{eta_s:.0f} s"
+def eta_text(eta_s: float | None) -> str:
+    """A remaining time in the app's one wording: ``about 42 s left``, ``about 6 min left`` (:mod:`ic_core.progress_text`)."""
+    return left_text(eta_s)
 
 
 # ---------------------------------------------------------------- running a study
@@ -246,22 +248,59 @@ def _check_same_weights(folder: Path, manifest: dict[str, Any], have: str | None
         )
 
 
-def _finished_batches(folder: Path, n_rows: int, batch_size: int) -> set[int]:
-    """Batches whose every row has its record and states; unfinished leftovers are removed."""
+def _finished_rows(folder: Path, manifest: dict[str, Any], n_rows: int) -> set[int]:
+    """Plan rows whose record and states are both on disk; every leftover of an unfinished row is removed.
+
+    A row counts only when its states sit in its own batch's shard. Records without states (a
+    crash between the two writes) are dropped, and each shard is cut down to its finished rows
+    (deleted when none is left), so the resumed rows are appended cleanly.
+    """
+    batch_size = int(manifest["batch_size"])
     records, truncated = read_rows(folder)
-    in_shards: set[int] = set()
+    in_shards: dict[int, set[int]] = {}
     for file in shard_files(folder):
-        in_shards.update(int(r) for r in shard_rows(file))
-    done_rows = set(records) & in_shards
-    n_batches = math.ceil(n_rows / batch_size)
-    done = {k for k in range(n_batches) if all(r in done_rows for r in range(k * batch_size, min(n_rows, (k + 1) * batch_size)))}
-    keep = {r: rec for r, rec in records.items() if r // batch_size in done}
-    if truncated or len(keep) != len(records):
-        rewrite_rows(folder, [keep[r] for r in sorted(keep)])
+        k = shard_index(file)
+        in_shards[k] = {int(r) for r in shard_rows(file) if int(r) // batch_size == k}
+    done = {r for r in records if r < n_rows and r in in_shards.get(r // batch_size, set())}
+    if truncated or len(done) != len(records):
+        rewrite_rows(folder, [records[r] for r in sorted(done)])
     for file in shard_files(folder):
-        if shard_index(file) not in done:
+        k = shard_index(file)
+        stored = shard_rows(file)
+        good = [int(r) for r in stored if int(r) in done and int(r) // batch_size == k]
+        if not good:
             file.unlink()
+        elif len(good) != len(stored):
+            rows, hidden, lens = _read_shard(file, int(manifest["n_layers"]), int(manifest["d_model"]))
+            keep = np.isin(rows, good)
+            write_shard(file, rows[keep], hidden[keep], lens[keep])
     return done
+
+
+class _BatchShard:
+    """The states of one batch's finished rows, rewritten to its shard after every row."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], k: int) -> None:
+        self.path, self.manifest = shard_path(folder, k), manifest
+        self.rows: list[int] = []
+        self.hidden: list[np.ndarray] = []
+        self.lens: list[np.ndarray] = []
+        if self.path.exists():  # rows of this batch finished before an interruption (kept by _finished_rows)
+            rows, hidden, lens = _read_shard(self.path, int(manifest["n_layers"]), int(manifest["d_model"]))
+            self.rows, self.hidden, self.lens = [int(r) for r in rows], list(hidden), list(lens)
+
+    def add(self, row: int, state: IntentionState) -> None:
+        """Add one finished row's states and rewrite the shard (atomically)."""
+        hidden32 = state.hidden
+        clipped = int((np.abs(hidden32) > F16_MAX).sum())
+        if clipped:  # some models have activations beyond float16's range: clip them, and say so
+            self.manifest["n_state_values_clipped"] = int(self.manifest.get("n_state_values_clipped", 0)) + clipped
+        self.rows.append(row)
+        self.hidden.append(np.clip(hidden32, -F16_MAX, F16_MAX).astype(np.float16))
+        self.lens.append(np.asarray(state.lens.entropy_bits[0], dtype=np.float32))
+        order = np.argsort(self.rows, kind="stable")
+        write_shard(self.path, np.array(self.rows, dtype=np.int64)[order], np.stack(self.hidden)[order],
+                    np.stack(self.lens)[order])
 
 
 def _record(p: _Planned, state: IntentionState, tokenizer: Any, gen: Generation | None, output: str | None,
@@ -335,7 +374,7 @@ def run_study(
     For every item (the first ``limit``) and regime: render the prompt, read the state with
     one batched forward pass, then generate (greedy unless configured; CoT gets at least
     :data:`COT_MIN_NEW_TOKENS` new tokens) and grade. Items that carry an ``output`` are
-    graded from it, without generating. Results are written after every batch.
+    graded from it, without generating. Every row is written as soon as it is done.
 
     Args:
         loaded: The model (a :class:`ic_core.models.LoadedModel`).
@@ -400,14 +439,20 @@ def _run_batches(
     loaded: LoadedModel, folder: Path, manifest: dict[str, Any], plan: list[_Planned], config: GenerationConfig,
     progress: ProgressFn | None, cancel: CancelFn | None, generate: bool, seed: int,
 ) -> StudyRun:
-    """The batch loop of :func:`run_study` (the folder is open and locked)."""
+    """The batch loop of :func:`run_study` (the folder is open and locked).
+
+    Each batch is read with one forward pass; each row is then generated, graded and written
+    (its states to the batch's shard, its record to ``items.jsonl``, the manifest's count) as
+    soon as it is done. A resumed batch is read again whole, so its states are those of an
+    uninterrupted run, and only its unfinished rows are generated.
+    """
     from ic_core.capture import capture_batch
 
     batch_size = int(manifest["batch_size"])
     max_new = {r: int(n) for r, n in manifest["generation"]["max_new_tokens_by_regime"].items()}
-    done_batches = _finished_batches(folder, len(plan), batch_size)
     total = len(plan)
-    done_rows = sum(min(total, (k + 1) * batch_size) - k * batch_size for k in done_batches)
+    done = _finished_rows(folder, manifest, total)
+    done_rows = len(done)
     manifest.update(status="running", n_rows_done=done_rows)
     atomic_write_json(folder / MANIFEST_FILE, manifest)
     start, processed, cancelled = time.perf_counter(), 0, False
@@ -420,35 +465,30 @@ def _run_batches(
 
     report("resuming" if done_rows else "starting")
     for k in range(math.ceil(total / batch_size)):
-        if k in done_batches:
+        batch = plan[k * batch_size:(k + 1) * batch_size]
+        if all(p.row in done for p in batch):
             continue
         if cancel is not None and cancel():
             cancelled = True
             break
-        batch = plan[k * batch_size:(k + 1) * batch_size]
         states = capture_batch(loaded, [p.rendered for p in batch], batch_size=batch_size)
         extras = extra_reads(loaded, batch, states, bool(manifest.get("second_digit_slot", False)), batch_size)
-        records, finished = [], []
+        shard, first = _BatchShard(folder, manifest, k), True
         for p, state, extra in zip(batch, states, extras):
-            if records and cancel is not None and cancel():
+            if p.row in done:
+                continue
+            if not first and cancel is not None and cancel():
                 cancelled = True
                 break
-            records.append(_run_row(loaded, p, state, extra, config, max_new[p.regime], generate, seed))
-            finished.append(state)
+            first = False
+            record = _run_row(loaded, p, state, extra, config, max_new[p.regime], generate, seed)
+            shard.add(p.row, state)  # states first: a record never points at missing states
+            append_rows(folder, [record])
             processed += 1
             done_rows += 1
+            manifest.update(n_rows_done=done_rows, elapsed_s=round(prior_s + time.perf_counter() - start, 3))
+            atomic_write_json(folder / MANIFEST_FILE, manifest)
             report(f"{p.item.id} · {p.regime}")
-        rows = np.array([p.row for p in batch[: len(finished)]], dtype=np.int64)
-        hidden32 = np.stack([s.hidden for s in finished])
-        clipped = int((np.abs(hidden32) > F16_MAX).sum())
-        if clipped:  # some models have activations beyond float16's range: clip them, and say so
-            manifest["n_state_values_clipped"] = int(manifest.get("n_state_values_clipped", 0)) + clipped
-        hidden = np.clip(hidden32, -F16_MAX, F16_MAX).astype(np.float16)
-        lens = np.stack([s.lens.entropy_bits[0] for s in finished]).astype(np.float32)
-        write_shard(shard_path(folder, k), rows, hidden, lens)
-        append_rows(folder, records)
-        manifest.update(n_rows_done=done_rows, elapsed_s=round(prior_s + time.perf_counter() - start, 3))
-        atomic_write_json(folder / MANIFEST_FILE, manifest)
         if cancelled:
             break
     manifest.update(
