@@ -177,6 +177,22 @@ def _is_whitespace_token(loaded: LoadedModel, token_id: int) -> bool:
     return text != "" and text.strip() == ""
 
 
+def left_padded(
+    rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """B rows of ids → left-padded ids (B, T), attention mask (B, T) and position ids (B, T)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
+
+
 def _read_batch(
     loaded: LoadedModel, rows: Sequence[Sequence[int]], skip_whitespace: bool, prefix: tuple[int, Cache] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]], list[list[float]], list[list[float]], Cache, torch.Tensor,
@@ -191,15 +207,8 @@ def _read_batch(
     from ic_core.lens import torch_entropy_bits
 
     device = loaded.device
-    width = max(len(r) for r in rows)
     pad = loaded.tokenizer.pad_token_id
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    ids, mask, positions = left_padded(rows, pad, device)
     past = None
     if prefix is not None:
         assert len(rows) == 1 and 0 < prefix[0] < len(rows[0])
@@ -231,13 +240,31 @@ def _read_batch(
     return states, logits, skipped, skipped_h, skipped_p, past, mask, positions
 
 
+class PrecomputedLens:
+    """The lens logits a backend computed itself, in place of :class:`ic_core.arch.ArchLayout`.
+
+    A remote trace unembeds the lens layers where the weights are; :func:`ic_core.lens.logit_lens`
+    then takes them from here, so the rest of the lens (entropy, KL, top tokens) is shared.
+    """
+
+    def __init__(self, lens_logits: torch.Tensor) -> None:
+        self._logits = lens_logits  # (B, L - 1, V)
+
+    def lens_logits(self, mid: torch.Tensor) -> torch.Tensor:
+        """(B·(L−1), d) residuals → the precomputed (B·(L−1), V) float32 logits."""
+        assert mid.shape[0] == self._logits.shape[0] * self._logits.shape[1], (mid.shape, self._logits.shape)
+        return self._logits.reshape(mid.shape[0], -1).float()
+
+
 def _to_states(
     loaded: LoadedModel, states: torch.Tensor, logits: torch.Tensor, prompts: Sequence[RenderedPrompt],
     skipped: list[list[int]], skipped_h: list[list[float]], skipped_p: list[list[float]], k: int,
+    lens_logits: torch.Tensor | None = None,
 ) -> list[IntentionState]:
     import torch
 
-    lens = logit_lens(loaded.arch, states, logits, k=5)
+    arch = loaded.arch if lens_logits is None else PrecomputedLens(lens_logits)
+    lens = logit_lens(arch, states, logits, k=5)  # type: ignore[arg-type]
     with torch.inference_mode():
         probs = torch.softmax(logits, dim=-1)
         top_p, top_i = probs.topk(k, dim=-1)
@@ -327,19 +354,19 @@ def capture_batch(
     return hf_capture_batch(loaded, rendered, batch_size, skip_whitespace, k, max_batch_tokens)
 
 
-Reader = Callable[
-    [LoadedModel, Sequence[Sequence[int]], bool],
-    tuple["torch.Tensor", "torch.Tensor", list[list[int]], list[list[float]], list[list[float]]],
+ReadRows = tuple[
+    "torch.Tensor", "torch.Tensor", list[list[int]], list[list[float]], list[list[float]], "torch.Tensor | None"
 ]
-"""``read(loaded, rows, skip_whitespace)`` → states (B, L + 1, d), logits (B, V), and per row the
-skipped whitespace ids, their entropies and probabilities: one backend's forward over B rows."""
+Reader = Callable[[LoadedModel, Sequence[Sequence[int]], bool], ReadRows]
+"""``read(loaded, rows, skip_whitespace)`` → states (B, L + 1, d), logits (B, V), per row the
+skipped whitespace ids, their entropies and probabilities, and the lens logits (B, L − 1, V) when
+the backend computed them itself (else None: the lens uses ``loaded.arch``): one backend's
+forward over B rows."""
 
 
-def _hf_reader(
-    loaded: LoadedModel, rows: Sequence[Sequence[int]], skip_whitespace: bool
-) -> tuple[torch.Tensor, torch.Tensor, list[list[int]], list[list[float]], list[list[float]]]:
+def _hf_reader(loaded: LoadedModel, rows: Sequence[Sequence[int]], skip_whitespace: bool) -> ReadRows:
     states, logits, skipped, sk_h, sk_p, *_ = _read_batch(loaded, rows, skip_whitespace)
-    return states, logits, skipped, sk_h, sk_p
+    return states, logits, skipped, sk_h, sk_p, None
 
 
 def hf_capture_batch(
@@ -370,9 +397,9 @@ def capture_batch_with(
         skips = {default_skip(r) if skip_whitespace is None else skip_whitespace for r in chunk}
         rows = [list(r.input_ids[: r.readout_index + 1]) for r in chunk]
         with loaded.lock, torch.inference_mode():
-            states, logits, skipped, sk_h, sk_p = read(loaded, rows, any(skips))
+            states, logits, skipped, sk_h, sk_p, lens = read(loaded, rows, any(skips))
             # Rows that must not skip keep their first read-out: re-read them alone if mixed.
-            out = _to_states(loaded, states, logits, chunk, skipped, sk_h, sk_p, k)
+            out = _to_states(loaded, states, logits, chunk, skipped, sk_h, sk_p, k, lens)
         for pos, idx in enumerate(order[start:end]):
             want = default_skip(chunk[pos]) if skip_whitespace is None else skip_whitespace
             results[idx] = out[pos] if want or not out[pos].skipped_ids else _read_alone(read, loaded, chunk[pos], k)
@@ -386,8 +413,8 @@ def _read_alone(read: Reader, loaded: LoadedModel, rendered: RenderedPrompt, k: 
 
     row = list(rendered.input_ids[: rendered.readout_index + 1])
     with loaded.lock, torch.inference_mode():
-        states, logits, skipped, sk_h, sk_p = read(loaded, [row], False)
-        return _to_states(loaded, states, logits, [rendered], skipped, sk_h, sk_p, k)[0]
+        states, logits, skipped, sk_h, sk_p, lens = read(loaded, [row], False)
+        return _to_states(loaded, states, logits, [rendered], skipped, sk_h, sk_p, k, lens)[0]
 
 
 def read_single(read: Reader, loaded: LoadedModel, rendered: RenderedPrompt, skip_whitespace: bool | None = None,
@@ -398,8 +425,8 @@ def read_single(read: Reader, loaded: LoadedModel, rendered: RenderedPrompt, ski
     skip = default_skip(rendered) if skip_whitespace is None else skip_whitespace
     row = list(rendered.input_ids[: rendered.readout_index + 1])
     with loaded.lock, torch.inference_mode():
-        states, logits, skipped, sk_h, sk_p = read(loaded, [row], skip)
-        return _to_states(loaded, states, logits, [rendered], skipped, sk_h, sk_p, k)[0]
+        states, logits, skipped, sk_h, sk_p, lens = read(loaded, [row], skip)
+        return _to_states(loaded, states, logits, [rendered], skipped, sk_h, sk_p, k, lens)[0]
 
 
 def next_token_entropy_bits(loaded: LoadedModel, rows: Sequence[Sequence[int]], batch_size: int = 16) -> np.ndarray:
