@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ic_core.capture import IntentionState, Prefill, capture
+from ic_core.compliance import Compliance, check_compliance
 from ic_core.errors import PromptError
 from ic_core.generate import Generation, GenerationConfig, TokenCallback, generate
 from ic_core.grading import Grade, grade
@@ -27,6 +28,7 @@ from ic_core.prompts import (
     render,
     template_for,
 )
+from ic_core.runs.schema import CONTROL_REGIME
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Analysis:
     """Seconds spent on the pre-generation check (render + forward + lens)."""
     generation: Generation | None = None
     grade: Grade | None = None
+    """The answer's grade; None for the control regime (babble), whose output is checked for compliance instead."""
     expected: str | None = None
     question: str = ""
     """The question as the user gave it (what the grade compares the answer's wording with)."""
@@ -58,6 +61,14 @@ class Analysis:
     """The model that made the read-out (:meth:`made_by` compares it)."""
     prefill: Prefill | None = field(default=None, repr=False, compare=False)
     """The check's KV cache, for :func:`answer`; one generation consumes it (None afterwards)."""
+    compliance: Compliance | None = None
+    """For the control regime (babble): whether the output obeyed "do not answer", by the rule studies use
+    (:func:`ic_core.compliance.check_compliance`); None for the answer regimes."""
+
+    @property
+    def is_control(self) -> bool:
+        """Whether the prompt was rendered in the control regime (babble): never graded, checked for compliance."""
+        return self.rendered.regime == CONTROL_REGIME
 
     @property
     def graded(self) -> bool:
@@ -127,6 +138,12 @@ class Analysis:
                 "correct": self.grade.correct,
                 "grade_rule": self.grade.rule,
             })
+        if self.compliance is not None:
+            out.update({
+                "expected": self.expected,
+                "complied": self.compliance.complied,
+                "compliance_reason": self.compliance.reason,
+            })
         return out
 
 
@@ -172,7 +189,8 @@ def answer(loaded: LoadedModel, analysis: Analysis, gen_config: GenerationConfig
         stop: Stop strings that end the answer as soon as it contains one.
 
     Returns:
-        A copy of ``analysis`` with ``generation`` and (when :attr:`Analysis.graded`) ``grade``.
+        A copy of ``analysis`` with ``generation`` and, when :attr:`Analysis.graded`, its ``grade`` — or, in
+        the control regime (babble), its ``compliance`` instead (the answer is never graded there, as in studies).
 
     Raises:
         PromptError: ``loaded`` is not the model that made the read-out (read the state again).
@@ -184,11 +202,22 @@ def answer(loaded: LoadedModel, analysis: Analysis, gen_config: GenerationConfig
             f"({loaded.spec.dtype}, {loaded.spec.device}): read the state again before generating."
         )
     generation = generate(loaded, analysis.rendered, gen_config, analysis.prefill, on_token, stop)
-    result_grade = None
-    if analysis.graded:
-        result_grade = grade(generation.answer_text, analysis.expected, analysis.kind, analysis.aliases,
-                             analysis.choices, analysis.question)
-    return replace(analysis, generation=generation, grade=result_grade, prefill=None)
+    result_grade, compliance = verdict_of(analysis, generation.answer_text)
+    return replace(analysis, generation=generation, grade=result_grade, compliance=compliance, prefill=None)
+
+
+def verdict_of(analysis: Analysis, output: str) -> tuple[Grade | None, Compliance | None]:
+    """``(grade, compliance)`` of one output of ``analysis``'s prompt, by the rules a study applies to a row.
+
+    The control regime (babble) is checked for compliance (:func:`ic_core.compliance.check_compliance`) and never
+    graded; an answer regime is graded (:func:`ic_core.grading.grade`). Nothing is judged when there is nothing
+    to judge by (:attr:`Analysis.graded` is False: free text without an expected answer).
+    """
+    if not analysis.graded:
+        return None, None
+    if analysis.is_control:
+        return None, check_compliance(output, analysis.expected, analysis.kind, analysis.aliases, analysis.choices)
+    return grade(output, analysis.expected, analysis.kind, analysis.aliases, analysis.choices, analysis.question), None
 
 
 def analyze(

@@ -280,3 +280,63 @@ def decision_text(decision: Decision) -> str:
     """``"**ESCALATE** — <reason> (0.12 s, logged to <path>)"``."""
     return (f"**{decision.decision.upper()}** — {decision.reason} ({decision.elapsed_s:.2f} s, "
             f"logged to {decision.audit_log})")
+
+
+# --------------------------------------------------------------------------------------
+# Thresholds with a guarantee (issue 12): signal quality, the gate's guarantee line
+# --------------------------------------------------------------------------------------
+
+
+def quality_rows(qualities: list) -> list[dict[str, object]]:
+    """One display row per signal: held-out AUROC beside AURC, E-AURC and AUGRC (each with its 95 % CI).
+
+    ``qualities`` are :class:`ic_core.governance.compare.SignalQuality` on the same held-out items.
+    """
+    rows: list[dict[str, object]] = []
+    for q in qualities:
+        a = q.auroc
+        rows.append({
+            "signal": q.name,
+            "held-out AUROC [95 % CI]": auroc_text(a),
+            "shuffled labels": "n/a" if a.shuffle_mean is None else f"{a.shuffle_mean:.2f}",
+            "AURC [95 % CI]": q.selective.aurc.ci_text(),
+            "E-AURC [95 % CI]": q.selective.eaurc.ci_text(),
+            "AUGRC [95 % CI]": q.selective.augrc.ci_text(),
+            "right / wrong": a.counts_text(),
+        })
+    return rows
+
+
+def guarantee_line(decision: Decision) -> str:
+    """Which guarantee applies to this prompt, in one line (Markdown)."""
+    from ic_core.governance.gate import OUT_OF_DISTRIBUTION
+
+    g = decision.guarantee
+    if g == OUT_OF_DISTRIBUTION:
+        d, t = decision.signals.get("ood_distance"), decision.signals.get("ood_threshold")
+        where = f" (distance {d:.2f} > threshold {t:.2f})" if d is not None and t is not None else ""
+        return (f"**Guarantee for this prompt: none — out of distribution**{where}: it is unlike the calibration "
+                "items, so the policy's guarantee does not cover it.")
+    d, t = decision.signals.get("ood_distance"), decision.signals.get("ood_threshold")
+    inside = f" The prompt lies inside the calibration states (distance {d:.2f} ≤ {t:.2f})." if d is not None and t is not None else ""
+    if not g:
+        return "**Guarantee for this prompt:** not recorded (a policy from before guarantees were stored)." + inside
+    if g.startswith("error among approved"):
+        return (f"**Guarantee for this prompt: certified (Learn then Test)** — {g}, on prompts like the "
+                f"calibration items.{inside}")
+    return f"**Guarantee for this prompt: {g}**.{inside}"
+
+
+def compliance_line(complied: bool, reason: str) -> str:
+    """The babble control's verdict on one output, in one line (Markdown); the same rule a study applies.
+
+    Args:
+        complied: :attr:`ic_core.compliance.Compliance.complied`.
+        reason: :attr:`ic_core.compliance.Compliance.reason` (``complied``, ``contains the answer``, ...).
+
+    """
+    if complied:
+        return ("**Control complied:** the output neither names the answer nor works out a result "
+                "(babble is a control: it is checked for compliance, never graded).")
+    return (f"**Control did not comply:** the output {reason} "
+            "(babble is a control: it is checked for compliance, never graded).")
