@@ -14,20 +14,20 @@ from ic_core.governance.fit import (
     FITTED_ON_TRAINING,
     SET_BY_HAND,
     ProbeScores,
-    attach_saved_probe,
     evaluate_thresholds,
     fit_policy_on_run,
     probe_scores,
     threshold_context,
 )
 from ic_core.governance.gate import gate_check, load_policy_probe
-from ic_core.governance.policy import Policy, check_model
+from ic_core.governance.policy import check_model
 from ic_core.governance.rule import outcomes
 from ic_core.governance.signals import RunSignals
 from ic_core.models import LoadedModel
 from ic_core.narrative import (
     ci_caption,
     decision_text,
+    guarantee_line,
     held_out_caption,
     percent_text,
     probe_source_caption,
@@ -39,18 +39,18 @@ from ic_core.plots.gate import confusion_figure, risk_coverage_figure, score_his
 from ic_core.probes.scores import probe_fitted_on_run
 from ic_core.runs.store import StudyRun, runs_root
 from ic_core.stats.gating import HeldOutReport, confusion_from_decisions, risk_coverage
-from ui.common import GATE_PROBE_KEY, cached_run, footer, get_loaded, json_download, md_text, require_router, show_error
+from ui.common import GATE_PROBE_KEY, cached_run, footer, get_loaded, md_text, require_router, show_error
 from ui.gate_policy import (
-    activate_policy,
     active_policy,
     default_policy_notice,
-    save_policy_button,
+    policy_actions,
     saved_policy_picker,
     show_active_policy,
     upload_policy,
 )
 from ui.governance_cache import ITEM_COLUMN_CONFIG, cached_probe_scores, cached_signals, list_saved_runs, run_label
 from ui.governance_demo import demo_tab
+from ui.governance_ltt import ltt_fit, ltt_results, method_choice, readout_choice, signal_quality_section
 from ui.probe_picker import weak_probe_note
 
 PROBE_KEY = GATE_PROBE_KEY
@@ -125,21 +125,29 @@ def tune_tab(loaded: LoadedModel | None) -> None:
     if len(run.regimes) > 1:
         regime = st.selectbox("Regime", run.regimes, key="gov_regime")
     try:
-        sig = cached_signals(str(info.path), info.mtime, regime, float(holdout), seed)
+        option = readout_choice(str(info.path), info.mtime, regime)
+        readout = option.as_argument if option is not None else "auto"
+        sig = cached_signals(str(info.path), info.mtime, regime, float(holdout), seed, readout)
     except ICError as exc:
         show_error(exc)
         return
+    method = method_choice()
     options = signal_labels(sig.entropy_signal)
+    if method == "ltt":
+        options.pop("combined")  # Learn then Test certifies one score
     if st.session_state.get("gov_signal") not in options:
         st.session_state["gov_signal"] = sig.entropy_signal
     signal = st.radio("Signal", list(options), format_func=options.get, key="gov_signal", horizontal=True,
                       on_change=_manual_change)
     scores = None
     if signal in ("probe", "combined"):
-        scores = choose_probe_scores(run, sig, str(info.path), info.mtime, regime, float(holdout), seed)
+        scores = choose_probe_scores(run, sig, str(info.path), info.mtime, regime, float(holdout), seed, readout)
         if scores is None:
             return
     st.caption(split_caption(sig))
+    if method == "ltt":
+        ltt_flow(run, sig, signal, scores, readout)
+        return
 
     st.session_state.setdefault("gov_target", sig.default_target_error())
     c1, c2 = st.columns([3, 1])
@@ -179,14 +187,30 @@ def tune_tab(loaded: LoadedModel | None) -> None:
     view = st.radio("Items shown in the live view", ["training", "held-out", "all"], key="gov_view",
                     horizontal=True, help="Tune on training items; the held-out figures below judge the result.")
     live_figures(sig, signal, scores, rule.escalate, sig.indices(view), t_e, t_p)
+    signal_quality_section(sig, signal, scores)
 
     st.subheader("Held-out evaluation of this rule")
     held_out_metrics(rule.held_out, threshold_origin_note(fit_state is not None))
     policy_actions(rule.policy, scores, run)
 
 
+def ltt_flow(run: StudyRun, sig: RunSignals, signal: str, scores: ProbeScores | None, readout: str) -> None:
+    """Learn then Test: α/δ, the certified threshold (or the refusal) and its checks, then the policy."""
+    fit = ltt_fit(run, sig, signal, scores, readout)
+    if fit is None:
+        signal_quality_section(sig, signal, scores)
+        return
+    ltt_results(run, fit)
+    st.subheader("What the certified rule does to the held-out items")
+    live_figures(sig, signal, scores, fit.escalate, sig.test_idx, fit.policy.t_entropy_bits, fit.policy.t_probe)
+    signal_quality_section(sig, signal, scores)
+    st.subheader("Held-out evaluation of this rule")
+    held_out_metrics(fit.held_out, "Threshold certified on the training items only (Learn then Test).")
+    policy_actions(fit.policy, scores, run)
+
+
 def choose_probe_scores(run: StudyRun, sig: RunSignals, path: str, mtime: float, regime: str | None, holdout: float,
-                        seed: int) -> ProbeScores | None:
+                        seed: int, readout: str = "auto") -> ProbeScores | None:
     """The probe's calibrated scores: fitted on the training items, or the session's probe from another run."""
     session_probe = st.session_state.get(PROBE_KEY)
     external_ok = session_probe is not None and not probe_fitted_on_run(session_probe, path)
@@ -201,7 +225,7 @@ def choose_probe_scores(run: StudyRun, sig: RunSignals, path: str, mtime: float,
         if source == "session":
             scores = probe_scores(run, sig, session_probe)
         else:
-            scores = cached_probe_scores(path, mtime, regime, holdout, seed)
+            scores = cached_probe_scores(path, mtime, regime, holdout, seed, readout)
     except ICError as exc:
         show_error(exc)
         return None
@@ -232,7 +256,7 @@ def live_figures(sig: RunSignals, signal: str, scores: ProbeScores | None, escal
                         key="gov_hist_entropy")
     if t_p is not None and scores is not None:
         st.plotly_chart(score_histogram_figure(scores.p_correct[idx], correct, t_p, "probe P(correct)",
-                                               "probability 0–1", escalate_above=False), key="gov_hist_probe")
+                                               "probability", escalate_above=False), key="gov_hist_probe")
     extra = {entropy_name + " (bits)": sig.entropy_bits}
     if scores is not None:
         extra["P(correct)"] = scores.p_correct
@@ -241,34 +265,6 @@ def live_figures(sig: RunSignals, signal: str, scores: ProbeScores | None, escal
         st.dataframe(sig.items_table(seen.escalated, extra), hide_index=True, key="gov_escalated", column_config=ITEM_COLUMN_CONFIG)
     with st.expander(f"Wrong answers that would slip through ({seen.slipped.size})"):
         st.dataframe(sig.items_table(seen.slipped, extra), hide_index=True, key="gov_slipped", column_config=ITEM_COLUMN_CONFIG)
-
-
-def policy_actions(policy: Policy, scores: ProbeScores | None, run: StudyRun) -> None:
-    st.subheader("This policy")
-    st.checkbox("Audit log may store the prompt text (otherwise only its SHA-256)", key="gov_store_text")
-    try:
-        saved = attach_saved_probe(policy, scores, run.path)
-    except ICError as exc:
-        show_error(exc)
-        return
-    try:
-        saved = saved.sign()  # the operator key: the policy it activates and downloads is a signed one
-    except ICError as exc:
-        show_error(exc)
-        return
-    if saved.uses_probe:
-        st.caption(f"The policy's probe is saved at {md_text(saved.probe['path'])}; keep it with the policy file.")
-    st.markdown(f"**Rule:** {saved.describe()}  \n**Policy id:** `{saved.policy_id}` (signed)")
-    c1, c2, c3 = st.columns(3)
-    if c1.button("Use this policy in Explore (and the live gate)", key="gov_use_btn"):
-        activate_policy(saved)
-        if saved.uses_probe:
-            st.session_state[PROBE_KEY] = scores.probe
-        st.success(f"Policy {saved.policy_id} is active: Explore's risk card now shows its verdict.")
-    with c2:
-        save_policy_button(saved)
-    with c3:
-        json_download("Download policy (JSON)", saved.to_dict(), f"policy-{saved.policy_id}.json", key="gov_dl")
 
 
 # ---------------------------------------------------------------- policy file and live gate
@@ -320,6 +316,7 @@ def policy_tab(loaded: LoadedModel | None) -> None:
             show_error(exc)
         else:
             (st.success if decision.decision == "approve" else st.warning)(decision_text(decision))
+            st.markdown(guarantee_line(decision))
             if probe is not None and decision.signals.get("probe_p_correct") is not None:
                 weak_probe_note(probe)
 

@@ -9,10 +9,12 @@ the red "unsigned" badge for a policy the user accepted without a valid signatur
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
 from ic_core.errors import DataError, ICError
+from ic_core.governance.fit import attach_saved_probe
 from ic_core.governance.gate import load_policy_probe
 from ic_core.governance.policy import Policy
 from ic_core.library import (
@@ -26,7 +28,17 @@ from ic_core.library import (
 )
 from ic_core.narrative import recorded_held_out_text
 from ic_core.runs.store import runs_root
-from ui.common import GATE_PROBE_KEY, md_text, show_error
+from ui.common import GATE_PROBE_KEY, json_download, md_text, show_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ic_core.probes.scores import ProbeScores
+    from ic_core.runs.store import StudyRun
+
+PREFIX_NEED_TEXT = {
+    "none": "nothing (agent-ready: the prompt is read as it is)",
+    "per_kind": "one generic answer prefix per kind of task (agent-ready)",
+    "per_item": "each prompt's own answer prefix (research only)",
+}
 
 GATE_POLICY_KEY = "gate_policy"
 """The active gate policy (set only by :func:`activate_policy`)."""
@@ -192,3 +204,34 @@ def show_active_policy(policy: Policy, unsigned: bool) -> None:
     recorded = recorded_held_out_text(policy)
     if recorded:
         st.caption(recorded)
+
+
+def policy_actions(policy: Policy, scores: ProbeScores | None, run: StudyRun) -> None:
+    """The fitted policy: its probe saved next to the run, signed, then used, saved or downloaded."""
+    st.subheader("This policy")
+    st.checkbox("Audit log may store the prompt text (otherwise only its SHA-256)", key="gov_store_text")
+    try:
+        saved = attach_saved_probe(policy, scores, run.path)
+    except ICError as exc:
+        show_error(exc)
+        return
+    try:
+        saved = saved.sign()  # the operator key: the policy it activates and downloads is a signed one
+    except ICError as exc:
+        show_error(exc)
+        return
+    if saved.uses_probe:
+        st.caption(f"The policy's probe is saved at {md_text(saved.probe['path'])}; keep it with the policy file.")
+    st.markdown(f"**Rule:** {saved.describe()}  \n**Guarantee:** {md_text(saved.guarantee)}  \n"
+                f"**Needs from a prompt:** {PREFIX_NEED_TEXT.get(saved.prefix_need or '', 'not recorded')}  \n"
+                f"**Policy id:** `{saved.policy_id}` (signed)")
+    c1, c2, c3 = st.columns(3)
+    if c1.button("Use this policy in Explore (and the live gate)", key="gov_use_btn"):
+        activate_policy(saved)
+        if saved.uses_probe:
+            st.session_state[GATE_PROBE_KEY] = scores.probe
+        st.success(f"Policy {saved.policy_id} is active: Explore's risk card now shows its verdict.")
+    with c2:
+        save_policy_button(saved)
+    with c3:
+        json_download("Download policy (JSON)", saved.to_dict(), f"policy-{saved.policy_id}.json", key="gov_dl")

@@ -12,6 +12,7 @@ from ic_core.governance.audit import resolve_audit_path
 from ic_core.governance.gate import audit_decision, decide_for_analysis, load_policy_probe
 from ic_core.governance.policy import check_model
 from ic_core.models import LoadedModel
+from ic_core.narrative import guarantee_line
 from ic_core.runs.store import runs_root
 from ui.common import EXPLORE_RESULT_KEY, GATE_PROBE_KEY, md_text
 from ui.gate_policy import active_policy, unsigned_badge
@@ -60,5 +61,6 @@ def gate_verdict(loaded: LoadedModel, analysis: Analysis) -> None:
         st.success(f"**Gate: approve.** {decision.reason}{extra}")
     else:
         st.warning(f"**Gate: escalate to a human.** {decision.reason}{extra}")
+    st.markdown(guarantee_line(decision))
     if p_correct is not None and probe is not None:
         weak_probe_note(probe)

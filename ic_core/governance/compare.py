@@ -24,6 +24,7 @@ from ic_core.stats.gating import (
     fit_threshold,
     risk_coverage,
 )
+from ic_core.stats.selective import SelectiveSummary, selective_summary
 
 if TYPE_CHECKING:  # pragma: no cover
     from ic_core.runs.store import StudyRun
@@ -178,3 +179,32 @@ def compare_signals(
     except ICError as exc:
         notes.append(f"Probe not fitted: {exc}")
     return SignalComparison(sig, tuple(results), float(target_error), tuple(notes))
+
+
+# --------------------------------------------------------------------------------------
+# Judging one signal on held-out items: AUROC beside the selective-prediction statistics
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class SignalQuality:
+    """One signal on the held-out items: AUROC (CI, shuffle control) and AURC / E-AURC / AUGRC (bootstrap CIs)."""
+
+    name: str
+    auroc: AurocEstimate
+    selective: SelectiveSummary
+
+
+def signal_quality(name: str, score_correct: np.ndarray, correct: np.ndarray, test_idx: np.ndarray, *,
+                   n_boot: int = N_BOOT, seed: int = 0, description: str = "") -> SignalQuality:
+    """AUROC and the selective-prediction statistics of a score (larger = more likely right) on ``test_idx``.
+
+    Raises:
+        DataError: misaligned or non-finite scores.
+
+    """
+    idx = np.asarray(test_idx, dtype=np.int64)
+    s = np.asarray(score_correct, dtype=np.float64)
+    c = np.asarray(correct, dtype=bool)
+    est = held_out_auroc(name, s, c, idx, n_boot=n_boot, seed=seed, description=description)
+    return SignalQuality(name, est, selective_summary(s[idx], c[idx], name=name, n_boot=n_boot, seed=seed))

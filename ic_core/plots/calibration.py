@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from ic_core.plots.gate import integer_dtick
 from ic_core.stats.risk_simulation import SplitSimulation
 from ic_core.stats.selective import ReliabilityBins
 
@@ -31,7 +32,10 @@ def reliability_figure(bins: ReliabilityBins, title: str = "") -> go.Figure:
         customdata=bins.counts[full], hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} items",
     ))
     fig.update_layout(title=title or f"Reliability ({bins.n} items)", xaxis_title="mean predicted P(correct)",
-                      yaxis_title="share correct", xaxis_range=[0, 1], yaxis_range=[0, 1])
+                      yaxis_title="share correct", xaxis_range=[0, 1.02], yaxis_range=[0, 1.02],
+                      margin=dict(l=10, r=10, t=40, b=10), height=360, legend=dict(orientation="h", y=-0.25))
+    fig.update_xaxes(tickformat=".0%")
+    fig.update_yaxes(tickformat=".0%")
     return fig
 
 
@@ -41,14 +45,22 @@ def simulation_figure(sim: SplitSimulation, title: str = "") -> go.Figure:
     Splits that approved nothing are left out of the histogram and counted in the title.
     """
     have = np.isfinite(sim.realised_errors)
+    errors = sim.realised_errors[have]
+    size = 1 / 30
+    edges = np.arange(0.0, 1.0 + 2 * size, size)
+    top = int(np.histogram(errors, bins=edges)[0].max(initial=0)) if errors.size else 0
     fig = go.Figure()
-    fig.add_trace(go.Histogram(x=sim.realised_errors[have], nbinsx=30, marker_color=BAR_COLOUR,
-                               name="realised error among approved"))
+    fig.add_trace(go.Histogram(x=errors, xbins=dict(start=0.0, end=1.0 + size, size=size), marker_color=BAR_COLOUR,
+                               name="realised error among approved",
+                               hovertemplate="error %{x}<br>%{y} splits<extra></extra>"))
     fig.add_vline(x=sim.alpha, line=dict(color=ALPHA_COLOUR, dash="dash"), annotation_text=f"α = {sim.alpha:g}")
     none = int((~have).sum())
     fig.update_layout(
         title=title or (f"{sim.n_splits} splits: error > α in {sim.exceedance_rate:.1%} (δ = {sim.delta:g})"
                         + (f"; {none} approved nothing" if none else "")),
-        xaxis_title="error among approved (test part)", yaxis_title="splits", showlegend=False,
+        xaxis_title="error among approved (test part of each split)", yaxis_title="splits (count)",
+        showlegend=False, margin=dict(l=10, r=10, t=40, b=10), height=340,
     )
+    fig.update_xaxes(tickformat=".0%", range=[0, min(1.02, max(1.02 * float(errors.max(initial=0.0)), sim.alpha * 1.5, 0.05))])
+    fig.update_yaxes(tick0=0, dtick=integer_dtick(top), rangemode="tozero")  # counts: integer ticks only
     return fig

@@ -54,7 +54,7 @@ def risk_coverage_figure(
         ))
     fig.update_layout(
         title="Risk–coverage: approve the least risky answers first",
-        xaxis_title="coverage (share auto-approved, 0–1)", yaxis_title="error rate among auto-approved (0–1)",
+        xaxis_title="coverage (share auto-approved)", yaxis_title="error rate among auto-approved",
         margin=dict(l=10, r=10, t=40, b=10), height=380, legend=dict(orientation="h", y=-0.25),
     )
     fig.update_xaxes(range=[0, 1.02], tickformat=".0%")
@@ -68,21 +68,38 @@ def confusion_figure(confusion: Confusion, title: str = "What the gate would do"
         [confusion.approved_right, confusion.cost],
         [confusion.slipped, confusion.caught],
     ], dtype=float)
-    names = np.array([["approved, right", "escalated, right (cost)"],
-                      ["approved, wrong (slipped through)", "escalated, wrong (caught)"]])
+    # Two short lines per cell: a half-width column at 1400 px cut "approved, wrong (slipped through)" on one.
+    names = np.array([["approved, right", "escalated, right<br>(cost)"],
+                      ["approved, wrong<br>(slipped through)", "escalated, wrong<br>(caught)"]])
     n = max(confusion.n, 1)
     text = [[f"{names[r, c]}<br><b>{int(z[r, c])}</b> ({z[r, c] / n:.0%})" for c in range(2)] for r in range(2)]
     fig = go.Figure(go.Heatmap(
-        z=z, x=["auto-approved", "escalated to a human"], y=["answer right", "answer wrong"],
-        text=text, texttemplate="%{text}", textfont=dict(size=14), colorscale="Blues", showscale=False,
+        z=z, x=["auto-approved", "escalated to a human"], y=["answer<br>right", "answer<br>wrong"],
+        text=text, texttemplate="%{text}", textfont=dict(size=13), colorscale="Blues", showscale=False,
         zmin=0, zmax=max(float(z.max()) * 1.6, 1.0),  # keep the darkest cell light enough for dark text
         hovertemplate="%{y} · %{x}: %{z:d} items<extra></extra>",
     ))
     fig.update_layout(
         title=f"{title} (n = {confusion.n})", xaxis_title="gate decision", yaxis_title="model's answer (graded)",
-        yaxis_autorange="reversed", margin=dict(l=10, r=10, t=40, b=10), height=320,
+        yaxis_autorange="reversed", margin=dict(l=10, r=10, t=40, b=10), height=340,
     )
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
     return fig
+
+
+def integer_dtick(max_count: float) -> int:
+    """A tick step for an axis of counts (1, 2, 5, 10, 20, 50, …): at most ~6 ticks, never a fraction."""
+    step = 1
+    while max_count / step > 6:
+        step = _next_step(step)
+    return step
+
+
+def _next_step(step: int) -> int:
+    """The step after ``step`` in 1, 2, 5, 10, 20, 50 and so on."""
+    lead = int(str(step)[0])
+    return step * 5 // 2 if lead == 2 else step * 2
 
 
 def score_histogram_figure(
@@ -101,7 +118,7 @@ def score_histogram_figure(
         correct: (N,) booleans.
         threshold: Where the gate cuts (None: no line, e.g. "escalate everything").
         signal_label: Name on the x axis, e.g. ``H_slot``.
-        unit: Unit for the axis title, e.g. ``bits`` or ``probability 0–1``.
+        unit: Unit for the axis title, e.g. ``bits`` or ``probability``.
         escalate_above: True when values above the threshold are escalated (entropy), False
             when values below are (P(correct)).
         n_bins: Number of bins over the common range.
@@ -120,6 +137,9 @@ def score_histogram_figure(
             x=s[mask], xbins=bins, name=f"{name} (n = {int(mask.sum())})", marker_color=colour, opacity=0.6,
             hovertemplate=f"{signal_label} %{{x}}<br>%{{y}} items<extra>{name}</extra>",
         ))
+    edges = np.arange(lo, hi + 2 * size, size)
+    top = max((np.histogram(s[m], bins=edges)[0].max(initial=0) for m in (c, ~c)), default=0)
+    fig.update_yaxes(tick0=0, dtick=integer_dtick(top), rangemode="tozero")  # counts: integer ticks only
     if threshold is not None:
         side = "escalate →" if escalate_above else "← escalate"
         fig.add_vline(x=threshold, line_color="black", line_dash="dash",
