@@ -28,6 +28,7 @@ from ui.common import (
     page_title,
 )
 from ui.gate_policy import apply_default_policy
+from ui.jobs import jobs_panel
 
 ROOT = Path(__file__).resolve().parent
 PAGES_DIR = ROOT / "pages"
@@ -153,6 +154,7 @@ if wanted is not None:  # a page opened by URL before the router existed (see ui
 with st.sidebar:
     model_picker(admin)
     generation_settings()
+    jobs_panel()  # background jobs (studies, Recoverability, the demo run) on every page
 apply_default_policy()  # the administrator's IC_POLICY, verified, once per session (every page sees it)
 st.session_state[ROUTER_KEY] = True
 try:

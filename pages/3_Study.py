@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -15,6 +17,7 @@ from ic_core.datasets import (
 )
 from ic_core.errors import DataError, ICError
 from ic_core.generate import MAX_NEW_TOKENS_LIMIT
+from ic_core.jobs import JobContext, JobFn, JobInfo, job_queue
 from ic_core.models import LoadedModel
 from ic_core.plots.study import (
     accuracy_figure,
@@ -58,13 +61,16 @@ from ui.common import (
     require_router,
     show_error,
 )
-from ui.progress import ProgressBar, duration_text, measured_speed
+from ui.jobs import live_job, submit
+from ui.progress import duration_text, measured_speed
 from ui.study_upload import choose_upload, validation_report
 
 # Session keys of the new-study inputs (kept across page switches).
 K = {name: KEEP_PREFIX + "study." + name for name in
      ("source", "bundled", "regimes", "limit", "wanted", "max_new", "use_prefix", "generate", "run_name")}
 RUN_SELECT_KEY = "study_run_select"
+JOB_KEY = "study.job_id"
+REPORTED_KEY = "study.job_reported"
 BROKEN_KEY = "study.broken_runs"
 ITEM_PICK_KEY = "study_item_pick"
 PREFIX_HELP = (
@@ -143,26 +149,36 @@ def time_estimate(n_rows: int, generate: bool) -> str:
             f"{duration_text(per_row * n_rows)}.")
 
 
+def study_job(loaded: LoadedModel, folder: str, **study_args: object) -> JobFn:
+    """The background job of a new study: it names its folder at once, then runs the study row by row."""
+    def run(ctx: JobContext) -> str:
+        ctx.set_result_path(folder)
+        return str(run_study(loaded, out_dir=folder, progress=ctx.progress, cancel=ctx.cancelled, **study_args).path)
+    return run
+
+
+def resume_job(loaded: LoadedModel, folder: str) -> JobFn:
+    """The background job that finishes an interrupted or cancelled run."""
+    def run(ctx: JobContext) -> str:
+        return str(resume_run(loaded, folder, progress=ctx.progress, cancel=ctx.cancelled).path)
+    return run
+
+
 def start_study(loaded: LoadedModel, name: str, result: LoadResult, regimes: list[str], limit: int, use_prefix: bool,
                 max_new: int, generate: bool) -> None:
+    """Queue the study as a background job (it keeps running on other pages) and show its run."""
     config = dataclasses.replace(gen_config(), max_new_tokens=max_new)
-    folder = run_path(st.session_state.get(K["run_name"]) or default_run_name(name, regimes, limit))
-    bar = ProgressBar("rows", study_task(generate))
-    st.caption("The run is saved after every batch: stopping the page (or pressing Stop) loses at most one batch, "
-               "and the run can be resumed from the saved-runs list.")
-    stop = st.empty()
-    stop.button("Stop", key="study_stop")  # any click reruns the page, which interrupts the run between rows
-    try:
-        run = run_study(loaded, result.items, regimes, folder, limit=limit, gen_config=config,
-                        use_item_prefix=use_prefix, progress=bar, generate=generate,
-                        seed=config.seed, dataset_name=name, dataset_sha256=result.sha256)
-    except ICError as exc:
-        show_error(exc)
+    folder = str(run_path(st.session_state.get(K["run_name"]) or default_run_name(name, regimes, limit)))
+    if job_queue().active_for(folder) is not None:
+        st.warning(f"A job is already writing {md_text(Path(folder).name)}; its progress is shown below.")
         return
-    finally:
-        stop.empty()  # no Stop button beside a finished (or failed) run
-    st.session_state[RUN_SELECT_KEY] = str(run.path)  # the selectbox below is not drawn yet: allowed
-    st.success(f"Saved **{md_text(run.name)}** ({len(run.table)} rows) under {md_text(runs_root())}.")
+    fn = study_job(loaded, folder, items=result.items, regimes=regimes, limit=limit, gen_config=config,
+                   use_item_prefix=use_prefix, generate=generate, seed=config.seed, dataset_name=name,
+                   dataset_sha256=result.sha256)
+    st.session_state[JOB_KEY] = submit("study", Path(folder).name, fn, result_path=folder,
+                                       speed_task=study_task(generate))
+    st.session_state[RUN_SELECT_KEY] = folder
+    st.rerun()  # the live view sits above the form
 
 
 def remember_limit() -> None:
@@ -235,13 +251,37 @@ def show_header(run: StudyRun, loaded: LoadedModel | None) -> None:
         st.info("Another process is writing this run right now; reopen it later to see more rows.")
     elif run.status != "complete" and loaded is not None:
         if st.button("Resume this run", key="study_resume_btn",
-                     help="Finish the remaining rows with the run's own items and settings."):
-            bar = ProgressBar("rows", study_task(bool(run.manifest.get("generate", True))))
-            try:
-                resume_run(loaded, run.path, progress=bar)
-                st.rerun()
-            except ICError as exc:
-                show_error(exc)
+                     help="Finish the remaining rows with the run's own items and settings (in the background)."):
+            st.session_state[JOB_KEY] = submit("study", run.name, resume_job(loaded, str(run.path)),
+                                               result_path=str(run.path),
+                                               speed_task=study_task(bool(run.manifest.get("generate", True))))
+            st.rerun()
+
+
+def live_rows(path: str) -> Callable[[JobInfo], None]:
+    """The live view's body: the rows of the run folder finished so far (read again as it grows)."""
+    def body(job: JobInfo) -> None:
+        if not Path(path, "manifest.json").is_file():
+            st.caption("Preparing the run folder…")
+            return
+        try:
+            run = cached_run(path, run_mtime(path))
+        except ICError as exc:
+            show_error(exc)
+            return
+        st.caption(f"{len(run.table)} of {run.n_planned} rows saved so far. Every row is saved as soon as it is "
+                   "done: leave this page and come back, or press Stop, and no finished row is lost. The "
+                   "figures appear when the run is complete.")
+        if len(run.table):
+            st.dataframe(items_view(run), hide_index=True, key=f"study_live_rows:{job.job_id}",
+                         column_config=ITEM_COLUMNS)
+    return body
+
+
+def show_live(path: str, job: JobInfo) -> None:
+    """A run that a background job is writing: its bar, Stop, and the rows as they finish."""
+    st.subheader(f"Run: {md_text(Path(path).name)}")
+    live_job(job.job_id, live_rows(path), key="study_stop")
 
 
 def safe_summary(run: StudyRun) -> str:
@@ -253,17 +293,28 @@ def safe_summary(run: StudyRun) -> str:
     return summary_markdown(dataclasses.replace(run, manifest=manifest))
 
 
+ITEM_COLUMNS = {"readout_entropy_bits": st.column_config.NumberColumn("H_int / H_slot (bits)", format="%.2f"),
+                "item_id": st.column_config.TextColumn("item id", width="medium"),
+                "expected": st.column_config.TextColumn("expected answer"),
+                "aliases": st.column_config.TextColumn("also accepted")}
+
+
+def items_view(run: StudyRun) -> pd.DataFrame:
+    """The items table: each row's question, expected and other accepted answers, output, verdict and read-out."""
+    view = run.table[["item_id", "regime", "question", "expected", "aliases", "output_text", "extracted_answer",
+                      "correct", "readout_entropy_bits", "signal"]].copy()
+    view["aliases"] = view["aliases"].map(lambda a: " | ".join(a) if isinstance(a, list | tuple) else "")
+    view["correct"] = view["correct"].map(lambda v: VERDICT_ICONS[verdict_label(v)])
+    return view
+
+
 def show_items(run: StudyRun) -> None:
     t = run.table
-    view = t[["item_id", "regime", "question", "expected", "output_text", "extracted_answer", "correct",
-              "readout_entropy_bits", "signal"]].copy()
-    view["correct"] = view["correct"].map(lambda v: VERDICT_ICONS[verdict_label(v)])
+    view = items_view(run)
     # Widget keys are per run: another run's row index (or label) must never reach this one.
     pick_key, df_key, last_key = (f"{name}:{run.path}" for name in (ITEM_PICK_KEY, "study_items_df", "study.last_df_pick"))
     event = st.dataframe(view, hide_index=True, on_select="rerun", selection_mode="single-row", key=df_key,
-                         column_config={"readout_entropy_bits": st.column_config.NumberColumn("H_int / H_slot (bits)", format="%.2f"),
-                                        "item_id": st.column_config.TextColumn("item id", width="medium"),
-                                        "expected": st.column_config.TextColumn("expected answer")})
+                         column_config=ITEM_COLUMNS)
     labels = [f"{r.item_id} · {r.regime}" for r in t.itertuples()]
     rows = getattr(getattr(event, "selection", None), "rows", None) or []
     picked = int(rows[0]) if rows else None
@@ -391,6 +442,10 @@ def broken_entries(listed: list[str]) -> dict[str, BrokenRun]:
 
 
 def show_run(path: str, loaded: LoadedModel | None) -> None:
+    job = job_queue().active_for(path)
+    if job is not None:  # another session's (or an earlier) job is writing it
+        show_live(path, job)
+        return
     mtime = run_mtime(path)
     try:
         run = cached_run(path, mtime)
@@ -441,12 +496,41 @@ def init_state() -> None:
         st.session_state.setdefault(K[name], value)
 
 
+def pick_up_job() -> str | None:
+    """Show this session's study job again: live while it runs, else how it ended (once, with its run selected).
+
+    Returns:
+        The run folder the job is writing while it runs (the saved-run view leaves it to the live view).
+
+    """
+    job = job_queue().info(st.session_state.get(JOB_KEY, ""))
+    if job is None or job.result_path is None:
+        return None
+    if not job.finished:
+        show_live(job.result_path, job)
+    first_report = job.finished and st.session_state.get(REPORTED_KEY) != job.job_id
+    if not job.finished or first_report:
+        st.session_state[RUN_SELECT_KEY] = job.result_path
+        st.session_state[REPORTED_KEY] = job.job_id if first_report else None
+    if job.state == "complete" and first_report:
+        st.success(f"Saved **{md_text(Path(job.result_path).name)}** ({job.done} rows) under {md_text(runs_root())}.")
+    elif job.state == "failed":
+        st.error(f"**The study stopped with an error.** {md_text(job.error)}")
+    elif job.state == "cancelled" and not Path(job.result_path, "manifest.json").is_file():
+        st.info(f"Stopped before {md_text(Path(job.result_path).name)} was started; nothing was saved.")
+    elif job.state == "cancelled":
+        st.info(f"Stopped: {job.done} of {job.total} rows are saved in {md_text(Path(job.result_path).name)}; "
+                "**Resume this run** below finishes it.")
+    return None if job.finished else job.result_path
+
+
 require_router(__file__)
 init_state()
 st.title("Study a prompt set")
 st.caption("Run many questions in one or more regimes, keep each one's pre-generation state I, and compare "
            "accuracy, H_int, effective dimensionality and the geometry of I. Runs are saved and can be reopened.")
 loaded = get_loaded()
+live_path = pick_up_job()
 runs = list_runs()
 with st.expander("New study", expanded=not runs):
     if loaded is None:
@@ -468,7 +552,9 @@ else:
     choice = st.selectbox("Saved run", paths, format_func=labels.__getitem__, key=RUN_SELECT_KEY)
     if broken:
         st.caption(f"{len(broken)} run folder(s) cannot be opened; they are listed last, marked ⚠, with the reason.")
-    if choice in broken:
+    if choice == live_path:
+        st.caption("This run is being written by the background job shown above.")
+    elif choice in broken:
         st.error(f"**This run folder cannot be opened.** {md_text(broken[choice].reason)} The other runs still work.")
     else:
         try:

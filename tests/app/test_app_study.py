@@ -27,6 +27,17 @@ ITEMS = [
 ]
 
 
+def finish_jobs(at):
+    """Wait for the background jobs the page queued (the job queue is this process's), then rerun the page."""
+    from ic_core.jobs import job_queue
+
+    for job in job_queue().jobs():
+        assert job_queue().wait(job.job_id, timeout=300).finished
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
 @pytest.fixture
 def saved_run(tiny, runs_dir):
     return run_study(tiny, ITEMS, ["direct", "babble"], runs_dir / "saved", gen_config=GenerationConfig(max_new_tokens=3),
@@ -125,6 +136,7 @@ def test_run_a_new_study_from_the_page(tiny, runs_dir):
     at.text_input(key="keep:study.run_name").input("../my run").run()
     assert any(md_text(runs_dir / "my-run") in c.value for c in at.caption)  # a path, shown as text
     at.button(key="study_run_btn").click().run()
+    finish_jobs(at)
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert not at.warning, [w.value for w in at.warning]
@@ -145,6 +157,7 @@ def test_cancelled_run_can_be_resumed_from_the_page(tiny, runs_dir):
     at = open_study(tiny)
     assert metrics(at)["Rows"] == "2 / 5"
     at.button(key="study_resume_btn").click().run()
+    finish_jobs(at)
     assert not at.exception, at.exception
     assert load_run(runs_dir / "part").status == "complete"
     assert metrics(at)["Rows"] == "5 / 5"
@@ -167,6 +180,7 @@ def test_upload_csv_shows_mapping_and_bad_rows_then_runs(tiny, runs_dir):
     assert bad["line"].tolist() == [3, 5] and "Duplicate id '1'" in bad["problem"].iloc[1]
     at.number_input(key="keep:study.max_new").set_value(2).run()
     at.button(key="study_run_btn").click().run()
+    finish_jobs(at)
     assert not at.exception, at.exception
     runs = list_runs(runs_dir)
     assert len(runs) == 1 and runs[0].dataset_name == "my set" and runs[0].n_rows_done == 2

@@ -13,6 +13,16 @@ STUDY = "pages/3_Study.py"
 LIMIT = "Items (limit)"
 
 
+def finish_jobs(at):
+    """Wait for the background jobs the page queued (the job queue is this process's), then rerun the page."""
+    from ic_core.jobs import job_queue
+
+    for job in job_queue().jobs():
+        assert job_queue().wait(job.job_id, timeout=300).finished
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
 def oceans(n_good: int, n_bad: int = 0) -> bytes:
     """A CSV with other headers: ``prompt``/``gold``/``type``; bad rows have no question."""
     rows = ["prompt,gold,type", "Which ocean is the largest?,Pacific|Pacific Ocean,short",
@@ -88,9 +98,10 @@ def test_a_finished_run_drops_stop_and_the_next_estimate_is_measured(tiny, runs_
     at = open_upload(tiny, oceans(4))
     at.checkbox(key="keep:study.generate").uncheck().run()
     at.button(key="study_run_btn").click().run()
+    finish_jobs(at)
     assert not at.exception, at.exception
     assert any("Saved" in s.value for s in at.success)
-    assert "study_stop" not in [b.key for b in at.button]
+    assert not [b.key for b in at.button if b.key and "stop" in b.key]  # neither the page's nor the sidebar's Stop
     at.run()
     estimate = next(c.value for c in at.caption if "rows (items × regimes)" in c.value)
     assert "At the speed measured on this machine" in estimate and "s per row" in estimate
