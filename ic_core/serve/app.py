@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from ic_core.generate import GenerationConfig
 from ic_core.governance.policy import Policy
 from ic_core.models import LoadedModel
 from ic_core.serve.engine import AuditUnavailable, Checked, Completion, GatedEngine, intention
+from ic_core.serve.jobs import ChatJob, GateJob, JobResult, StreamItem, batch_runner
 from ic_core.serve.metrics import ServeMetrics
 from ic_core.serve.schemas import MAX_STOP, ChatRequest, GateRequest, error_body
 from ic_core.serve.settings import ServeSettings, bearer_token, key_fingerprint, match_api_key
@@ -51,6 +52,30 @@ class ServeError(Exception):
 
 def _json_error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+class Timed:
+    """ASGI middleware: each request's time to its last byte in the latency histogram (by route).
+
+    A plain ASGI wrapper rather than ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware``
+    runs the route in another task behind a memory stream, a cost every request paid for a clock.
+    """
+
+    def __init__(self, app: ASGIApp, observe: Callable[[str, float], None]) -> None:
+        """Wrap ``app``; ``observe(route, seconds)`` records one request."""
+        self.app, self.observe = app, observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Time the request."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            path = scope.get("path", "")
+            self.observe(path if path in ROUTES else "other", time.perf_counter() - start)
 
 
 class BodyLimit:
@@ -162,11 +187,6 @@ def _usage(done: Completion) -> dict[str, int]:
             "total_tokens": done.prompt_tokens + done.completion_tokens}
 
 
-StreamItem = tuple[str, Any]
-"""What the model thread sends a streaming response: ``("checked", Checked)``, ``("delta", str)``,
-``("done", Completion)``, then ``("end", None)`` when the job is over (whatever happened)."""
-
-
 async def _sse(rid: str, model_id: str, items: asyncio.Queue[StreamItem], job: asyncio.Future[Any],
                intent: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
     """OpenAI's chunk stream, sent while the answer is generated.
@@ -220,8 +240,8 @@ def create_app(loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = N
     settings = settings or ServeSettings()
     engine = GatedEngine(loaded, policy, probe, settings.audit_log, settings.prefix_cache_mb)
     metrics = ServeMetrics()
-    worker = ModelWorker(settings.queue_size, engine.check_batch, settings.batch_window_ms / 1000, settings.max_batch,
-                         metrics.batch_size.observe)
+    worker = ModelWorker(settings.queue_size, batch_runner(engine, settings.mode), settings.batch_window_ms / 1000,
+                         settings.max_batch, metrics.batch_size.observe)
     model_id = settings.model_id or loaded.spec.label
 
     @asynccontextmanager
@@ -234,14 +254,7 @@ def create_app(loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = N
     app.state.engine, app.state.worker, app.state.metrics, app.state.settings = engine, worker, metrics, settings
     _install_error_handlers(app, metrics)
 
-    @app.middleware("http")
-    async def _timed(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        path = request.url.path if request.url.path in ROUTES else "other"
-        metrics.latency.labels(path).observe(time.perf_counter() - start)
-        return response
-
+    app.add_middleware(Timed, observe=lambda path, s: metrics.latency.labels(path).observe(s))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     def caller(request: Request) -> str:
@@ -254,9 +267,9 @@ def create_app(loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = N
                              {"WWW-Authenticate": "Bearer"})
         return f"api:{key_fingerprint(key)}"
 
-    async def on_worker(fn: Callable[..., Any] | None, *args: Any) -> Any:
-        """Run ``fn(*args)`` on the model thread; without ``fn``, ``args`` is one micro-batched gate check."""
-        future = worker.submit(fn, *args) if fn is not None else worker.submit_batched(args)
+    async def on_worker(job: GateJob | ChatJob) -> JobResult:
+        """Run one micro-batched job (a gate check, or a chat completion's check and answer) on the model thread."""
+        future = worker.submit_batched(job)
         metrics.queue_depth.set(worker.pending)
         try:
             return await asyncio.wrap_future(future)
@@ -267,30 +280,17 @@ def create_app(loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = N
         metrics.decisions.labels(checked.decision.decision, endpoint).inc()
         metrics.check_latency.observe(checked.decision.elapsed_s)
 
-    def headers(checked: Checked) -> dict[str, str]:
-        return {"X-Intention-Decision": checked.decision.decision,
-                "X-Intention-Audit-Seq": str(checked.record.get("seq"))}
+    def headers(checked: Checked, result: JobResult | None = None) -> dict[str, str]:
+        out = {"X-Intention-Decision": checked.decision.decision,
+               "X-Intention-Audit-Seq": str(checked.record.get("seq"))}
+        if result is not None:
+            out["Server-Timing"] = result.server_timing()
+        return out
 
-    def chat_job(req: ChatRequest, actor: str, config: GenerationConfig, stop: list[str]) -> tuple[Checked, Completion | None]:
-        checked = engine.check(req.messages, req.answer_prefix, actor)
-        if checked.decision.escalate and settings.mode == "block":
-            return checked, None
-        return checked, engine.complete(checked, config, stop)
-
-    def stream_job(req: ChatRequest, actor: str, config: GenerationConfig, stop: list[str],
-                   put: Callable[[StreamItem], None]) -> Completion | None:
-        checked = engine.check(req.messages, req.answer_prefix, actor)
-        put(("checked", checked))
-        if checked.decision.escalate and settings.mode == "block":
-            return None
-        done = engine.complete(checked, config, stop, lambda piece: put(("delta", piece)))
-        put(("done", done))
-        return done
-
-    def escalated(checked: Checked) -> ServeError:
+    def escalated(checked: Checked, result: JobResult | None = None) -> ServeError:
         intent = intention(checked, policy, settings.mode, "blocked")
         return ServeError(409, "escalated", f"The gate escalated this request to a human: {checked.decision.reason}",
-                          headers(checked), intention=intent)
+                          headers(checked, result), intention=intent)
 
     async def stream(req: ChatRequest, actor: str, config: GenerationConfig, stop: list[str]) -> Response:
         loop = asyncio.get_running_loop()
@@ -299,7 +299,8 @@ def create_app(loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = N
         def put(item: StreamItem) -> None:
             loop.call_soon_threadsafe(items.put_nowait, item)
 
-        job = asyncio.wrap_future(worker.submit(stream_job, req, actor, config, stop, put))
+        job = asyncio.wrap_future(worker.submit_batched(ChatJob(req.messages, req.answer_prefix, actor, config, stop,
+                                                                put)))
         metrics.queue_depth.set(worker.pending)
         job.add_done_callback(lambda _: items.put_nowait(("end", None)))
         kind, checked = await items.get()
@@ -319,22 +320,24 @@ def create_app(loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = N
         config, stop = _gen_config(req, settings)
         if req.stream:
             return await stream(req, actor, config, stop)
-        checked, done = await on_worker(chat_job, req, actor, config, stop)
+        result = await on_worker(ChatJob(req.messages, req.answer_prefix, actor, config, stop))
+        checked, done = result.checked, result.completion
         record(checked, "chat")
         if done is None:
-            raise escalated(checked)
+            raise escalated(checked, result)
         action = "annotated" if checked.decision.escalate else "answered"
         intent = intention(checked, policy, settings.mode, action)
         return JSONResponse(_completion_body(f"chatcmpl-{uuid.uuid4().hex}", model_id, done, intent),
-                            headers=headers(checked))
+                            headers=headers(checked, result))
 
     @app.post("/v1/gate")
     async def gate(req: GateRequest, actor: str = Depends(caller)) -> JSONResponse:
-        checked = await on_worker(None, req.messages, req.answer_prefix, actor)
+        result = await on_worker(GateJob(req.messages, req.answer_prefix, actor))
+        checked = result.checked
         record(checked, "gate")
         body = {"object": "gate.decision", "model": model_id,
                 "intention": intention(checked, policy, settings.mode, "checked")}
-        return JSONResponse(body, headers=headers(checked))
+        return JSONResponse(body, headers=headers(checked, result))
 
     @app.get("/v1/models")
     async def models(_: str = Depends(caller)) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from ic_core.governance.gate import (
 from ic_core.governance.policy import Policy, check_model
 from ic_core.models import LoadedModel
 from ic_core.prompts import RenderedPrompt
+from ic_core.serve.batch_read import read_with_prefills
 from ic_core.serve.prefix_cache import PrefixCache
 from ic_core.serve.schemas import Message
 
@@ -161,14 +162,25 @@ class GatedEngine:
                                self.policy.kind, prefill)
         return self._decide(conversation, analysis, actor, start)
 
-    def check_batch(self, requests: Sequence[tuple[Sequence[Message], str | None, str]]) -> list[Checked | ICError]:
-        """Check several conversations with one left-padded forward pass (gate checks: no prefill kept).
+    def check_batch(self, requests: Sequence[tuple[Sequence[Message], str | None, str]],
+                    answers: Sequence[bool] | None = None) -> list[Checked | ICError]:
+        """Check several conversations with one left-padded forward pass.
 
         Each request is ``(messages, answer_prefix, actor)``; its result is its :class:`Checked`
         (audited, in request order) or the error that request alone raised. The numbers equal
         :meth:`check`'s within float tolerance (:func:`ic_core.capture.capture_batch`).
+
+        Args:
+            requests: The conversations.
+            answers: Per request, whether it may be answered (a chat completion): its check then
+                keeps its own KV cache (:func:`ic_core.serve.batch_read.read_with_prefills`) so the
+                answer continues from it, as after :meth:`check`. Default: none (gate checks).
+
         """
         start = time.perf_counter()
+        wants = list(answers) if answers is not None else [False] * len(requests)
+        if len(wants) != len(requests):
+            raise ValueError(f"answers has {len(wants)} flags for {len(requests)} requests")
         results: list[Checked | ICError | None] = [None] * len(requests)
         ready: list[tuple[int, Conversation, RenderedPrompt]] = []
         for i, (messages, answer_prefix, _) in enumerate(requests):
@@ -178,19 +190,37 @@ class GatedEngine:
                 results[i] = exc
         hits = {i: hit for i, _, r in ready if (hit := self._cached_prefix(r)) is not None or len(ready) == 1}
         batch = [(i, r) for i, _, r in ready if i not in hits]
-        states = dict(zip((i for i, _ in batch), capture_batch(self.loaded, [r for _, r in batch],
-                                                                 batch_size=max(len(batch), 1)))) if batch else {}
+        reads = self._read_together(batch, wants)
         for i, _, rendered in ready:
             if i in hits:  # a cached prefix (or a batch of one): read alone, only the new tokens
-                states[i] = self._read(rendered, hits[i])[0]
+                reads[i] = self._read(rendered, hits[i])
         took = time.perf_counter() - start
         for i, conversation, rendered in ready:
-            analysis = analysis_of(self.loaded, rendered, states[i], took, conversation.question, self.policy.kind)
+            state, prefill = reads[i]
+            analysis = analysis_of(self.loaded, rendered, state, took, conversation.question, self.policy.kind,
+                                   prefill if wants[i] else None)
             try:
                 results[i] = self._decide(conversation, analysis, requests[i][2], start)
             except ICError as exc:
                 results[i] = exc
         return [r for r in results if r is not None]
+
+    def _read_together(self, batch: Sequence[tuple[int, RenderedPrompt]],
+                       wants: Sequence[bool]) -> dict[int, tuple[IntentionState, Prefill | None]]:
+        """States of the batch's rows from shared forward passes; prefills only for rows to be answered."""
+        if not batch:
+            return {}
+        rendered = [r for _, r in batch]
+        keep = [wants[i] for i, _ in batch]
+        if not any(keep):  # gate checks only: no cache is split out
+            states = capture_batch(self.loaded, rendered, batch_size=len(batch))
+            return {i: (state, None) for (i, _), state in zip(batch, states)}
+        reads = read_with_prefills(self.loaded, rendered, keep, max_rows=len(batch))
+        if self.prefix_cache is not None:
+            for _, prefill in reads:
+                if prefill is not None:
+                    self.prefix_cache.store(self.loaded, prefill.ids, prefill.past_key_values)
+        return {i: read for (i, _), read in zip(batch, reads)}
 
     def _cached_prefix(self, rendered: RenderedPrompt) -> tuple[int, Cache] | None:
         """A copy of the cached KV of the longest stored prefix of the read row (None: no hit or no cache)."""
@@ -198,10 +228,11 @@ class GatedEngine:
             return None
         return self.prefix_cache.lookup(self.loaded, rendered.input_ids[: rendered.readout_index + 1])
 
-    def _read(self, rendered: RenderedPrompt, prefix: tuple[int, Cache] | None) -> tuple[IntentionState, Prefill]:
+    def _read(self, rendered: RenderedPrompt,
+              prefix: tuple[int, Cache] | None) -> tuple[IntentionState, Prefill | None]:
         """One prompt's read (after ``prefix`` when given); its KV cache is kept for later prompts."""
         state, prefill = capture(self.loaded, rendered, prefix=prefix)
-        if self.prefix_cache is not None:
+        if self.prefix_cache is not None and prefill is not None:
             self.prefix_cache.store(self.loaded, prefill.ids, prefill.past_key_values)
         return state, prefill
 

@@ -9,7 +9,11 @@ while :attr:`ModelWorker.queue_size` others are already waiting is refused with
 Gate checks are micro-batched (:meth:`ModelWorker.submit_batched`): the model thread collects
 the checks that arrive within ``batch_window_s`` of the first (at most ``max_batch``) and runs
 them as one call of the batch function, i.e. one left-padded forward pass. Each check still
-counts as one waiting job for the queue limit.
+counts as one waiting job for the queue limit. Chat completions are batched the same way: the
+batch function checks them together and returns a :class:`Deferred` for each answer to write;
+the worker first delivers the batch's other results (gate decisions, blocked requests), then
+runs the deferred answers one after another on the model thread, so each answer still consumes
+its own check's prefill before the next batch starts.
 """
 
 from __future__ import annotations
@@ -22,7 +26,16 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 BatchFn = Callable[[Sequence[Any]], Sequence[Any]]
-"""Runs a batch of items; returns one result per item (an Exception instance fails that item alone)."""
+"""Runs a batch of items; returns one result per item (an Exception instance fails that item alone,
+a :class:`Deferred` is computed after the others are delivered)."""
+
+
+class Deferred:
+    """A batch result to compute after the batch's other results are delivered (a chat answer)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        """``fn()`` gives the item's result (or raises: that item fails alone)."""
+        self.fn = fn
 
 
 class QueueFull(Exception):
@@ -134,11 +147,19 @@ class ModelWorker:
             for _, future in batch:
                 future.set_exception(exc)
             return
+        later: list[tuple[Future[Any], Deferred]] = []
         for (_, future), result in zip(batch, results):
             if isinstance(result, Exception):
                 future.set_exception(result)
+            elif isinstance(result, Deferred):
+                later.append((future, result))
             else:
                 future.set_result(result)
+        for future, deferred in later:
+            try:
+                future.set_result(deferred.fn())
+            except Exception as exc:  # this item alone fails; the next answer still runs
+                future.set_exception(exc)
 
     def _fail_waiting(self, exc: BaseException) -> None:
         with self._ready:

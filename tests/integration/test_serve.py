@@ -377,7 +377,7 @@ class TestErrorsAndMetrics:
             def boom(*_a, **_k):
                 raise RuntimeError("secret internal detail")
 
-            monkeypatch.setattr(c.app.state.engine, "check", boom)
+            monkeypatch.setattr(c.app.state.engine, "check_batch", boom)  # chat checks are micro-batched
             body = _error(_chat(c), 500, "server_error")
         assert "secret internal detail" not in body["message"] and "RuntimeError" in body["message"]
 
