@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 
 from ic_core.analysis import analyze
+from ic_core.backends import using
+from ic_core.backends.options import add_backend_options, backend_from_args, model_for_args
 from ic_core.cli.common import (
     add_decoding_options,
     add_model_options,
     choices_type,
     gen_config_from_args,
-    model_from_args,
     print_json,
     text_type,
 )
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_decoding_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
     add_model_options(p)
+    add_backend_options(p)
     p.set_defaults(func=run)
 
 
@@ -47,12 +49,16 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``analyze``."""
     config = gen_config_from_args(args)
     template = custom_template(args.template) if args.template else None
-    loaded = model_from_args(args)
-    result = analyze(
-        loaded, args.prompt, regime=args.regime, kind=args.kind, template=template,
-        answer_prefix=args.answer_prefix, choices=args.choices,
-        readout=_readout(args.readout), expected=args.expected,
-        aliases=args.aliases.split("|") if args.aliases else (), do_generate=args.generate, gen_config=config,
-    )
-    print_json(result.to_json())
+    backend = backend_from_args(args, generates=args.generate)
+    loaded = model_for_args(args, backend)
+    with using(backend):
+        result = analyze(
+            loaded, args.prompt, regime=args.regime, kind=args.kind, template=template,
+            answer_prefix=args.answer_prefix, choices=args.choices,
+            readout=_readout(args.readout), expected=args.expected,
+            aliases=args.aliases.split("|") if args.aliases else (), do_generate=args.generate, gen_config=config,
+        )
+    out = result.to_json()
+    out["capture_backend"] = "nnsight (NDIF)" if args.remote else args.backend
+    print_json(out)
     return 0

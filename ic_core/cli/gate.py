@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from ic_core.backends import using
+from ic_core.backends.options import add_backend_options, backend_from_args, load_for_args
 from ic_core.cli.common import print_json
 from ic_core.cli.policy import warn_if_unverified
 from ic_core.governance.gate import gate_check, load_policy_probe, resolve_answer_prefix
@@ -34,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a hub model")
     p.add_argument("--allow-unsigned", action="store_true",
                    help="accept a policy without a valid signature (anyone who can edit it can change its thresholds)")
+    add_backend_options(p)
     p.set_defaults(func=run)
 
 
@@ -78,12 +81,14 @@ def run(args: argparse.Namespace) -> int:
     check_model_spec(policy, spec)
     resolve_answer_prefix(policy, args.answer_prefix)
     probe = load_policy_probe(policy, probe_root(args.policy, policy, args.probe), args.probe)
-    loaded = get_model(spec)
-    decision = gate_check(
-        loaded, policy, args.prompt, kind=args.kind, probe=probe,
-        audit_log=False if args.no_audit else args.audit_log, answer_prefix=args.answer_prefix,
-        choices=args.choices.split("|") if args.choices else (), source="cli",
-    )
+    backend = backend_from_args(args)
+    loaded = load_for_args(spec, args, backend) or get_model(spec)
+    with using(backend):
+        decision = gate_check(
+            loaded, policy, args.prompt, kind=args.kind, probe=probe,
+            audit_log=False if args.no_audit else args.audit_log, answer_prefix=args.answer_prefix,
+            choices=args.choices.split("|") if args.choices else (), source="cli",
+        )
     if args.json:
         print_json(decision.to_json())
     else:

@@ -7,14 +7,16 @@ import sys
 import time
 from pathlib import Path
 
+from ic_core.backends import using
+from ic_core.backends.options import add_backend_options, backend_from_args, model_for_args
 from ic_core.cli.common import (
     add_decoding_options,
     add_model_options,
     gen_config_from_args,
-    model_from_args,
     print_json,
     text_type,
 )
+from ic_core.cli.study_shards import add_shard_options, merge_if_asked, run_ray_if_asked, sharded_runner
 from ic_core.dataset_columns import format_column_map
 from ic_core.dataset_load import load_with_mapping
 from ic_core.datasets import LoadResult, bundled_sets, load_bundled
@@ -28,7 +30,7 @@ from ic_core.study.runner import eta_text, run_study
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``study`` command."""
     p = sub.add_parser("study", help="run a prompt set in one or more regimes and save a run folder")
-    p.add_argument("--data", required=True, help="a bundled set name (e.g. capitals) or a .jsonl/.csv file")
+    p.add_argument("--data", help="a bundled set name (e.g. capitals) or a .jsonl/.csv file (required unless merging)")
     p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
                    help="which column holds a field, e.g. --map question=prompt --map answer=gold (repeatable; "
                         "other fields use the printed guess)")
@@ -47,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_decoding_options(p, "new tokens per answer (CoT gets at least 192)")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     add_model_options(p)
+    add_backend_options(p)
+    add_shard_options(p)
     p.set_defaults(func=run)
 
 
@@ -71,6 +75,9 @@ def _progress_line(done: int, total: int, eta_s: float | None, message: str) -> 
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``study``."""
+    merged = merge_if_asked(args)
+    if merged is not None:
+        return merged
     name, result = _load_data(args)
     for err in result.errors[:10]:
         print(f"skipped line {err.line}: {err.message}", file=sys.stderr)
@@ -80,14 +87,19 @@ def run(args: argparse.Namespace) -> int:
     config = gen_config_from_args(args)
     n_items = min(len(result.items), args.limit or len(result.items))
     out = Path(args.out) if args.out else run_path(default_run_name(name, regimes, n_items))
-    loaded = model_from_args(args)
+    backend = backend_from_args(args, generates=not args.no_generate)
+    ray_code = run_ray_if_asked(args, name, result, regimes, config, out)
+    if ray_code is not None:
+        return ray_code
+    loaded = model_for_args(args, backend)
     start = time.perf_counter()
-    study = run_study(
-        loaded, result.items, regimes, out, limit=args.limit, gen_config=config,
-        use_item_prefix=not args.no_item_prefix, answer_prefix=args.answer_prefix, batch_size=args.batch_size,
-        progress=None if args.quiet else _progress_line, generate=not args.no_generate, seed=args.seed,
-        dataset_name=name, dataset_sha256=result.sha256, second_digit_slot=args.second_digit_slot,
-    )
+    with using(backend):
+        study = sharded_runner(args, run_study)(
+            loaded, result.items, regimes, out, limit=args.limit, gen_config=config,
+            use_item_prefix=not args.no_item_prefix, answer_prefix=args.answer_prefix, batch_size=args.batch_size,
+            progress=None if args.quiet else _progress_line, generate=not args.no_generate, seed=args.seed,
+            dataset_name=name, dataset_sha256=result.sha256, second_digit_slot=args.second_digit_slot,
+        )
     if not args.quiet:
         sys.stderr.write(f"\ndone in {time.perf_counter() - start:.1f} s → {out}\n")
     summary = metrics_json(study)
