@@ -24,8 +24,13 @@ Figures (see ``docs/benchmark.md`` for the JSON layout and how to read it):
 * ``ours_over_naive`` — check + answer through ``ic_core`` ÷ what a user would otherwise write with
   plain transformers (hidden states of the whole sequence, a lens over every position and layer,
   then ``model.generate`` re-reading the prompt);
-* ``serve`` — the served gate (:mod:`ic_core.bench.serve_workloads`): ``gate_rps_8_over_1``
-  (higher is better), ``served_over_inprocess`` and ``cached_prefix_over_uncached``.
+* ``serve`` — the served gate (:mod:`ic_core.bench.serve_workloads`), absent with
+  ``serve=False`` (``bench --no-serve``): ``result["serve"]`` maps ``gate_rps_8_over_1`` (8
+  clients ÷ 1, higher is better, with ``batch_sizes_seen``), ``served_over_inprocess`` (with
+  ``served_breakdown_ms`` and ``generated_tokens``) and ``cached_prefix_over_uncached`` (with
+  ``cache_hits``) to a ratio summary with ``target``, ``target_is`` and ``pass``; the keys of
+  each are listed in :func:`ic_core.bench.serve_workloads.bench_serve`. Their pass flags are
+  also in ``result["pass"]`` as ``serve.<name>``.
 """
 
 from __future__ import annotations
@@ -89,7 +94,11 @@ class BenchSettings:
     direct_new_tokens: int = 32
     cot_new_tokens: int = 128
     serve: bool = True
-    """Measure the served gate's figures (uvicorn on 127.0.0.1; rounds: ``repeats``)."""
+    """Measure the served gate's figures (uvicorn on 127.0.0.1; rounds: ``repeats``). False: no
+    ``serve`` key in the result (``bench --no-serve``)."""
+    serve_chat_repeats: int = 5
+    """Rounds of ``served_over_inprocess`` (64 new tokens per arm and round): its few per cent
+    resolve only over several rounds."""
     serve_gate_requests: int = 32
     """Gate requests per arm of ``gate_rps_8_over_1`` (a multiple of 8)."""
     serve_system_tokens: int = 350
@@ -97,7 +106,7 @@ class BenchSettings:
     quick: bool = False
 
     def __post_init__(self) -> None:
-        if min(self.repeats, self.forward_repeats, self.batch_repeats, self.load_repeats) < 1:
+        if min(self.repeats, self.forward_repeats, self.batch_repeats, self.load_repeats, self.serve_chat_repeats) < 1:
             raise ICError("Every repeat count must be at least 1.")
         if not self.lengths or min(self.lengths) < 1 or len(set(self.lengths)) != len(self.lengths):
             raise ICError(f"Prompt lengths must be distinct positive token counts; got {self.lengths}.")
@@ -109,7 +118,7 @@ class BenchSettings:
         """About one minute: the shortest length only, fewer prompts and repeats, one load each."""
         return cls(
             repeats=repeats or 2, lengths=(45,), forward_repeats=5, batch_prompts=16, batch_repeats=1,
-            load_repeats=1, memory_items=16, study_items=2, serve_gate_requests=16, quick=True,
+            load_repeats=1, memory_items=16, study_items=2, serve_gate_requests=16, serve_chat_repeats=2, quick=True,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -207,7 +216,7 @@ def run_benchmark(
     if settings.serve:
         say("served gate: 8 vs 1 clients, served vs in-process answer, cached vs uncached system prompt")
         serve = bench_serve(loaded, settings.repeats, settings.new_tokens, settings.serve_gate_requests,
-                            settings.serve_system_tokens)
+                            settings.serve_system_tokens, settings.serve_chat_repeats)
 
     result: dict[str, Any] = {"format_version": FORMAT_VERSION}
     passes: dict[str, bool | None] = {}
@@ -247,8 +256,10 @@ def run_benchmark(
     return result
 
 
-def quick_or_full(quick: bool, repeats: int | None) -> BenchSettings:
-    """Settings for the CLI: ``--quick`` and/or ``--repeats``."""
+def quick_or_full(quick: bool, repeats: int | None, serve: bool = True) -> BenchSettings:
+    """Settings for the CLI: ``--quick``, ``--repeats`` and ``--no-serve``."""
     if quick:
-        return BenchSettings.quick_settings(repeats)
-    return replace(BenchSettings(), repeats=repeats) if repeats else BenchSettings()
+        settings = BenchSettings.quick_settings(repeats)
+    else:
+        settings = replace(BenchSettings(), repeats=repeats) if repeats else BenchSettings()
+    return settings if serve else replace(settings, serve=False)

@@ -133,33 +133,82 @@ def _gate_figure(url: str, headers: dict[str, str], rounds: int, requests: int, 
                        batch_sizes_seen=seen)
 
 
-def _chat_figure(url: str, headers: dict[str, str], engine: Any, rounds: int, new_tokens: int,
-                 questions: _Questions) -> RatioStats:
+class _SameQuestions:
+    """Each arm's k-th call gets the k-th question: the arms of a round answer the same prompt.
+
+    The bare questions under :data:`ANSWER_TEMPLATE` (no numbering), so greedy answers run to the
+    full length and both arms generate the same tokens (checked per round).
+    """
+
+    def __init__(self) -> None:
+        self._pool, self._calls = sample_questions(193), {}
+
+    def __call__(self, arm: str) -> str:
+        k = self._calls.get(arm, 0)
+        self._calls[arm] = k + 1
+        return self._pool[k % len(self._pool)]
+
+
+def _server_timing(header: str) -> dict[str, float]:
+    """``Server-Timing`` (``name;dur=ms, ...``) → name → seconds."""
+    out = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if name and dur:
+            out[name] = float(dur) / 1000
+    return out
+
+
+def _chat_figure(url: str, headers: dict[str, str], engine: Any, rounds: int, new_tokens: int) -> RatioStats:
+    """Served check + answer ÷ the same check + answer in-process, the same question in both arms of a round.
+
+    The served responses' ``Server-Timing`` splits each request: ``queue`` (hand-off to the model
+    thread and the batching window), ``check`` and ``answer`` on the model thread, and the rest
+    (HTTP, JSON, authentication, the client) as ``http_json``.
+    """
+    import statistics
+
     import httpx
 
     from ic_core.serve.schemas import Message
 
     config = GenerationConfig(max_new_tokens=new_tokens)  # what the server builds for a greedy request
-    tokens: dict[str, int] = {}
+    tokens: dict[str, list[int]] = {"served": [], "in_process": []}
+    parts: list[dict[str, float]] = []
+    questions = _SameQuestions()
     client = httpx.Client(timeout=300)
+    hits_before = engine.prefix_cache.hits if engine.prefix_cache is not None else 0
 
     def served() -> None:
-        body = {"messages": [{"role": "user", "content": questions()}], "max_tokens": new_tokens}
+        body = {"messages": [{"role": "user", "content": questions("served")}], "max_tokens": new_tokens}
+        start = time.perf_counter()
         r = client.post(f"{url}/v1/chat/completions", json=body, headers=headers)
+        total = time.perf_counter() - start
         if r.status_code != 200:
             raise ICError(f"The served chat answered {r.status_code}: {r.text[:200]}")
-        tokens["served"] = r.json()["usage"]["completion_tokens"]
+        tokens["served"].append(r.json()["usage"]["completion_tokens"])
+        timing = _server_timing(r.headers.get("server-timing", ""))
+        parts.append({**timing, "http_json": total - sum(timing.values()), "total": total})
 
     def inprocess() -> None:
-        checked = engine.check([Message(role="user", content=questions())], None, "bench")
-        tokens["in_process"] = engine.complete(checked, config).completion_tokens
+        checked = engine.check([Message(role="user", content=questions("in_process"))], None, "bench")
+        tokens["in_process"].append(engine.complete(checked, config).completion_tokens)
 
     try:
         t = time_rounds({"served": served, "in_process": inprocess}, rounds)
     finally:
         client.close()
+    if tokens["served"] != tokens["in_process"]:
+        raise ICError(f"The two arms generated different token counts per round: {tokens}.")
+    timed = parts[1:]  # the first served call is the warm-up
+    breakdown = {name: rounded(1000 * statistics.median(p.get(name, 0.0) for p in timed), 2)
+                 for name in ("queue", "check", "answer", "http_json", "total")}
+    same_request = statistics.median(p["total"] / (p.get("check", 0.0) + p.get("answer", 0.0)) for p in timed)
+    hits = (engine.prefix_cache.hits if engine.prefix_cache is not None else 0) - hits_before
     return ratio_stats(t["served"], t["in_process"], SERVE_TARGETS["served_over_inprocess"][1],
-                       new_tokens=new_tokens, generated_tokens=tokens)
+                       new_tokens=new_tokens, generated_tokens=tokens["in_process"][1:],
+                       served_breakdown_ms=breakdown, served_over_its_model_time=rounded(same_request),
+                       prefix_cache_hits=hits)
 
 
 def _prefix_figure(loaded: LoadedModel, rounds: int, system_tokens: int, questions: _Questions,
@@ -191,7 +240,7 @@ def _prefix_figure(loaded: LoadedModel, rounds: int, system_tokens: int, questio
 
 
 def bench_serve(loaded: LoadedModel, rounds: int, new_tokens: int = 64, gate_requests: int = 32,
-                system_tokens: int = 350) -> dict[str, Any]:
+                system_tokens: int = 350, chat_rounds: int | None = None) -> dict[str, Any]:
     """The three served-gate figures (module docstring), each with its pass flag against :data:`SERVE_TARGETS`.
 
     Args:
@@ -201,6 +250,20 @@ def bench_serve(loaded: LoadedModel, rounds: int, new_tokens: int = 64, gate_req
         gate_requests: Requests per arm in ``gate_rps_8_over_1`` (a multiple of 8).
         system_tokens: Cached system prompt length in ``cached_prefix_over_uncached`` (at most half
             the model's context, so the conversation fits a small model too).
+        chat_rounds: Rounds of ``served_over_inprocess`` (default ``rounds``): a few per cent
+            resolve only over several rounds.
+
+    Returns:
+        Per figure name (:data:`SERVE_TARGETS`): ``median``/``min``/``max`` of the per-round ratios,
+        ``n`` rounds, ``numerator_median_s``/``denominator_median_s``, ``target``, ``target_is``
+        (``min``: higher is better) and ``pass``; plus ``gate_rps_8_over_1``: ``requests_per_arm``,
+        ``clients``, ``batch_sizes_seen`` (batch size → batches, over warm-up and rounds);
+        ``served_over_inprocess``: ``new_tokens``, ``generated_tokens`` (per timed round, equal in
+        both arms), ``served_breakdown_ms`` (median ``queue``/``check``/``answer``/``http_json``/
+        ``total`` of a served request), ``served_over_its_model_time`` (a served request's time ÷
+        its own check + answer on the model thread) and ``prefix_cache_hits`` (0: no arm was
+        helped by the other's prompt); ``cached_prefix_over_uncached``: ``conversation_tokens``,
+        ``system_tokens``, ``cache_hits``.
 
     """
     from ic_core.serve.app import create_app
@@ -227,7 +290,7 @@ def bench_serve(loaded: LoadedModel, rounds: int, new_tokens: int = 64, gate_req
 
         with _served(app) as url:
             gate = _gate_figure(url, headers, rounds, gate_requests, questions, batch_sizes)
-            chat = _chat_figure(url, headers, app.state.engine, rounds, new_tokens, questions)
+            chat = _chat_figure(url, headers, app.state.engine, chat_rounds or rounds, new_tokens)
         prefix = _prefix_figure(loaded, rounds, system_tokens, questions, Path(tmp))
     out: dict[str, Any] = {}
     for name, stats in (("gate_rps_8_over_1", gate), ("served_over_inprocess", chat),

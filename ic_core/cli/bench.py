@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure the performance budget (ratios, medians over repeats)")
     p.add_argument("--repeats", type=int, help="rounds of the generation comparisons (default 3; --quick: 2)")
     p.add_argument("--quick", action="store_true", help="about one minute: shortest prompt length, fewer repeats")
+    p.add_argument("--no-serve", dest="serve", action="store_false",
+                   help="skip the served-gate figures (uvicorn on 127.0.0.1: 8 vs 1 clients, served vs in-process, "
+                        "cached system prompt)")
     p.add_argument("--out", help="also write the JSON to this file")
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -28,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``bench``."""
     if args.repeats is not None and args.repeats < 1:
         raise ICError(f"--repeats must be at least 1 (got {args.repeats}).")
-    settings = quick_or_full(args.quick, args.repeats)
+    settings = quick_or_full(args.quick, args.repeats, getattr(args, "serve", True))
     loaded = model_from_args(args)
 
     def progress(message: str) -> None:
@@ -40,5 +43,20 @@ def run(args: argparse.Namespace) -> int:
         path = Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    if not args.quiet:
+        for line in serve_summary(result):
+            print(f"bench: {line}", file=sys.stderr, flush=True)
     print_json(result)
     return 0
+
+
+def serve_summary(result: dict) -> list[str]:
+    """One line per served-gate figure: its ratio against the target, and the batch sizes seen."""
+    lines = []
+    for name, fig in (result.get("serve") or {}).items():
+        sign = ">=" if fig["target_is"] == "min" else "<="
+        line = f"serve {name} = {fig['median']} (target {sign} {fig['target']}: {'pass' if fig['pass'] else 'FAIL'})"
+        if "batch_sizes_seen" in fig:
+            line += "; batch sizes seen " + ", ".join(f"{k}×{v}" for k, v in sorted(fig["batch_sizes_seen"].items()))
+        lines.append(line)
+    return lines

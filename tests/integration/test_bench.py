@@ -26,7 +26,7 @@ STAT_KEYS = {"median", "min", "max", "n", "numerator_median_s", "denominator_med
 TINY_SETTINGS = BenchSettings(
     repeats=2, lengths=(20, 60), new_tokens=6, forward_repeats=2, batch_prompts=5, batch_prompts_long=3,
     long_prompt_tokens=40, batch_repeats=1, load_repeats=1, memory_items=5, memory_target_items=40, study_items=1,
-    direct_new_tokens=4, cot_new_tokens=4,
+    direct_new_tokens=4, cot_new_tokens=4, serve=False,  # the served figures: tests/integration/test_bench_serve.py
 )
 
 
@@ -151,6 +151,11 @@ class TestRunBenchmarkOnTiny:
         assert result["throughput"]["direct"]["max_new_tokens"] == 4
         assert result["throughput"]["cot"]["max_new_tokens"] >= 4
 
+    def test_no_serve_leaves_the_served_figures_out(self, tiny_result):
+        result, messages = tiny_result
+        assert "serve" not in result and not any(k.startswith("serve.") for k in result["pass"])
+        assert result["settings"]["serve"] is False and not any("served gate" in m for m in messages)
+
     def test_machine_and_wall_time(self, tiny_result):
         result, _ = tiny_result
         m = result["machine"]
@@ -184,11 +189,11 @@ def test_cli_refuses_zero_repeats():
 @pytest.mark.slow
 def test_cli_quick_on_the_default_model(tmp_path):
     out_file = tmp_path / "bench.json"
-    proc = _cli("--quick", "--json", "--quiet", "--out", str(out_file))
+    proc = _cli("--quick", "--no-serve", "--json", "--quiet", "--out", str(out_file))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert json.loads(out_file.read_text()) == result
-    assert set(REQUIRED) <= set(result) and result["settings"]["quick"] is True
+    assert set(REQUIRED) <= set(result) and result["settings"]["quick"] is True and "serve" not in result
     for key in PER_LENGTH:
         assert set(result[key]) == {"45"} and result[key]["45"]["median"] > 0
     assert 35 <= result["prompt_tokens"]["45"] <= 60

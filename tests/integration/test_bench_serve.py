@@ -40,7 +40,14 @@ def test_gate_figure_reports_batches_and_rates(figures):
 
 def test_chat_and_prefix_figures_compare_like_with_like(figures):
     chat = figures["served_over_inprocess"]
-    assert chat["generated_tokens"]["served"] == chat["generated_tokens"]["in_process"]
+    # bench_serve raises when the arms' per-round token counts differ; one timed round here
+    assert len(chat["generated_tokens"]) == 1 and 1 <= chat["generated_tokens"][0] <= 4
+    assert chat["prefix_cache_hits"] == 0
+    parts = chat["served_breakdown_ms"]
+    assert set(parts) == {"queue", "check", "answer", "http_json", "total"}
+    assert all(math.isfinite(v) and v >= 0 for k, v in parts.items() if k != "http_json")
+    assert parts["total"] > 0 and parts["queue"] + parts["check"] + parts["answer"] <= parts["total"] * 1.01
+    assert chat["served_over_its_model_time"] >= 1.0
     prefix = figures["cached_prefix_over_uncached"]
     # the untimed warm-up fills the cache; the one timed round hits it
     assert prefix["cache_hits"] == 1 and prefix["conversation_tokens"] > prefix["system_tokens"] >= 120
@@ -63,3 +70,25 @@ def test_requests_must_be_a_multiple_of_the_clients(tiny):
 def test_settings_register_the_serve_figures():
     assert BenchSettings().serve and BenchSettings().serve_gate_requests == 32
     assert quick_or_full(True, None).serve_gate_requests == 16
+    assert BenchSettings().serve_chat_repeats == 5 and quick_or_full(True, None).serve_chat_repeats == 2
+    assert quick_or_full(False, 4, serve=False).serve is False and quick_or_full(False, 4, serve=False).repeats == 4
+    assert quick_or_full(True, None, serve=False).quick and not quick_or_full(True, None, serve=False).serve
+    with pytest.raises(ICError, match="at least 1"):
+        BenchSettings(serve_chat_repeats=0)
+
+
+def test_cli_no_serve_flag_and_the_printed_serve_lines(figures):
+    import argparse
+
+    from ic_core.cli.bench import register, serve_summary
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert parser.parse_args(["bench", "--no-serve"]).serve is False
+    assert parser.parse_args(["bench"]).serve is True
+    lines = serve_summary({"serve": figures})
+    assert [line.split(" = ")[0] for line in lines] == [f"serve {name}" for name in figures]
+    gate = figures["gate_rps_8_over_1"]
+    assert f"= {gate['median']} (target >= 1.5: {'pass' if gate['pass'] else 'FAIL'})" in lines[0]
+    assert "batch sizes seen" in lines[0] and "target <= 1.05" in lines[1] and "batch sizes" not in lines[1]
+    assert serve_summary({}) == []
