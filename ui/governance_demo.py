@@ -1,14 +1,33 @@
-"""The Governance page's one-click demo on the bundled governance_ops set."""
+"""The Governance page's one-click demo on the bundled governance_ops set.
+
+The demo's run is a background job (:mod:`ui.jobs`): its first figures come from the first
+:data:`ic_core.governance.demo.DEMO_FIRST` items (four per topic) while the rest are answered,
+then from the whole set; the page says which set and how many items it shows.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from ic_core.errors import ICError
 from ic_core.governance.compare import SignalComparison, compare_signals
-from ic_core.governance.demo import DEMO_COMMAND, DEMO_LIMIT, DEMO_SET, demo_candidates, make_demo_run
+from ic_core.governance.demo import (
+    DEMO_COMMAND,
+    DEMO_FIRST,
+    DEMO_LIMIT,
+    DEMO_SET,
+    demo_candidates,
+    demo_run_path,
+    demo_view,
+    first_rows,
+    make_demo_run,
+)
 from ic_core.governance.rule import escalates_everything, outcomes
+from ic_core.jobs import JobContext, JobFn, JobInfo, job_queue
 from ic_core.models import LoadedModel, ModelSpec
 from ic_core.narrative import (
     comparison_headline,
@@ -18,22 +37,71 @@ from ic_core.narrative import (
     small_sample_note,
 )
 from ic_core.plots.gate import risk_coverage_figure
-from ui.common import cached_run, show_error
-from ui.governance_cache import ITEM_COLUMN_CONFIG, cached_probe_scores, cached_signals, list_saved_runs, run_label
-from ui.progress import ProgressBar, duration_text, measured_speed
+from ic_core.runs.store import run_mtime
+from ui.common import cached_run, md_text, show_error
+from ui.governance_cache import ITEM_COLUMN_CONFIG, list_saved_runs, run_label
+from ui.jobs import live_job, submit
+from ui.progress import duration_text, measured_speed
+
+DEMO_ON_KEY = "gov.demo_on"
+"""The run folder whose demo figures this session asked for (the button, or the one click that made the run)."""
 
 
-@st.cache_resource(max_entries=2, show_spinner="Comparing signals on the held-out items…")
-def cached_comparison(path: str, mtime: float, target: float, holdout: float, seed: int, spec: ModelSpec | None,
+@st.cache_resource(max_entries=4, show_spinner="Comparing signals on the held-out items…")
+def cached_comparison(path: str, n_rows: int, target: float, holdout: float, seed: int, spec: ModelSpec | None,
                       _loaded: LoadedModel | None) -> SignalComparison:
-    """The demo's signal comparison on a run (cached on path, mtime and model)."""
+    """The demo's signal comparison on the run's first ``n_rows`` plan rows (cached on path, rows and model).
+
+    Finished rows never change, so (path, n_rows) names the same rows while the run keeps growing.
+    """
     # ``spec`` keys the cache on the model; ``_loaded`` is that model (not hashed).
-    sig = cached_signals(path, mtime, None, holdout, seed)
-    try:
-        scores = cached_probe_scores(path, mtime, None, holdout, seed)
-    except ICError:
-        scores = None  # compare_signals fits again and records why it could not
-    return compare_signals(cached_run(path, mtime), _loaded, target, signals=sig, scores=scores)
+    run = first_rows(cached_run(path, run_mtime(path)), n_rows)
+    return compare_signals(run, _loaded, target, holdout=holdout, seed=seed)
+
+
+def demo_job(loaded: LoadedModel, folder: str) -> JobFn:
+    """The background job that answers the demo's items (the first figures come from its first rows)."""
+    def run(ctx: JobContext) -> str:
+        ctx.set_result_path(folder)
+        return str(make_demo_run(loaded, ctx.progress, ctx.cancelled, out=folder).path)
+    return run
+
+
+def start_demo_run(loaded: LoadedModel) -> None:
+    """Queue the demo run as a background job; the figures appear once its first items are answered."""
+    folder = demo_run_path()
+    if job_queue().active_for(folder) is None:
+        submit("governance_demo", Path(folder).name, demo_job(loaded, folder), result_path=folder,
+               speed_task="study:generate")
+    st.session_state[DEMO_ON_KEY] = folder  # one click: the demo runs on the new run as soon as it can
+    st.session_state["gov_demo_run_name"] = Path(folder).name
+    st.rerun()
+
+
+def no_run_yet(loaded: LoadedModel | None) -> None:
+    """What to do when there is no governance_ops run: make one here (in the background) or in a terminal."""
+    per_row = measured_speed("study:generate")
+    took = (f"the first figures after {DEMO_FIRST} items, in {duration_text(per_row * DEMO_FIRST)}, and all "
+            f"{DEMO_LIMIT} in {duration_text(per_row * DEMO_LIMIT)} at the speed measured on this machine" if per_row
+            else f"the first figures appear after {DEMO_FIRST} items, the bar shows the time left")
+    st.info(f"No run of {DEMO_SET} yet. Make one here ({DEMO_LIMIT} items, direct regime, with the answer prefix, "
+            f"answered in the background; {took}), or from a terminal:")
+    st.code(DEMO_COMMAND, language="bash")
+    if st.button("Make a governance_ops run now", key="gov_demo_make", disabled=loaded is None):
+        start_demo_run(loaded)
+
+
+def rerun_at_first_figures(path: str) -> Callable[[JobInfo], None]:
+    """The live bar's body: rerun the page once when the first :data:`DEMO_FIRST` rows are saved."""
+    def body(job: JobInfo) -> None:
+        flag = f"gov.demo_first_shown:{job.job_id}"
+        if job.done >= DEMO_FIRST and not st.session_state.get(flag):
+            st.session_state[flag] = True
+            st.rerun(scope="app")
+        if job.done < DEMO_FIRST:
+            st.caption(f"The first figures appear when {DEMO_FIRST} items are answered ({job.done} so far); the "
+                       f"other {DEMO_LIMIT - DEMO_FIRST} follow in the background and replace them when done.")
+    return body
 
 
 def demo_tab(loaded: LoadedModel | None) -> None:
@@ -46,15 +114,11 @@ def demo_tab(loaded: LoadedModel | None) -> None:
         "(after the forced answer prefix *\"The answer is\"*) and a linear **probe** on the state."
     )
     demo_runs, candidates = demo_candidates(list_saved_runs())
-    if not demo_runs:
-        per_row = measured_speed("study:generate")
-        took = (f"{duration_text(per_row * DEMO_LIMIT)} at the speed measured on this machine" if per_row
-                else "the progress bar shows the time left once the first rows are done")
-        st.info(f"No run of {DEMO_SET} yet. Make one here (about {DEMO_LIMIT} items, direct regime, with the "
-                f"answer prefix; {took}), or from a terminal:")
-        st.code(DEMO_COMMAND, language="bash")
-        if st.button("Make a governance_ops run now", key="gov_demo_make", disabled=loaded is None):
-            start_demo_run(loaded)
+    job = job_queue().active_for(demo_run_path())
+    if job is not None:
+        live_job(job.job_id, rerun_at_first_figures(demo_run_path()), key="gov_demo_stop")
+    elif not demo_runs:
+        no_run_yet(loaded)
     if not candidates:
         return
     names = [r.name for r in candidates]
@@ -63,34 +127,27 @@ def demo_tab(loaded: LoadedModel | None) -> None:
     chosen = st.selectbox("Run to demo on (the newest governance_ops run first)", names, key="gov_demo_run_name",
                           format_func=lambda n: run_label(candidates[names.index(n)]))
     info = candidates[names.index(chosen)]
+    view = demo_view(info.n_rows_done, info.n_rows_planned, job_queue().active_for(str(info.path)) is not None)
+    if not view.ready:
+        st.info(f"{info.n_rows_done} of {info.n_rows_planned} items answered; the first figures need {DEMO_FIRST}.")
+        return
+    st.markdown(f"**{md_text(view.text(info.dataset_name))}.**")
     c1, c2 = st.columns(2)
     target = c1.slider("Target error among auto-approved answers", 0.0, 0.9, 0.5, 0.05, key="gov_demo_target",
                        help="Thresholds are fitted on the training items to keep the error among approved "
                             "answers at or below this.")
     holdout = c2.slider("Held-out share", 0.2, 0.6, 0.4, 0.05, key="gov_demo_holdout")
-    autorun = st.session_state.pop("gov.demo_autorun", False) and info.dataset_name == DEMO_SET
-    if st.button("Run the demo", key="gov_demo_run", type="primary") or autorun:
-        st.session_state["gov.demo_args"] = (str(info.path), info.mtime, float(target), float(holdout))
-    args = st.session_state.get("gov.demo_args")
-    if not args:
+    if st.button("Run the demo", key="gov_demo_run", type="primary"):
+        st.session_state[DEMO_ON_KEY] = str(info.path)
+    if st.session_state.get(DEMO_ON_KEY) != str(info.path):
         return
     try:
-        comp = cached_comparison(*args, 0, loaded.spec if loaded else None, loaded)
+        comp = cached_comparison(str(info.path), view.n_shown, float(target), float(holdout), 0,
+                                 loaded.spec if loaded else None, loaded)
     except ICError as exc:
         show_error(exc)
         return
     show_comparison(comp)
-
-
-def start_demo_run(loaded: LoadedModel) -> None:
-    """Make the demo run with a progress bar, then rerun the page with the demo on it."""
-    try:
-        make_demo_run(loaded, ProgressBar("rows", "study:generate"))
-    except ICError as exc:
-        show_error(exc)
-        return
-    st.session_state["gov.demo_autorun"] = True  # one click: the demo runs on the new run right away
-    st.rerun()
 
 
 def show_comparison(comp: SignalComparison) -> None:

@@ -154,6 +154,12 @@ def test_make_demo_run_button_runs_a_study_then_the_demo(tiny, monkeypatch, tmp_
     at = start(tiny)
     at.button(key="gov_demo_make").click().run()
     assert not at.exception, at.exception
+    from ic_core.jobs import job_queue  # the run is a background job (issue 17 item 9): wait for it, then look
+
+    for job in job_queue().jobs():
+        assert job_queue().wait(job.job_id, timeout=600).finished
+    at.run()
+    assert not at.exception, at.exception
     made = [p for p in runs.iterdir() if p.name.startswith("governance_ops-direct-n60")]
     assert len(made) == 1 and (made[0] / "manifest.json").is_file()
     from ic_core.runs.store import load_run
