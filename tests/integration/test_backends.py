@@ -174,3 +174,58 @@ class TestRemote:
         monkeypatch.setenv("NDIF_HOST", "api.ndif.us")
         with pytest.raises(BackendError, match="not an http"):
             get_backend("nnsight", remote=True)
+
+
+class TestHardwareFlags:
+    """--device cuda, --load-in-4bit: refused here in one line; the memory estimate counts dtype and 4 bits."""
+
+    def test_refused_without_gpu(self):
+        from ic_core.backends.hardware import check_hardware, cuda_available
+
+        if cuda_available():
+            pytest.skip("this machine has a GPU")
+        with pytest.raises(BackendError, match="no CUDA GPU"):
+            check_hardware("cuda", "bfloat16", False)
+        with pytest.raises(BackendError, match="needs a CUDA GPU"):
+            check_hardware("cpu", "bfloat16", True)
+        check_hardware("cpu", "bfloat16", False)  # bfloat16 on the CPU is fine
+
+    def test_estimate_counts_dtype_and_quantization(self, tiny):
+        """fp32 = 4 bytes/param, bf16 = 2; 4-bit: block linears at 0.5625 bytes, the rest in bf16."""
+        import torch
+
+        from ic_core.backends.hardware import NF4_BYTES_PER_PARAM, estimate_load_bytes
+
+        config = tiny.model.config
+        n = sum(p.numel() for p in tiny.model.parameters())
+        linear = sum(m.weight.numel() for m in tiny.arch.blocks.modules() if isinstance(m, torch.nn.Linear))
+        assert estimate_load_bytes(config, "float32") == 4 * n
+        assert estimate_load_bytes(config, "bfloat16") == 2 * n
+        four = estimate_load_bytes(config, "bfloat16", load_in_4bit=True)
+        assert four == round(2 * (n - linear) + NF4_BYTES_PER_PARAM * linear) and four < 2 * n
+
+    def test_check_fits_refuses_with_sizes(self, tiny, monkeypatch):
+        from ic_core.backends.hardware import check_fits
+        from ic_core.models import ModelSpec
+
+        monkeypatch.setenv("IC_MEMORY_LIMIT_GB", "0.00001")  # ~10 kB
+        with pytest.raises(BackendError, match="GiB for its weights in float32"):
+            check_fits(tiny.model.config, ModelSpec(source="local", name="tiny"))
+        monkeypatch.setenv("IC_MEMORY_LIMIT_GB", "1")
+        assert check_fits(tiny.model.config, ModelSpec(source="local", name="tiny", dtype="bfloat16")) > 0
+
+
+def test_cli_remote_without_key_is_one_line(tmp_path):
+    """`analyze --backend nnsight --remote` with no key: exit 2, one line, before any model is loaded."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "NDIF_API_KEY"}
+    env["NNSIGHT_CONFIG"] = str(tmp_path / "none.yaml")
+    r = subprocess.run([sys.executable, "-m", "ic_core", "analyze", "--prompt", "hi", "--backend", "nnsight", "--remote",
+                        "--model", "meta-llama/Llama-3.1-70B-Instruct"], cwd=Path(__file__).resolve().parents[2],
+                       env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: --remote") and "NDIF_API_KEY" in r.stderr and r.stderr.count("\n") == 1
