@@ -309,7 +309,7 @@ def create_app(loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = N
             raise RuntimeError("the model worker ended a streaming job without a check")
         record(checked, "chat")
         if checked.decision.escalate and settings.mode == "block":
-            raise escalated(checked)
+            raise escalated(checked, await job)  # the job ends right after its check: nothing is generated
         intent = intention(checked, policy, settings.mode, "annotated" if checked.decision.escalate else "answered")
         usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(_sse(f"chatcmpl-{uuid.uuid4().hex}", model_id, items, job, intent, usage),
