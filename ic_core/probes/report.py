@@ -26,6 +26,7 @@ from ic_core.probes.cv import (
     probe_by_layer,
     probe_last_layers,
 )
+from ic_core.probes.judged import ProbeCalibration, out_of_fold_calibration, selective_for
 from ic_core.probes.signals import diff_means_auroc, scalar_probe_auroc
 from ic_core.prompts import readout_label
 from ic_core.stats.auroc import (
@@ -37,6 +38,7 @@ from ic_core.stats.auroc import (
     auroc_difference,
     round_or_none,
 )
+from ic_core.stats.selective import SelectiveSummary
 from ic_core.stats.strata import StrataAuroc, strata_auroc
 
 SHORTCUT_PREFIXES: tuple[str, ...] = ("question text only", "item ", "prompt length")
@@ -80,6 +82,26 @@ class RecoverabilityReport:
     """Each signal's AUROC within the strata of each varying metadata shortcut (tags, kind, source)."""
     signal_differences: tuple[AurocDifference, ...] = ()
     """Each of :attr:`signals` minus each shortcut baseline (paired bootstrap CI)."""
+    selective: dict[str, SelectiveSummary] = field(default_factory=dict)
+    """AURC, E-AURC and AUGRC (bootstrap CIs) of every estimate above, keyed by its name: the same scores,
+    items and bootstrap seed as its AUROC (:func:`ic_core.probes.judged.selective_for`)."""
+    calibration: ProbeCalibration | None = None
+    """The last-layers probe's out-of-fold P(correct): ECE (binning stated), Brier, reliability bins."""
+
+    def estimates(self) -> tuple[AurocEstimate, ...]:
+        """Every AUROC of the report: per layer, the last-layers probe, the baselines and the other signals."""
+        return (*self.by_layer, self.last_layers, *self.baselines, *self.signals)
+
+    def selective_of(self, name: str) -> SelectiveSummary | None:
+        """The selective-prediction statistics of the estimate called ``name``."""
+        return self.selective.get(name)
+
+    def _with_selective(self, estimate: AurocEstimate, **extra: Any) -> dict[str, Any]:
+        out = dict(**extra, **estimate.to_json())
+        summary = self.selective.get(estimate.name)
+        if summary is not None:
+            out["selective"] = summary.to_json()
+        return out
 
     def shortcuts(self) -> tuple[AurocEstimate, ...]:
         """The baselines that use no model state (question text, item metadata, prompt length)."""
@@ -116,15 +138,18 @@ class RecoverabilityReport:
             "n_ungraded_excluded": self.n_ungraded, "n": self.n, "n_correct": self.n_pos,
             "accuracy": round_or_none(self.accuracy), "signal": self.signal_name,
             "constant_layers": list(self.constant_layers),
-            "by_layer": [dict(layer=i, **r.to_json()) for i, r in enumerate(self.by_layer)],
+            "by_layer": [self._with_selective(r, layer=i) for i, r in enumerate(self.by_layer)],
             "best_layer": None if best is None else {
                 "layer": self.by_layer.index(best), "auroc_pooled": round_or_none(best.auroc_pooled),
                 "note": "chosen after looking at all layers on the same folds: optimistic; the last-layers probe is the fixed choice",
             },
-            "last_layers": dict(layers=list(self.last_layer_indices), **self.last_layers.to_json()),
-            "baselines": [b.to_json() for b in self.baselines],
+            "last_layers": self._with_selective(self.last_layers, layers=list(self.last_layer_indices)),
+            "baselines": [self._with_selective(b) for b in self.baselines],
             "probe_minus_baseline": [d.to_json() for d in self.differences],
-            "other_signals": [r.to_json() for r in self.signals],
+            "other_signals": [self._with_selective(r) for r in self.signals],
+            "calibration": None if self.calibration is None else self.calibration.to_json(),
+            "selective_note": ("AURC, E-AURC, AUGRC: lower is better; same scores, items and bootstrap seed as "
+                               "the AUROC beside them (E-AURC 0 = a perfect ranking)"),
             "signal_minus_shortcut": [d.to_json() for d in self.signal_differences],
             "within_strata": [r.to_json() for r in self.strata],
             "settings": self.settings, "elapsed_s": round(self.elapsed_s, 2),
@@ -201,6 +226,10 @@ def recoverability(
                                      for s in signals for b in shortcuts) if d is not None)
     ent = next((b for b in baselines if b.name.startswith("−")), None)
     strata = within_strata(graded, [last, *signals, *([ent] if ent else [])], n_boot=n_boot, seed=seed, groups=groups)
+    selective = {e.name: selective_for(e, n_boot=n_boot, seed=seed, groups=groups)
+                 for e in (*by_layer, last, *baselines, *signals)}
+    calibration = out_of_fold_calibration(hidden[:, list(last_idx), :].reshape(len(rows), -1), last, seed=seed,
+                                          groups=groups, pca_components=pca_components)
     tick(total, total, "baselines")
     settings = {
         "C_grid": list(C_GRID), "outer_folds": N_OUTER, "inner_folds": N_INNER, "n_bootstrap": n_boot,
@@ -213,7 +242,7 @@ def recoverability(
         n_pos=int(y.sum()), signal_name=readout_label(graded["signal"].tolist()),
         constant_layers=const, by_layer=tuple(by_layer), last_layers=last, last_layer_indices=last_idx,
         baselines=tuple(baselines), differences=differences, settings=settings, elapsed_s=time.perf_counter() - t0,
-        signals=signals, strata=strata, signal_differences=signal_diffs,
+        signals=signals, strata=strata, signal_differences=signal_diffs, selective=selective, calibration=calibration,
     )
 
 
