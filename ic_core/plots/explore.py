@@ -49,14 +49,14 @@ def top_tokens_figure(top_tokens: Sequence[tuple[str, float]]) -> go.Figure:
     fig = go.Figure(go.Bar(
         x=probs, y=labels, orientation="h", marker_color="#4c78a8",
         text=[f"{p:.1%}" for p in probs], textposition="auto",
-        hovertemplate="%{y}<br>probability %{x:.3f}<extra></extra>",
+        hovertemplate="%{y}<br>probability %{x:.1%}<extra></extra>",
     ))
-    fig.update_layout(
+    fig.update_layout(  # the axis, the bar labels and the hover all in %: one unit
         title="Most likely next tokens at the read-out",
-        xaxis_title="probability (0–1)", yaxis_title="next token (rank)",
+        xaxis_title="probability (%)", yaxis_title="next token (rank)",
         yaxis_autorange="reversed", margin=dict(l=10, r=10, t=40, b=10), height=max(240, 28 * len(probs) + 90),
     )
-    fig.update_xaxes(range=[0, max([1.0, *probs])])
+    fig.update_xaxes(range=[0, max([1.0, *probs])], tickformat=".0%")
     return fig
 
 

@@ -34,6 +34,25 @@ def _hex_rgba(colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+MARGIN = dict(t=60, b=60, l=70, r=20)
+"""Room for axis titles beside the tick labels even before Plotly's automargin pass (static exports, reports)."""
+TITLE_STANDOFF = 12
+"""Pixels between tick labels and an axis title."""
+
+
+def clear_axes(fig: go.Figure) -> go.Figure:
+    """Keep axis titles off the tick labels: automargin, a standoff, and a margin that already fits them."""
+    fig.update_xaxes(automargin=True, title_standoff=TITLE_STANDOFF)
+    fig.update_yaxes(automargin=True, title_standoff=TITLE_STANDOFF)
+    fig.update_layout(margin=MARGIN)
+    return fig
+
+
+def readout_axis_title(signal: str) -> str:
+    """One clean axis title for the rows' read-out: ``H_int (bits)``, ``H_slot (bits)`` or ``read-out entropy (bits)``."""
+    return f"{'read-out entropy' if signal == 'mixed' else signal} (bits)"
+
+
 def accuracy_figure(per_regime: pd.DataFrame) -> go.Figure:
     """Accuracy per regime with Wilson 95 % intervals.
 
@@ -52,17 +71,17 @@ def accuracy_figure(per_regime: pd.DataFrame) -> go.Figure:
             x=[r.regime], y=[acc if graded else None], name=r.regime, marker_color=regime_colour(r.regime, i),
             error_y=dict(type="data", symmetric=False, array=[100 * r.accuracy_ci_high - acc if graded else 0],
                          arrayminus=[acc - 100 * r.accuracy_ci_low if graded else 0], visible=graded),
-            text=[f"{acc:.1f} % (n={int(r.n_graded)})" if graded else "not graded"], textposition="outside",
+            text=[f"{acc:.1f} % (n={int(r.n_graded)})" if graded else ""], textposition="outside",
             hovertemplate="%{x}: %{y:.1f} %<extra></extra>",
         ))
-        if not graded:
+        if not graded:  # one label per ungraded regime (the bar text stays empty, so nothing overlaps)
             control = getattr(r, "role", None) == "control" and isinstance(getattr(r, "result", None), str)
             fig.add_annotation(x=r.regime, y=5, text=html.escape(r.result) if control else "no graded rows",
-                               showarrow=False)
+                               showarrow=False, yanchor="bottom")
     fig.update_layout(title="Accuracy by regime (bars: Wilson 95 % CI)", xaxis_title="regime",
-                      yaxis_title="accuracy (%)", showlegend=False, margin=dict(t=50, b=10, l=10, r=10))
-    fig.update_yaxes(range=[0, 105])
-    return fig
+                      yaxis_title="accuracy (%)", showlegend=False)
+    fig.update_yaxes(range=[0, 105], tick0=0, dtick=20)
+    return clear_axes(fig)
 
 
 def readout_entropy_distribution_figure(
@@ -99,11 +118,11 @@ def readout_entropy_distribution_figure(
                 fig.add_trace(trace(x=np.array(regimes)[mask], y=values[mask], name=label,
                                     marker_color=CORRECT_COLOURS[label], **_points(kind)))
         fig.update_layout(boxmode="group", violinmode="group")
-    name = "read-out entropy (H_int and H_slot rows)" if signal == "mixed" else signal
-    fig.update_layout(title=f"{name} by regime", xaxis_title="regime", yaxis_title=f"{name} (bits)",
-                      margin=dict(t=50, b=10, l=10, r=10))
+    title = ("Read-out entropy by regime (H_slot where read after an answer prefix, H_int elsewhere)"
+             if signal == "mixed" else f"{signal} by regime")
+    fig.update_layout(title=title, xaxis_title="regime", yaxis_title=readout_axis_title(signal))
     fig.update_xaxes(categoryorder="array", categoryarray=order)
-    return fig
+    return clear_axes(fig)
 
 
 def _points(kind: str) -> dict[str, object]:
@@ -144,8 +163,8 @@ def lens_curves_figure(
                                  line=dict(color=colour), legendgroup=regime,
                                  hovertemplate="layer %{x}: %{y:.2f} bits<extra>" + regime + "</extra>"))
     fig.update_layout(title=f"Logit-lens entropy by layer (mean, band {label})", xaxis_title="layer",
-                      yaxis_title="entropy (bits)", margin=dict(t=50, b=10, l=10, r=10))
-    return fig
+                      yaxis_title="entropy (bits)")
+    return clear_axes(fig)
 
 
 def dim_eff_figure(by_regime: Mapping[str, DimEff]) -> go.Figure:
@@ -178,13 +197,14 @@ def dim_eff_figure(by_regime: Mapping[str, DimEff]) -> go.Figure:
     for j in sorted(constant_all or ()):
         for col in (1, 2):
             fig.add_vrect(x0=j - 0.5, x1=j + 0.5, fillcolor="#bbbbbb", opacity=0.3, line_width=0, row=1, col=col)
-        fig.add_annotation(x=j, y=1.0, yref="y domain", text=f"layer {j}: constant", showarrow=False,
-                           font=dict(size=10), row=1, col=1)
+        fig.add_annotation(x=j, y=0.0, yref="y domain", text=f"layer {j}: constant", showarrow=False, textangle=-90,
+                           xanchor="left", yanchor="bottom", font=dict(size=10), row=1, col=1)
     fig.update_xaxes(title_text="layer (0 = embeddings)")
     fig.update_yaxes(title_text="dimensions", row=1, col=1)
     fig.update_yaxes(title_text="components", row=1, col=2)
-    fig.update_layout(title="Effective dimensionality of I per layer (dotted: rank cap N − 1)",
-                      margin=dict(t=70, b=10, l=10, r=10))
+    fig.update_layout(title="Effective dimensionality of I per layer (dotted: rank cap N − 1)")
+    clear_axes(fig)
+    fig.update_layout(margin=dict(MARGIN, t=80))  # room for the subplot titles
     return fig
 
 
@@ -279,8 +299,8 @@ def pca_figure(
     where = "" if layer is None else f" at layer {layer}"
     fig.update_layout(title=f"PCA of the read-out state I{where}", legend_title=colour_name,
                       xaxis_title=f"PC1 ({100 * ev[0]:.1f} % of variance)",
-                      yaxis_title=f"PC2 ({100 * ev[1]:.1f} % of variance)", margin=dict(t=50, b=10, l=10, r=10))
-    return fig
+                      yaxis_title=f"PC2 ({100 * ev[1]:.1f} % of variance)")
+    return clear_axes(fig)
 
 
 def token_entropy_bar_figure(tokens: Sequence[str], entropy_bits: Sequence[float]) -> go.Figure:
@@ -289,5 +309,5 @@ def token_entropy_bar_figure(tokens: Sequence[str], entropy_bits: Sequence[float
     labels = [f"{i}:{t.replace(' ', '·').replace(chr(10), '↵')}" for i, t in enumerate(tokens)]
     fig = go.Figure(go.Bar(x=labels, y=h, marker_color="#4c78a8"))
     fig.update_layout(title="Entropy of each generated token", xaxis_title="token (position:text)",
-                      yaxis_title="entropy (bits)", margin=dict(t=50, b=10, l=10, r=10))
-    return fig
+                      yaxis_title="entropy (bits)")
+    return clear_axes(fig)

@@ -36,7 +36,8 @@ class TestTopTokens:
         assert list(bar.x) == [0.7, 0.2, 0.05]
         assert list(bar.y) == ["1. ·Paris", "2. ·Lyon", "3. ↵"]
         assert "probability" in fig.layout.xaxis.title.text
-        assert "(0–1)" in fig.layout.xaxis.title.text
+        assert fig.layout.xaxis.title.text == "probability (%)" and fig.layout.xaxis.tickformat == ".0%"
+        assert list(bar.text) == ["70.0%", "20.0%", "5.0%"]  # bar labels in the axis' unit
         assert fig.layout.yaxis.title.text
         assert fig.layout.yaxis.autorange == "reversed"  # most likely on top
 

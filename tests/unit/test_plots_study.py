@@ -34,9 +34,11 @@ def test_accuracy_bars_with_wilson_errors_and_ungraded_gap():
     direct, cot = fig.data
     assert direct.y == (50.0,) and direct.error_y.array[0] == pytest.approx(26.34)
     assert direct.error_y.arrayminus[0] == pytest.approx(26.34)
-    assert cot.y == (None,) and cot.text == ("not graded",)
+    assert cot.y == (None,) and cot.text == ("",)  # one label per ungraded regime: the annotation
     assert fig.layout.yaxis.title.text == "accuracy (%)"
-    assert any(a.text == "no graded rows" for a in fig.layout.annotations)
+    assert [a.text for a in fig.layout.annotations] == ["no graded rows"]
+    assert fig.layout.yaxis.automargin and fig.layout.margin.l >= 60 and fig.layout.yaxis.title.standoff > 0
+    assert (fig.layout.yaxis.tick0, fig.layout.yaxis.dtick) == (0, 20)  # 0 … 100 %, never a cropped "00"
 
 
 def test_babble_control_bar_says_how_many_complied():
@@ -60,6 +62,9 @@ def test_h_int_distribution_by_regime_and_by_correctness():
     assert [t.name for t in split.data] == ["correct", "wrong", "not graded"]
     assert isinstance(split.data[0], go.Violin) and list(split.data[0].y) == [1.0, 4.0]
     assert split.layout.yaxis.title.text == "H_slot (bits)"
+    mixed = readout_entropy_distribution_figure(regimes, values, signal="mixed")
+    assert mixed.layout.yaxis.title.text == "read-out entropy (bits)"  # one clean label, the title explains
+    assert "H_slot where read after an answer prefix" in mixed.layout.title.text
     with pytest.raises(ValueError, match="one value per row"):
         readout_entropy_distribution_figure(regimes, values[:3])
 
