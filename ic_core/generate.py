@@ -41,6 +41,9 @@ class GenerationConfig:
     """Seed of the sampling generator (ignored when greedy)."""
     stop_at_answer_line: bool = True
     """Stop once a ``#### <answer>`` line is complete (chain-of-thought regime)."""
+    base_model_stops: bool = True
+    """End a plain-text (base-model) prompt's answer at a blank line or a new ``Q:`` line
+    (:func:`base_model_stops`); off, a base model runs on to ``max_new_tokens``."""
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_new_tokens) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
@@ -161,10 +164,38 @@ def _choose(logits: torch.Tensor, config: GenerationConfig, gen: torch.Generator
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
-def _stop_cut(text: str, stop: Sequence[str]) -> int | None:
-    """Where the earliest stop string starts in ``text`` (None: none is there)."""
-    hits = [i for s in stop if s and (i := text.find(s)) >= 0]
+def _stop_cut(text: str, stop: Sequence[str], start: int = 0) -> int | None:
+    """Where the earliest stop string starts in ``text`` at or after ``start`` (None: none is there)."""
+    hits = [i for s in stop if s and (i := text.find(s, start)) >= 0]
     return min(hits) if hits else None
+
+
+BASE_STOP_BLANK_LINE = "\n\n"
+BASE_STOP_NEW_QUESTION = "\nQ:"
+
+
+def base_model_stops(rendered: RenderedPrompt) -> tuple[str, ...]:
+    """Stop strings of a model without a chat template: nothing marks the end of its answer.
+
+    A base model answering a plain-text ``Q: … A:`` prompt goes on to write the next ``Q:`` and
+    its answer until ``max_new_tokens``. Its answer ends at a new ``Q:`` line and, except in
+    chain of thought (whose reasoning may have paragraphs), at a blank line. Both are looked for
+    only after the answer's first non-blank character and are trimmed from the answer. Chat
+    prompts get none (their end-of-turn token stops them).
+    """
+    if rendered.chat_template_used:
+        return ()
+    if rendered.regime == "cot":
+        return (BASE_STOP_NEW_QUESTION,)
+    return (BASE_STOP_BLANK_LINE, BASE_STOP_NEW_QUESTION)
+
+
+def _base_cut(text: str, stops: Sequence[str]) -> int | None:
+    """Where a base-model stop string ends the answer ``text`` (after its first non-blank character)."""
+    if not stops:
+        return None
+    body = len(text) - len(text.lstrip())
+    return _stop_cut(text, stops, body + 1) if body < len(text) else None
 
 
 def generate(
@@ -189,6 +220,7 @@ def generate(
 
     config = config or GenerationConfig()
     check_fits_context(loaded, rendered, config)
+    base_stops = base_model_stops(rendered) if config.base_model_stops else ()
     start = time.perf_counter()
     eos = loaded.eos_token_ids
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -207,9 +239,10 @@ def generate(
                 reason = "eos"
                 break
             ids.append(token)
-            if on_token is not None or stop:
+            if on_token is not None or stop or base_stops:
                 so_far = loaded.tokenizer.decode(ids, skip_special_tokens=True)
-                cut = _stop_cut(so_far, stop)
+                cuts = [c for c in (_stop_cut(so_far, stop), _base_cut(so_far, base_stops)) if c is not None]
+                cut = min(cuts) if cuts else None
                 if on_token is not None:
                     on_token(token, so_far if cut is None else so_far[:cut])
                 if cut is not None:

@@ -69,6 +69,23 @@ _COT = {
 }
 _BABBLE = "Write a few sentences about the topic of this question. Do not answer or solve it.\n{question}"
 
+BASE_QUESTION_CUE = "Q:"
+"""Starts each question of a plain-text (base-model) prompt; a new one in an answer ends it."""
+BASE_ANSWER_CUE = "A:"
+"""Ends a plain-text direct or CoT prompt: the read-out sits on it, right before the answer."""
+BASE_COT_OPENER = "Let's think step by step."
+_BASE_SHOTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "numeric": (("How many days are in a week?", "7"),
+                ("A box holds 4 rows of 3 eggs. How many eggs are in the box?", "12")),
+    "multiple_choice": (("Which of these animals is a mammal?\nA. shark\nB. dolphin\nC. trout\nD. octopus", "B"),),
+    "short_answer": (("What is the largest planet in the Solar System?", "Jupiter"),
+                     ("Who wrote the play Romeo and Juliet?", "William Shakespeare")),
+    "free_text": (("What colour is the sky on a clear day?", "Blue."),),
+}
+"""Worked examples before the question of a plain-text direct prompt (none shares a bundled item)."""
+_BASE_BABBLE = ("The text below is about the topic of a question. It does not answer or solve it.\n"
+                "Question: {question}\nText about the topic:")
+
 
 @dataclass(frozen=True)
 class PromptTemplate:
@@ -82,6 +99,9 @@ class PromptTemplate:
     """System message; ``None`` lets the chat template use its own default."""
     answer_prefix: str | None = None
     """Forced start of the assistant turn (e.g. ``The answer is``); the state is read after it."""
+    kind: str | None = None
+    """Task kind of a built-in regime template (:func:`template_for`); None for a custom one. A
+    built-in template on a model without a chat template renders as plain text (:func:`base_prompt_text`)."""
 
     def with_prefix(self, prefix: str | None) -> PromptTemplate:
         """A copy with another forced answer prefix (``None`` or blank removes it)."""
@@ -105,7 +125,41 @@ def template_for(regime: str, kind: str = "free_text", answer_prefix: str | None
         user = _BABBLE
     else:
         raise PromptError(f"Unknown regime {regime!r}; choose one of {', '.join(REGIMES)} (or a custom template).")
-    return PromptTemplate(regime, user).with_prefix(answer_prefix)
+    return PromptTemplate(regime, user, kind=kind).with_prefix(answer_prefix)
+
+
+def base_prompt_text(template: PromptTemplate, question: str, choices: Sequence[str] = ()) -> tuple[str, str]:
+    """The plain-text prompt a model without a chat template reads for a built-in regime.
+
+    direct: few-shot ``Q: … / A: …`` examples of the task kind, then ``Q: <question>`` and
+    ``A:``; CoT: ``Q: <question>`` and ``A: Let's think step by step.`` (zero-shot: a 270M base
+    model copies a worked example's final answer); babble: a line saying the text talks about
+    the question's topic without answering it. A forced answer prefix follows after a space.
+
+    Returns:
+        ``(text, question_line)``: the whole prompt, and the part holding the question (``user_end``).
+
+    Raises:
+        PromptError: a custom template (``kind`` None), a bad question or bad options.
+
+    """
+    if template.kind is None:
+        raise PromptError("Only a built-in regime template has a plain-text (base-model) form.")
+    question = clean_prompt(question)
+    check_template_texts(template)
+    asked = question + ("\n" + format_choices(choices) if choices else "")
+    line = f"{BASE_QUESTION_CUE} {asked}"
+    if template.regime == "babble":
+        text = _BASE_BABBLE.format(question=asked)
+        line = asked
+    elif template.regime == "cot":  # zero-shot: a worked example's answer gets copied by a small base model
+        text = f"{line}\n{BASE_ANSWER_CUE} {BASE_COT_OPENER}"
+    else:
+        shots = "".join(f"{BASE_QUESTION_CUE} {q}\n{BASE_ANSWER_CUE} {a}\n\n" for q, a in _BASE_SHOTS[template.kind])
+        text = f"{shots}{line}\n{BASE_ANSWER_CUE}"
+    if template.system:
+        text = template.system + "\n\n" + text
+    return text + (" " + template.answer_prefix if template.answer_prefix else ""), line
 
 
 def custom_template(user: str, answer_prefix: str | None = None, system: str | None = None) -> PromptTemplate:
@@ -224,6 +278,10 @@ class RenderedPrompt:
     """The user message after templating."""
     answer_prefix: str | None
     chat_template_used: bool
+    plain_text_template: bool = False
+    """A built-in regime rendered as plain text for a model without a chat template
+    (:func:`base_prompt_text`): its answers end at a blank line or a new ``Q:`` line
+    (:func:`ic_core.generate.base_model_stops`)."""
 
     @property
     def readout_token(self) -> str:
@@ -244,6 +302,16 @@ class RenderedPrompt:
     def readout_is_formatting(self) -> bool:
         """True when the read-out token is whitespace, punctuation or a special token."""
         return is_formatting_token(self.readout_token)
+
+    @property
+    def readout_is_answer_cue(self) -> bool:
+        """True when a plain-text prompt is read on its ``A:`` cue, right before the answer's first word.
+
+        That token is punctuation, but no template boilerplate follows it: the next token is the
+        answer (or, for CoT, its reasoning), so the read-out is not a formatting slot.
+        """
+        return (self.plain_text_template and not self.answer_prefix and self.readout_index == self.n_tokens - 1
+                and self.text.rstrip().endswith((BASE_ANSWER_CUE, BASE_COT_OPENER)))
 
 
 def is_formatting_token(token_text: str) -> bool:
@@ -293,15 +361,21 @@ def render(
     user_text = fill_user_message(template, question, choices)
     turns = check_history(history)
     chat = bool(getattr(tokenizer, "chat_template", None))
+    plain = not chat and template.kind is not None
     if chat:
         head, segments = _chat_segments(tokenizer, template, user_text, turns)
+    elif plain:
+        earlier = "".join(text + "\n\n" for _, text in turns)
+        body, user_text = base_prompt_text(template, question, choices)
+        head = earlier + body
+        segments = [(head, "user")]
     else:
         earlier = "".join(text + "\n\n" for _, text in turns)
         head = (template.system + "\n\n" if template.system else "") + earlier + user_text + "\n\n"
         segments = [(head, "user")]
-    if template.answer_prefix:
+    if template.answer_prefix and not plain:
         segments.append((template.answer_prefix, "prefix"))
-    text = head + (template.answer_prefix or "")
+    text = head + ("" if plain else template.answer_prefix or "")
     ids, user_end = _encode(tokenizer, text, segments, chat)
     if not ids:
         raise PromptError("The prompt rendered to zero tokens.")
@@ -312,7 +386,7 @@ def render(
     tokens = tuple(tokenizer.decode([i]) for i in ids)
     index = _readout_index(tokenizer, text, user_text, ids, readout, chat) if user_end is None or readout != "user_end" \
         else max(0, min(len(ids) - 1, user_end - 1))
-    return RenderedPrompt(text, ids, tokens, index, template.regime, user_text, template.answer_prefix, chat)
+    return RenderedPrompt(text, ids, tokens, index, template.regime, user_text, template.answer_prefix, chat, plain)
 
 
 def _readout_index(tokenizer: PreTrainedTokenizerBase, text: str, user_text: str, ids: tuple[int, ...], readout: Readout, chat: bool) -> int:
