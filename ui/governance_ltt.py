@@ -47,6 +47,7 @@ from ui.progress import ProgressBar
 LTT_LABEL = "risk-controlled (Learn then Test)"
 METHOD_LABELS = {"empirical": EMPIRICAL_LABEL, "ltt": LTT_LABEL}
 BOUND_LABELS = {"clopper_pearson": "Clopper–Pearson (exact binomial)", "hoeffding_bentkus": "Hoeffding–Bentkus"}
+BOUND_SHORT = {"clopper_pearson": "exact Clopper–Pearson bound", "hoeffding_bentkus": "Hoeffding–Bentkus bound"}
 LTT_STATE = "gov.ltt_key"
 """The key of the Learn-then-Test fit the user last asked for (its result lives in :func:`ltt_fits`)."""
 
@@ -174,7 +175,7 @@ def ltt_results(run: StudyRun, fit: PolicyFit) -> None:
         assert ltt.coverage is not None
         st.success(f"**Certified:** approve when {name} {op} {ltt.threshold:.4g}{unit}. On items like these "
                    f"{ltt.n} calibration items, the error among auto-approved answers is at most "
-                   f"{ltt.alpha:g} with probability at least {1 - ltt.delta:g} ({BOUND_LABELS[ltt.method]}).")
+                   f"{ltt.alpha:g} with probability at least {1 - ltt.delta:g} ({BOUND_SHORT[ltt.method]}).")
         c1, c2, c3, c4 = st.columns(4)
         c1.metric("Certified threshold", f"{ltt.threshold:.4g}{unit}")
         c2.metric("Certified coverage", f"{ltt.coverage:.1%}")

@@ -240,6 +240,28 @@ class TestAgentPromptsFromTheCli:
         show = run_cli("policy", "show", str(out))
         assert show.returncode == 0 and json.loads(show.stdout)["guarantee"].startswith("error among approved ≤ 0.9")
 
+    def test_a_per_item_fit_lists_agent_ready_read_outs_first_and_what_the_prefix_bought(self, dir_loaded, tmp_path):
+        run = _run(dir_loaded, tmp_path / "run", n=60, per_item=True)
+        out = tmp_path / "policy.json"
+        proc = run_cli("policy", "fit", "--run", str(run.path), "--signal", "entropy", "--method", "ltt",
+                       "--alpha", "0.9", "--delta", "0.2", "--out", str(out))
+        assert proc.returncode == 0, proc.stderr
+        err = proc.stderr.splitlines()
+        head = err.index("read-outs of this run, agent-ready first:")
+        assert err[head + 1].startswith("  --readout last-token   H_int at the last prompt token — agent-ready")
+        assert err[head + 2].startswith("  --readout item-prefix  H_slot after each item's own prefix — research only")
+        assert err[head + 2].endswith("<- this fit") and "<- this fit" not in err[head + 1]
+        assert err[head + 3].startswith("note: this policy needs each prompt's own answer prefix (research only)")
+        assert head < next(i for i, line in enumerate(err) if line.startswith("LTT: "))
+        res = json.loads(proc.stdout)
+        comp = res["risk_control"]["readout_comparison"]
+        assert comp["n_held_out"] == 24
+        i = err.index("what a per-item prefix buys, on the same held-out items:")
+        auc = 1 - comp["last_token_H_int"]["held_out_auroc_wrong"]
+        assert err[i + 1].startswith(f"  last-token H_int (agent-ready): held-out AUROC {auc:.3f} on 24 items")
+        assert err[i + 2].startswith("  per-item-prefix H_slot (research only): held-out AUROC")
+        assert any(line.startswith("simulation: 200 splits") and "of splits (δ = 0.2)" in line for line in err)
+
     def test_ltt_without_alpha_exits_2_with_one_line(self, dir_loaded, tmp_path):
         run = _run(dir_loaded, tmp_path / "run")
         proc = run_cli("policy", "fit", "--run", str(run.path), "--signal", "entropy", "--method", "ltt",
