@@ -288,9 +288,11 @@ def create_app(loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = N
         return out
 
     def escalated(checked: Checked, result: JobResult | None = None) -> ServeError:
+        """409 with the decision. ``x-should-retry: false``: OpenAI's clients retry a 409 by default, and a
+        retried escalation would be checked and audited again only to be escalated again."""
         intent = intention(checked, policy, settings.mode, "blocked")
         return ServeError(409, "escalated", f"The gate escalated this request to a human: {checked.decision.reason}",
-                          headers(checked, result), intention=intent)
+                          headers(checked, result) | {"x-should-retry": "false"}, intention=intent)
 
     async def stream(req: ChatRequest, actor: str, config: GenerationConfig, stop: list[str]) -> Response:
         loop = asyncio.get_running_loop()

@@ -233,6 +233,8 @@ class TestDecisions:
         assert intent["reason"].startswith("H_int ") and intent["audit"]["seq"] == 0
         assert intent["guarantee"] == "none (empirical threshold)"  # no certified threshold in this policy
         assert len(lengths) == 1  # the check; no generation step
+        assert r.headers["x-should-retry"] == "false"  # OpenAI clients would otherwise re-check and re-audit it
+        assert "check;dur=" in r.headers["server-timing"]
         rec = read_audit(tmp_path / "audit.jsonl")[0][0]
         assert rec["decision"] == "escalate" and rec["record_sha256"] == intent["audit"]["record_sha256"]
 
@@ -367,7 +369,9 @@ class TestStreaming:
     def test_stream_blocked_is_409_json(self, tiny, tmp_path, h_int):
         """An escalated streaming request in block mode gets the JSON 409, not an event stream."""
         with _client(tiny, tmp_path, policy=_policy(tiny, t_entropy_bits=h_int - 0.5)) as c:
-            _error(_chat(c, stream=True), 409, "escalated")
+            r = _chat(c, stream=True)
+        _error(r, 409, "escalated")
+        assert r.headers["x-should-retry"] == "false"
 
 
 class TestErrorsAndMetrics:
