@@ -2,35 +2,85 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import streamlit as st
 
 from ic_core.errors import ICError
+from ic_core.jobs import JobContext, JobFn, job_queue
 from ic_core.narrative import reading
+from ic_core.plots.calibration import reliability_figure
 from ic_core.plots.probes import auroc_by_layer_figure, baselines_figure, roc_figure
 from ic_core.probes.cv import C_GRID, N_INNER, N_SHUFFLES_PER_LAYER
-from ic_core.probes.report import RecoverabilityReport, recoverability
+from ic_core.probes.report import RecoverabilityReport, graded_selection, recoverability
 from ic_core.probes.saved import default_probe_path, fit_saved_probe_for_run
+from ic_core.probes.selective_report import SignalSelective, selective_for
 from ic_core.probes.transfer import SIGNAL_NAMES, TransferMatrix, task_rows, transfer_matrix
-from ic_core.runs.store import RunInfo, list_runs, runs_root
+from ic_core.runs.store import RunInfo, StudyRun, list_runs, runs_root
 from ic_core.stats.auroc import N_BOOT, N_OUTER, N_SHUFFLES, AurocEstimate
 from ic_core.stats.strata import StrataAuroc
 from ic_core.study.export import safe_csv
-from ui.common import cached_run, json_download, require_router, show_error
+from ui.common import cached_run, json_download, md_text, require_router, show_error
+from ui.jobs import live_job, submit
+from ui.probe_picker import saved_probe_picker
+from ui.progress import duration_text, measured_speed
 
 PROBE_KEY = "probe"  # where Explore and the Governance gate look for a loaded probe
 RESULT_KEY = "recov.request"
 TRANSFER_KEY = "recov.transfer_request"
 POOLED = "pooled (all regimes)"
 MAKE_RUN = ("python -m ic_core study --data capitals --regimes direct --limit 150")
+JOBS_KEY = "recov.jobs"
+"""This session's computations: request → job id."""
+MAX_RESULTS = 4
 
 
-@st.cache_data(max_entries=4, show_spinner=False)
-def cached_report(path: str, mtime: float, regime: str | None, pooled: bool, n_boot: int, n_shuffles: int,
-                  n_layer_shuffles: int, seed: int) -> RecoverabilityReport:
-    # path + mtime + selection + settings are the key: a run that grows is recomputed.
-    return recoverability(cached_run(path, mtime), regime=regime, pooled=pooled, n_boot=n_boot,
-                          n_shuffles=n_shuffles, n_shuffles_per_layer=n_layer_shuffles, seed=seed)
+@dataclass(frozen=True, eq=False)
+class RecovResult:
+    """A finished Recoverability computation: the report and the selective statistics beside its AUROCs."""
+
+    report: RecoverabilityReport
+    selective: tuple[SignalSelective, ...]
+
+
+def recov_job(run: StudyRun, regime: str | None, pooled: bool, n_boot: int, n_shuffles: int, n_layer_shuffles: int,
+              seed: int) -> JobFn:
+    """The background job: nested-CV probes on every layer, the last-5 probe, baselines, then AURC/ECE.
+
+    ``run`` is the page's shared, read-only loaded run (:func:`ui.common.cached_run`).
+    """
+    def compute(ctx: JobContext) -> RecovResult:
+        steps: list[int] = [0]
+
+        def progress(done: int, total: int, label: str) -> None:
+            ctx.check_cancelled()  # Stop ends the job between layers
+            steps[0] = total
+            ctx.progress(done, total + 1, message=label)
+
+        report = recoverability(run, regime=regime, pooled=pooled, n_boot=n_boot, n_shuffles=n_shuffles,
+                                n_shuffles_per_layer=n_layer_shuffles, seed=seed, progress=progress)
+        ctx.progress(steps[0], steps[0] + 1, message="AURC, E-AURC, AUGRC and calibration")
+        graded, _, _ = graded_selection(run, regime, pooled)
+        groups = graded["item_id"].astype(str).to_numpy() if pooled else None
+        selective = selective_for([report.last_layers, *report.signals, *report.baselines], n_boot=n_boot,
+                                  seed=seed, groups=groups)
+        ctx.progress(steps[0] + 1, steps[0] + 1, message="done")
+        return RecovResult(report, selective)
+    return compute
+
+
+@st.cache_resource(max_entries=1)
+def finished_results() -> dict[tuple, RecovResult]:
+    """Finished computations by request (run path, mtime, selection, settings), shared by the sessions."""
+    return {}
+
+
+def remember_result(request: tuple, result: RecovResult) -> None:
+    store = finished_results()
+    store[request] = result
+    while len(store) > MAX_RESULTS:
+        store.pop(next(iter(store)))
 
 
 def baselines_table(results: list[AurocEstimate]) -> pd.DataFrame:
@@ -47,6 +97,36 @@ def baselines_table(results: list[AurocEstimate]) -> pd.DataFrame:
             "note": r.note,
         })
     return pd.DataFrame(rows)
+
+
+def selective_table(stats: tuple[SignalSelective, ...]) -> pd.DataFrame:
+    """AURC / E-AURC / AUGRC [95 % CI] per signal, with ECE and Brier where the signal is a probability."""
+    return pd.DataFrame([{
+        "signal": s.name,
+        "AURC [95 % CI]": s.selective.aurc.ci_text(),
+        "E-AURC [95 % CI]": s.selective.eaurc.ci_text(),
+        "AUGRC [95 % CI]": s.selective.augrc.ci_text(),
+        "ECE (binning)": s.ece_text(),
+        "Brier": "—" if s.brier is None else f"{s.brier:.3f}",
+        "items / errors": f"{s.selective.aurc.n} / {s.selective.aurc.n_errors}",
+    } for s in stats])
+
+
+def show_selective(stats: tuple[SignalSelective, ...]) -> None:
+    st.subheader("Selective prediction beside each AUROC")
+    if not stats:
+        st.info("No signal has scores to judge.")
+        return
+    st.dataframe(selective_table(stats), hide_index=True, key="recov_selective")
+    st.caption("If the answers were accepted from the most to the least confident by each signal: AURC = area "
+               "under the risk–coverage curve (mean error among accepted answers over all coverages), E-AURC = "
+               "AURC minus the best any ranking could do with these errors, AUGRC = area under the generalised "
+               "risk (errors accepted / all items). Lower is better; percentile bootstrap 95 % CIs over items, "
+               "on the same items as the AUROC. ECE and Brier only for signals that are probabilities.")
+    for s in stats:
+        if s.reliability is not None:
+            st.plotly_chart(reliability_figure(s.reliability, title=f"Reliability of {s.name} as P(correct)"),
+                            key=f"recov_reliability_{stats.index(s)}")
 
 
 def strata_table(results: tuple[StrataAuroc, ...]) -> pd.DataFrame:
@@ -114,7 +194,7 @@ def transfer_tab(runs: list[RunInfo]) -> None:
     json_download("Download the matrix (JSON)", matrix.to_json(), "transfer_matrix.json", key="recov_transfer_json")
 
 
-def show_report(report: RecoverabilityReport, info: RunInfo) -> None:
+def show_report(report: RecoverabilityReport, info: RunInfo, selective: tuple[SignalSelective, ...] = ()) -> None:
     last = report.last_layers
     c1, c2, c3, c4, c5 = st.columns(5)
     c1.metric("graded answers", f"{report.n}", help=f"{report.n_ungraded} ungraded rows left out")
@@ -145,6 +225,7 @@ def show_report(report: RecoverabilityReport, info: RunInfo) -> None:
     everything = [last, *report.signals, *report.baselines]
     st.plotly_chart(baselines_figure(everything), key="recov_baselines")
     st.dataframe(baselines_table(everything), hide_index=True, key="recov_table")
+    show_selective(selective)
     st.caption("Probes: StandardScaler + L2 logistic regression, stratified "
                f"{report.settings['outer_folds']}-fold outer CV, C ∈ {report.settings['C_grid']} chosen by a "
                f"{report.settings['inner_folds']}-fold inner CV on each training fold only; each fold's scores "
@@ -182,6 +263,9 @@ def save_probe(report: RecoverabilityReport, info: RunInfo) -> None:
         st.session_state[PROBE_KEY] = probe
         st.success(f"Saved probe {probe.probe_id} (layers {probe.layers[0]}–{probe.layers[-1]}, C={probe.C:g}) "
                    f"to `{path}`; it is now the probe Explore and the gate use.")
+    picked = saved_probe_picker("recov")
+    if picked is not None:
+        st.success(f"Loaded probe {md_text(picked.probe_id)}; it is now the probe Explore and the gate use.")
     current = st.session_state.get(PROBE_KEY)
     if current is not None:
         st.caption(f"Probe in use: {getattr(current, 'probe_id', '?')} from {getattr(current, 'run_path', '?')}.")
@@ -219,25 +303,57 @@ def single_run_tab(runs: list[RunInfo]) -> None:
         n_layer_shuffles = c.number_input("label permutations per layer", 0, 20, N_SHUFFLES_PER_LAYER,
                                           key="recov_layer_shuffles")
         seed = d.number_input("seed", 0, 10_000, 0, key="recov_seed")
-        st.caption(f"C grid {list(C_GRID)}, {N_OUTER} outer folds, {N_INNER} inner folds. On ~150 answers and 30 "
-                   "layers expect about a minute on 2 CPU cores (most of it is the per-layer shuffle control).")
+        per_step = measured_speed("recoverability:step")
+        steps = cached_run(str(info.path), info.mtime).n_layers + 3
+        when = (f"at the speed last measured on this server ({per_step:.1f} s per step) the {steps} steps take "
+                f"{duration_text(per_step * steps)}" if per_step else
+                "the progress bar shows the time left from the speed of the first layers")
+        st.caption(f"C grid {list(C_GRID)}, {N_OUTER} outer folds, {N_INNER} inner folds. One step per layer, then "
+                   f"the last-5 probe, the baselines and the selective statistics: {when} (most of it is the "
+                   "per-layer shuffle control; the speed depends on the number of answers and settings).")
 
     request = (str(info.path), info.mtime, selection, int(n_boot), int(n_shuffles), int(n_layer_shuffles), int(seed))
+    jobs: dict[tuple, str] = st.session_state.setdefault(JOBS_KEY, {})
     if st.button("Compute", type="primary", key="recov_compute"):
         st.session_state[RESULT_KEY] = request
+        if request not in finished_results() and job_queue().info(jobs.get(request, "")) is None:
+            pooled = selection == POOLED
+            jobs[request] = submit("recoverability", f"{info.name} · {selection}",
+                                   recov_job(cached_run(str(info.path), info.mtime), None if pooled else selection, pooled, int(n_boot),
+                                             int(n_shuffles), int(n_layer_shuffles), int(seed)),
+                                   unit="steps", speed_task="recoverability:step")
     if st.session_state.get(RESULT_KEY) != request:
-        st.info("Press **Compute** to fit the probes (results are cached per run, regime and settings).")
+        st.info("Press **Compute** to fit the probes (in the background; results are kept per run, regime and "
+                "settings).")
         return
-    try:
-        pooled = selection == POOLED
-        with st.spinner("Fitting probes: nested cross-validation on every layer, bootstrap and shuffle controls…"):
-            report = cached_report(str(info.path), info.mtime, None if pooled else selection, pooled, int(n_boot),
-                                   int(n_shuffles), int(n_layer_shuffles), int(seed))
-    except ICError as exc:
-        show_error(exc)
+    result = finished_results().get(request)
+    job = job_queue().info(jobs.get(request, ""))
+    if result is None and job is not None and job.state == "complete":
+        result = job_queue().result(job.job_id)
+        remember_result(request, result)
+    if result is None:
+        show_job_state(job, request, jobs)
         return
+    report = result.report
     st.caption(f"Computed in {report.elapsed_s:.1f} s on {report.n} graded answers ({report.selection}).")
-    show_report(report, info)
+    show_report(report, info, result.selective)
+
+
+def show_job_state(job, request: tuple, jobs: dict[tuple, str]) -> None:
+    """The computation's live bar while it runs, or how it ended."""
+    if job is None:
+        st.info("Press **Compute** to fit the probes.")
+    elif not job.finished:
+        live_job(job.job_id, key="recov_stop")
+        st.caption("Nested cross-validation on every layer, the last-5 probe, the baselines with their shuffle "
+                   "controls, then AURC and calibration. It runs in the background: other pages stay usable, and "
+                   "the result is here when you come back.")
+    elif job.state == "failed":
+        st.error(f"**The computation stopped with an error.** {md_text(job.error)}")
+        jobs.pop(request, None)
+    else:
+        st.info("The computation was stopped; press **Compute** to start it again.")
+        jobs.pop(request, None)
 
 
 one_run, transfer = st.tabs(["This run", "Transfer"])

@@ -49,6 +49,17 @@ def open_page(tiny, **state):
     return at
 
 
+def finish_jobs(at):
+    """Wait for the background computation the page queued, then rerun the page to show its result."""
+    from ic_core.jobs import job_queue
+
+    for job in job_queue().jobs():
+        assert job_queue().wait(job.job_id, timeout=600).finished
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
 def fast_settings(at):
     at.number_input(key="recov_boot").set_value(100)
     at.number_input(key="recov_shuffles").set_value(2)
@@ -70,10 +81,24 @@ def test_compute_shows_curves_baselines_and_saves_the_probe(tiny, saved_run):
     assert "Press **Compute**" in " ".join(i.value for i in at.info)
     assert at.selectbox(key="recov_regime").options == ["direct"]
     fast_settings(at).button(key="recov_compute").click().run()
+    finish_jobs(at)
     assert not at.exception, at.exception
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     titles = [c["layout"]["title"]["text"] for c in charts]
-    assert titles == ["Which layer knows?", "ROC: predicting a correct answer", "Probe and baselines on the same items"]
+    assert titles == ["Which layer knows?", "ROC: predicting a correct answer", "Probe and baselines on the same items",
+                      "Reliability of top-1 probability as P(correct)"]
+    reliability = charts[3]["data"][1]
+    assert reliability["name"].startswith("ECE (10 equal-width bins) = ")
+    selective = next(df.value for df in at.dataframe if "AURC [95 % CI]" in df.value.columns)
+    assert selective["signal"].iloc[0] == "last 4 layers"
+    assert set(selective["items / errors"]) == {f"40 / {40 - int(saved_run.table['correct'].sum())}"}
+    for col in ("AURC [95 % CI]", "E-AURC [95 % CI]", "AUGRC [95 % CI]"):
+        value, ci = selective[col].iloc[0].split(" [")
+        low, high = (float(v) for v in ci.rstrip("]").split(", "))
+        assert low <= float(value) <= high
+    top1 = selective[selective["signal"] == "top-1 probability"].iloc[0]
+    assert top1["ECE (binning)"].endswith("(ECE (10 equal-width bins))") and 0 <= float(top1["Brier"]) <= 1
+    assert selective["ECE (binning)"].iloc[0].startswith("not a probability")
     by_layer = charts[0]
     assert any(a["text"] == "constant state" for a in by_layer["layout"]["annotations"])
     assert any(a["text"] == "chance (0.5)" for a in by_layer["layout"]["annotations"])
@@ -97,6 +122,14 @@ def test_compute_shows_curves_baselines_and_saves_the_probe(tiny, saved_run):
     assert isinstance(probe, SavedProbe) and probe.layers == (1, 2, 3, 4)
     assert SavedProbe.load(saved[0], saved_run.path).probe_id == probe.probe_id
     assert 0.0 < probe.predict_proba_correct(saved_run.hidden[0]) < 1.0
+    # the saved probe is offered by the picker (another session would find it there too)
+    picker = at.selectbox(key="recov_saved_probe")
+    assert picker.options == ["tiny40/probes/direct_last4"]
+    at.session_state["probe"] = None
+    at.button(key="recov_load_probe").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["probe"].probe_id == probe.probe_id
+    assert any("Loaded probe" in s.value for s in at.success)
 
 
 def test_the_page_opens_runs_through_the_shared_loader(tiny, saved_run, monkeypatch):
@@ -110,6 +143,7 @@ def test_the_page_opens_runs_through_the_shared_loader(tiny, saved_run, monkeypa
     monkeypatch.setattr(ui.common, "load_run", lambda path: calls.append(str(path)) or real(path))
     at = open_page(tiny)
     fast_settings(at).button(key="recov_compute").click().run()
+    finish_jobs(at)
     at.button(key="recov_save").click().run()
     assert not at.exception, at.exception
     assert any("Saved probe" in s.value for s in at.success)
@@ -121,6 +155,7 @@ def test_one_class_run_shows_reasons_not_numbers(tiny, runs_dir):
     run_study(tiny, wrong, ["direct"], runs_dir / "allwrong", generate=False, batch_size=20, dataset_name="t")
     at = open_page(tiny)
     fast_settings(at).button(key="recov_compute").click().run()
+    finish_jobs(at)
     assert not at.exception, at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["probe AUROC"] == "only one class" and metrics["95 % CI"] == "—"
@@ -167,6 +202,7 @@ def test_tagged_items_get_a_tag_baseline_and_a_within_strata_table(tiny, runs_di
     run_study(tiny, tagged, ["direct"], runs_dir / "tagged60", generate=False, batch_size=30, dataset_name="t")
     at = open_page(tiny)
     fast_settings(at).button(key="recov_compute").click().run()
+    finish_jobs(at)
     assert not at.exception, at.exception
     baselines = at.dataframe[0].value
     tag_row = baselines[baselines["signal"] == "item tags (one-hot)"]
