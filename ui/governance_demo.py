@@ -69,13 +69,18 @@ def demo_job(loaded: LoadedModel, folder: str) -> JobFn:
 
 def start_demo_run(loaded: LoadedModel) -> None:
     """Queue the demo run as a background job; the figures appear once its first items are answered."""
-    folder = demo_run_path()
-    if job_queue().active_for(folder) is None:
+    folder = demo_run_path()  # named by the minute: computed once, the job keeps it
+    if active_demo_job() is None:
         submit("governance_demo", Path(folder).name, demo_job(loaded, folder), result_path=folder,
                speed_task="study:generate")
     st.session_state[DEMO_ON_KEY] = folder  # one click: the demo runs on the new run as soon as it can
     st.session_state["gov_demo_run_name"] = Path(folder).name
     st.rerun()
+
+
+def active_demo_job() -> JobInfo | None:
+    """The running or queued demo run (one at a time for the whole server), if any."""
+    return next((j for j in job_queue().jobs() if j.kind == "governance_demo" and not j.finished), None)
 
 
 def no_run_yet(loaded: LoadedModel | None) -> None:
@@ -91,7 +96,7 @@ def no_run_yet(loaded: LoadedModel | None) -> None:
         start_demo_run(loaded)
 
 
-def rerun_at_first_figures(path: str) -> Callable[[JobInfo], None]:
+def rerun_at_first_figures() -> Callable[[JobInfo], None]:
     """The live bar's body: rerun the page once when the first :data:`DEMO_FIRST` rows are saved."""
     def body(job: JobInfo) -> None:
         flag = f"gov.demo_first_shown:{job.job_id}"
@@ -114,9 +119,9 @@ def demo_tab(loaded: LoadedModel | None) -> None:
         "(after the forced answer prefix *\"The answer is\"*) and a linear **probe** on the state."
     )
     demo_runs, candidates = demo_candidates(list_saved_runs())
-    job = job_queue().active_for(demo_run_path())
+    job = active_demo_job()
     if job is not None:
-        live_job(job.job_id, rerun_at_first_figures(demo_run_path()), key="gov_demo_stop")
+        live_job(job.job_id, rerun_at_first_figures(), key="gov_demo_stop")
     elif not demo_runs:
         no_run_yet(loaded)
     if not candidates:
