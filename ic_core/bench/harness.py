@@ -30,7 +30,13 @@ Figures (see ``docs/benchmark.md`` for the JSON layout and how to read it):
   ``served_breakdown_ms`` and ``generated_tokens``) and ``cached_prefix_over_uncached`` (with
   ``cache_hits``) to a ratio summary with ``target``, ``target_is`` and ``pass``; the keys of
   each are listed in :func:`ic_core.bench.serve_workloads.bench_serve`. Their pass flags are
-  also in ``result["pass"]`` as ``serve.<name>``.
+  also in ``result["pass"]`` as ``serve.<name>``;
+* ``backends`` — issue 14's figures (:mod:`ic_core.bench.backends`), absent with
+  ``backends=False`` (``bench --no-backends``; off in ``--quick``): ``nnsight_over_hf`` (analysis
+  through the nnsight backend ÷ through transformers, target ≤ 1.3; pass flag
+  ``backends.nnsight_over_hf``) and ``sharded_over_unsharded`` (two shares + merge ÷ the unsharded
+  study, wall time, with ``merged_table_equal``); ``{"skipped": reason}`` when the nnsight backend
+  cannot run here.
 """
 
 from __future__ import annotations
@@ -96,6 +102,8 @@ class BenchSettings:
     serve: bool = True
     """Measure the served gate's figures (uvicorn on 127.0.0.1; rounds: ``repeats``). False: no
     ``serve`` key in the result (``bench --no-serve``)."""
+    backends: bool = True
+    """Measure the capture backends' figures (nnsight vs transformers, sharded study); rounds: ``repeats``."""
     serve_chat_repeats: int = 5
     """Rounds of ``served_over_inprocess`` (64 new tokens per arm and round): its few per cent
     resolve only over several rounds."""
@@ -118,7 +126,8 @@ class BenchSettings:
         """About one minute: the shortest length only, fewer prompts and repeats, one load each."""
         return cls(
             repeats=repeats or 2, lengths=(45,), forward_repeats=5, batch_prompts=16, batch_repeats=1,
-            load_repeats=1, memory_items=16, study_items=2, serve_gate_requests=16, serve_chat_repeats=2, quick=True,
+            load_repeats=1, memory_items=16, study_items=2, serve_gate_requests=16, serve_chat_repeats=2, backends=False,
+            quick=True,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -218,11 +227,19 @@ def run_benchmark(
         serve = bench_serve(loaded, settings.repeats, settings.new_tokens, settings.serve_gate_requests,
                             settings.serve_system_tokens, settings.serve_chat_repeats)
 
+    backends = None
+    if settings.backends:
+        backends = _backends_figures(loaded, settings.repeats, say)
+
     result: dict[str, Any] = {"format_version": FORMAT_VERSION}
     passes: dict[str, bool | None] = {}
     if serve is not None:
         result["serve"] = serve
         passes.update({f"serve.{name}": figure["pass"] for name, figure in serve.items()})
+    if backends is not None:
+        result["backends"] = backends
+        if "nnsight_over_hf" in backends:
+            passes["backends.nnsight_over_hf"] = backends["nnsight_over_hf"]["pass"]
     per_length = {
         "analysis_over_forward": forward,
         "answer_with_check_over_answer": {k: v["answer_with_check_over_answer"] for k, v in gen.items()},
@@ -256,10 +273,24 @@ def run_benchmark(
     return result
 
 
-def quick_or_full(quick: bool, repeats: int | None, serve: bool = True) -> BenchSettings:
-    """Settings for the CLI: ``--quick``, ``--repeats`` and ``--no-serve``."""
+def _backends_figures(loaded: LoadedModel, rounds: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """Issue 14's figures, or ``{"skipped": reason}`` when the nnsight backend cannot run here."""
+    from ic_core.backends import BackendError
+    from ic_core.bench.backends import backends_benchmark
+
+    try:
+        return backends_benchmark(loaded, rounds, say)
+    except BackendError as exc:
+        say(f"capture backends skipped: {exc}")
+        return {"skipped": str(exc)}
+
+
+def quick_or_full(quick: bool, repeats: int | None, serve: bool = True, backends: bool = True) -> BenchSettings:
+    """Settings for the CLI: ``--quick``, ``--repeats``, ``--no-serve`` and ``--no-backends``."""
     if quick:
         settings = BenchSettings.quick_settings(repeats)
     else:
         settings = replace(BenchSettings(), repeats=repeats) if repeats else BenchSettings()
-    return settings if serve else replace(settings, serve=False)
+    if not serve:
+        settings = replace(settings, serve=False)
+    return settings if backends else replace(settings, backends=False)

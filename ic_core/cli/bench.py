@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-serve", dest="serve", action="store_false",
                    help="skip the served-gate figures (uvicorn on 127.0.0.1: 8 vs 1 clients, served vs in-process, "
                         "cached system prompt)")
+    p.add_argument("--no-backends", dest="backends", action="store_false",
+                   help="skip the capture backends' figures (nnsight vs transformers, sharded study; off in --quick)")
     p.add_argument("--out", help="also write the JSON to this file")
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``bench``."""
     if args.repeats is not None and args.repeats < 1:
         raise ICError(f"--repeats must be at least 1 (got {args.repeats}).")
-    settings = quick_or_full(args.quick, args.repeats, getattr(args, "serve", True))
+    settings = quick_or_full(args.quick, args.repeats, getattr(args, "serve", True), getattr(args, "backends", True))
     loaded = model_from_args(args)
 
     def progress(message: str) -> None:
