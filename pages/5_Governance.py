@@ -201,7 +201,8 @@ def ltt_flow(run: StudyRun, sig: RunSignals, signal: str, scores: ProbeScores | 
         signal_quality_section(sig, signal, scores)
         return
     ltt_results(run, fit)
-    st.subheader("What the certified rule does to the held-out items")
+    st.subheader("What this rule does to the held-out items" if fit.risk.ltt.certified
+                 else "What this rule (escalate every prompt) does to the held-out items")
     live_figures(sig, signal, scores, fit.escalate, sig.test_idx, fit.policy.t_entropy_bits, fit.policy.t_probe)
     signal_quality_section(sig, signal, scores)
     st.subheader("Held-out evaluation of this rule")

@@ -123,8 +123,10 @@ def reliability_section(p_correct: np.ndarray, correct: np.ndarray) -> None:
 
 def _ltt_inputs() -> tuple[float, float, str, int]:
     c1, c2, c3, c4 = st.columns([1, 1, 2, 1])
-    alpha = c1.number_input("α: error among approved at most", 0.01, 0.99, 0.25, 0.01, key="gov_alpha")
-    delta = c2.number_input("δ: allowed failure probability", 0.01, 0.5, 0.1, 0.01, key="gov_delta")
+    alpha = c1.number_input("α (error among approved)", 0.01, 0.99, 0.25, 0.01, key="gov_alpha",
+                            help="The guarantee: error among auto-approved answers at most α …")
+    delta = c2.number_input("δ (failure probability)", 0.01, 0.5, 0.1, 0.01, key="gov_delta",
+                            help="… with probability at least 1 − δ over the calibration items.")
     bound = c3.selectbox("Binomial bound", list(BOUNDS), format_func=BOUND_LABELS.get, key="gov_bound")
     n_splits = c4.number_input("Simulation splits", 20, 2000, N_SPLITS, 10, key="gov_splits",
                                help="Random calibration/test splits of all items for the check of the guarantee.")

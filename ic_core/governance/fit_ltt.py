@@ -332,7 +332,8 @@ def comparison_lines(comparison: dict[str, Any]) -> list[str]:
         c = comparison.get(key)
         if c is None:
             continue
-        auc = "n/a" if c["held_out_auroc_wrong"] is None else f"{1 - c['held_out_auroc_wrong']:.3f}"
+        # AUROC of the entropy for a wrong answer = AUROC of −entropy for a right one (the page's convention).
+        auc = "n/a" if c["held_out_auroc_wrong"] is None else f"{c['held_out_auroc_wrong']:.3f}"
         if c["certified"]:
             err, cov = c["held_out_error_among_approved"], c["held_out_coverage"]
             cert = (f"certified at ≤ {c['threshold_bits']:.3f} bits, held-out error among approved "

@@ -160,7 +160,7 @@ class TestReadouts:
         assert research.policy.prefix_mode == "per_item" and research.risk.comparison == comp
         lines = research.risk.lines()
         assert "what a per-item prefix buys, on the same held-out items:" in lines
-        auc = 1 - comp["last_token_H_int"]["held_out_auroc_wrong"]
+        auc = comp["last_token_H_int"]["held_out_auroc_wrong"]
         assert any(line.startswith(f"  last-token H_int (agent-ready): held-out AUROC {auc:.3f} on 24 items")
                    for line in lines)
         with pytest.raises(DataError, match="states were read after the answer prefix"):
@@ -257,7 +257,7 @@ class TestAgentPromptsFromTheCli:
         comp = res["risk_control"]["readout_comparison"]
         assert comp["n_held_out"] == 24
         i = err.index("what a per-item prefix buys, on the same held-out items:")
-        auc = 1 - comp["last_token_H_int"]["held_out_auroc_wrong"]
+        auc = comp["last_token_H_int"]["held_out_auroc_wrong"]
         assert err[i + 1].startswith(f"  last-token H_int (agent-ready): held-out AUROC {auc:.3f} on 24 items")
         assert err[i + 2].startswith("  per-item-prefix H_slot (research only): held-out AUROC")
         assert any(line.startswith("simulation: 200 splits") and "of splits (δ = 0.2)" in line for line in err)
