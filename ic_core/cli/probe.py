@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ic_core.cli.common import print_json
 from ic_core.errors import DataError
 from ic_core.probes.cv import LAST_K, N_SHUFFLES_PER_LAYER
 from ic_core.stats.auroc import N_BOOT, N_SHUFFLES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ic_core.probes.report import RecoverabilityReport
+    from ic_core.runs.store import StudyRun
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also fit and save the last-k-layers probe (fixed choice, not picked from these results) "
                         "as PATH.json + PATH.npz; 'auto' saves to <run>/probes/")
     p.add_argument("--progress", action="store_true", help="print progress to stderr")
+    p.add_argument("--html", metavar="PATH",
+                   help="also write the run's self-contained HTML study report with these results (AUROCs beside "
+                        "AURC, E-AURC, AUGRC; the probe's calibration and reliability diagram)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
     p.set_defaults(func=run)
     inner = p.add_subparsers(dest="probe_command")
@@ -82,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("n_boot", "shuffles", "layer_shuffles", "last_k"):
         if getattr(args, name) < (1 if name in ("n_boot", "last_k") else 0):
             raise DataError(f"--{name.replace('_', '-')} must be at least {1 if name in ('n_boot', 'last_k') else 0}.")
+    if args.html and not Path(args.html).expanduser().parent.is_dir():  # before minutes of probing, not after
+        raise DataError(f"Cannot write the HTML report to {args.html}: its folder does not exist.")
     study = load_run(_run_folder(args.run))
 
     def progress(done: int, total: int, label: str) -> None:
@@ -103,5 +113,23 @@ def run(args: argparse.Namespace) -> int:
             "choice": f"{probe.choice} (fixed before looking at results; fitted on all {probe.n_train} graded rows)",
             "cv_auroc": out["last_layers"]["auroc_pooled"], "cv_ci95": out["last_layers"]["ci95"],
         }
+    if args.html:
+        out["html_report"] = str(write_html_report(study, report, Path(args.html)))
     print_json(out)
     return 0
+
+
+def write_html_report(study: StudyRun, report: RecoverabilityReport, path: Path) -> Path:
+    """Write the run's HTML report with the recoverability section (atomic); returns the path.
+
+    Raises:
+        DataError: the folder to write into does not exist.
+
+    """
+    from ic_core.io import atomic_write_text
+    from ic_core.study.report import build_report
+
+    path = path.expanduser()
+    if not path.parent.is_dir():
+        raise DataError(f"Cannot write the HTML report to {path}: the folder {path.parent} does not exist.")
+    return atomic_write_text(path, build_report(study, recoverability=report))

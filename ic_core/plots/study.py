@@ -197,14 +197,18 @@ def dim_eff_figure(by_regime: Mapping[str, DimEff]) -> go.Figure:
     for j in sorted(constant_all or ()):
         for col in (1, 2):
             fig.add_vrect(x0=j - 0.5, x1=j + 0.5, fillcolor="#bbbbbb", opacity=0.3, line_width=0, row=1, col=col)
-        fig.add_annotation(x=j, y=0.0, yref="y domain", text=f"layer {j}: constant", showarrow=False, textangle=-90,
-                           xanchor="left", yanchor="bottom", font=dict(size=10), row=1, col=1)
+        # above the plot area, beside its shaded band: never over a curve or the rank-cap line
+        fig.add_annotation(x=j, y=1.0, yref="y domain", text=f"layer {j}: constant", showarrow=False,
+                           xanchor="left", yanchor="bottom", font=dict(size=10, color="#555"), row=1, col=1)
     fig.update_xaxes(title_text="layer (0 = embeddings)")
     fig.update_yaxes(title_text="dimensions", row=1, col=1)
     fig.update_yaxes(title_text="components", row=1, col=2)
     fig.update_layout(title="Effective dimensionality of I per layer (dotted: rank cap N − 1)")
     clear_axes(fig)
-    fig.update_layout(margin=dict(MARGIN, t=80))  # room for the subplot titles
+    fig.update_layout(margin=dict(MARGIN, t=90))  # room for the subplot titles and the constant-layer note
+    for ann in fig.layout.annotations:  # subplot titles one line higher than the note
+        if ann.text in ("participation ratio (Σλ)²/Σλ²", "components for 90 % variance"):
+            ann.update(yshift=14)
     return fig
 
 

@@ -1,4 +1,10 @@
-"""Reports of a study run: the self-contained HTML report (plotly.js embedded once) and the run summary pages show."""
+"""Reports of a study run: the self-contained HTML report (plotly.js embedded once) and the run summary pages show.
+
+The report loads plotly.js from one inline ``<script>`` in its head (it works offline and never
+fetches a CDN); every figure is a ``<div>`` with its own small data script. Every AUROC it shows
+sits beside AURC, E-AURC and AUGRC with bootstrap CIs; a probe's P(correct) comes with its ECE
+(binning stated), Brier score and a reliability diagram.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,16 @@ import datetime as _dt
 import html
 import json
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
 
 from ic_core.errors import DataError
+from ic_core.plots.calibration import reliability_figure
+from ic_core.plots.probes import auroc_by_layer_figure
 from ic_core.plots.study import (
     accuracy_figure,
     dim_eff_figure,
@@ -19,8 +29,10 @@ from ic_core.plots.study import (
     pca_figure,
     readout_entropy_distribution_figure,
 )
+from ic_core.probes.judged import selective_cells
 from ic_core.prompts import READOUT_NAMES, readout_label
 from ic_core.runs.store import StudyRun
+from ic_core.stats.auroc import MIN_PER_CLASS, N_BOOT, N_SHUFFLES_HELD_OUT, REASON_FEW, AurocEstimate
 from ic_core.stats.geometry import DimEff
 from ic_core.study.compare import (
     RegimeComparison,
@@ -30,6 +42,10 @@ from ic_core.study.compare import (
     regime_comparison,
 )
 from ic_core.study.export import frame_records
+from ic_core.study.judged import judged_signals
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ic_core.probes.report import RecoverabilityReport
 
 MAX_TABLE_ROWS = 500
 """Rows of the per-item table written into the report (the CSV export has them all)."""
@@ -46,15 +62,38 @@ th{background:#f4f4f4}.note{color:#555;font-size:.9em}pre{background:#f7f7f7;pad
 
 
 class _Figures:
-    """Turns figures into HTML; only the first one carries plotly.js."""
+    """Turns figures into ``<div>`` fragments without plotly.js (the page's head loads it once)."""
 
     def __init__(self) -> None:
-        self.first = True
+        self.count = 0
 
     def html(self, fig: go.Figure) -> str:
-        out = fig.to_html(include_plotlyjs=self.first, full_html=False, default_height="420px")
-        self.first = False
-        return out
+        self.count += 1
+        height = fig.layout.height
+        return fig.to_html(include_plotlyjs=False, full_html=False, default_height=f"{height or 420}px",
+                           div_id=f"fig-{self.count}", config={"displaylogo": False})
+
+
+def item_prefix_text(run: StudyRun) -> str:
+    """Whether the direct regime read after the items' own answer prefixes, from what its rows record.
+
+    ``used on 30 of 30 direct rows``; ``none in this prompt set`` when the option was on but no item
+    carries a prefix; ``not used (turned off)`` when the run was started without them. A run-wide
+    prefix for the other items is named after it.
+    """
+    m = run.manifest
+    generic = m.get("answer_prefix")
+    tail = f"; “{generic}” for the items without one" if generic else ""
+    if not m.get("use_item_prefix"):
+        return "not used (turned off)" + tail
+    table = run.table
+    direct = table[table["regime"] == "direct"] if len(table) else table
+    if len(direct) == 0 or "item_prefix_used" not in direct:
+        return ("no direct rows" if len(table) else "no rows finished yet") + tail
+    used = int(direct["item_prefix_used"].fillna(False).astype(bool).sum())
+    if used == 0:
+        return "none in this prompt set" + tail
+    return f"used on {used} of {len(direct)} direct rows" + tail
 
 
 def _table_html(frame: pd.DataFrame) -> str:
@@ -69,8 +108,8 @@ def summary_markdown(run: StudyRun) -> str:
     return (
         f"**Model** {m.get('model_label', '?')}  \n"
         f"**Prompt set** {m.get('dataset', {}).get('name', '?')} (n={m.get('n_items')})  \n"
-        f"**Regimes** {', '.join(run.regimes)} · item prefixes (direct) "
-        f"{'used' if m.get('use_item_prefix') else 'not used'} · new tokens "
+        f"**Regimes** {', '.join(run.regimes)} · item answer prefixes (direct) "
+        f"{item_prefix_text(run)} · new tokens "
         f"{', '.join(f'{k} {v}' for k, v in tokens.items()) or '?'}  \n"
         f"**Compute** {float(m.get('elapsed_s') or 0):.0f} s · created {created} UTC"
     )
@@ -84,7 +123,7 @@ def _header(run: StudyRun) -> str:
         ("Layers / width", f"{m.get('n_layers')} / {m.get('d_model')}"),
         ("Prompt set", f"{ds.get('name')} ({m.get('n_items')} items of {ds.get('n_items_in_set')}; sha256 {str(ds.get('sha256'))[:12]}…)"),
         ("Regimes", ", ".join(run.regimes)), ("Rows finished", f"{len(run.table)} of {run.n_planned}"),
-        ("Item answer prefixes (direct)", "used" if m.get("use_item_prefix") else "not used"),
+        ("Item answer prefixes (direct)", item_prefix_text(run)),
         ("Generation", json.dumps(m.get("generation", {}).get("max_new_tokens_by_regime", {}))
          + (" greedy" if not m.get("generation", {}).get("config", {}).get("do_sample") else " sampled")),
         ("Created", m.get("created")), ("Compute time", f"{float(m.get('elapsed_s') or 0):.0f} s"),
@@ -105,6 +144,59 @@ def _items_table(run: StudyRun) -> str:
     return note + _table_html(frame)
 
 
+def _judged_section(run: StudyRun) -> str:
+    """Each fixed score per answer regime: AUROC beside AURC, E-AURC and AUGRC (the reason where no number)."""
+    judged = judged_signals(run)
+    if not judged:
+        return "<p class='note'>No graded rows in an answer regime: no signal can be judged.</p>"
+    return _table_html(pd.DataFrame([j.row() for j in judged])) + (
+        f"<p class='note'>Each score is judged as it is (nothing fitted) on the regime's graded rows; larger = "
+        f"trusted more. AUROC: bootstrap 95 % CI ({N_BOOT} resamples) and the mean AUROC over "
+        f"{N_SHUFFLES_HELD_OUT} label permutations (≈ 0.5 when nothing leaks). {_SELECTIVE_NOTE} "
+        f"“{REASON_FEW}”: fewer than {MIN_PER_CLASS} right or {MIN_PER_CLASS} wrong answers.</p>")
+
+
+_SELECTIVE_NOTE = (
+    "AURC: mean error rate among the k most trusted items over k = 1 … n; E-AURC: AURC minus that of a perfect "
+    "ranking of the same answers (0 = perfect); AUGRC: area under the generalized risk–coverage curve (the share "
+    "of all items that are approved and wrong). Lower is better for all three; their CIs use the AUROC's resamples."
+)
+
+
+def _estimate_row(rep: RecoverabilityReport, est: AurocEstimate, **first: str) -> dict[str, str]:
+    sel = rep.selective_of(est.name)
+    return {**first, "signal": est.name, "AUROC [95 % CI]": est.ci_text(),
+            "shuffled labels (mean)": "n/a" if est.shuffle_mean is None else f"{est.shuffle_mean:.2f}",
+            **(selective_cells(sel) if sel is not None else {}), "right / wrong": est.counts_text()}
+
+
+def recoverability_html(rep: RecoverabilityReport, figs: _Figures) -> str:
+    """The probe results of one selection: AUROCs with selective statistics, by-layer curve, calibration."""
+    rows = [_estimate_row(rep, e, kind="fitted in nested CV" if e.kind == "probe" else "fixed score")
+            for e in (rep.last_layers, *rep.signals, *rep.baselines)]
+    layers = [_estimate_row(rep, e, layer=str(i)) for i, e in enumerate(rep.by_layer)]
+    cal = rep.calibration
+    parts = [
+        f"<p>Selection <b>{html.escape(rep.selection)}</b>: {rep.n} graded rows ({rep.n_pos} right, "
+        f"{rep.n - rep.n_pos} wrong{f'; {rep.n_ungraded} ungraded left out' if rep.n_ungraded else ''}).</p>",
+        _table_html(pd.DataFrame(rows)),
+        f"<p class='note'>Probes: stratified {rep.settings.get('outer_folds')}-fold outer CV, C chosen by an inner "
+        f"CV only, AUROC of the pooled out-of-fold scores with a bootstrap 95 % CI; shuffled labels: the same "
+        f"protocol on permuted labels. {_SELECTIVE_NOTE}</p>",
+        figs.html(auroc_by_layer_figure(list(rep.by_layer), rep.last_layers)),
+        "<details><summary>Per layer: AUROC beside AURC, E-AURC and AUGRC</summary>"
+        + _table_html(pd.DataFrame(layers)) + "</details>",
+        f"<h3>Calibration of the {html.escape(rep.last_layers.name)} probe's P(correct)</h3>",
+    ]
+    if cal is None or cal.bins is None:
+        parts.append(f"<p class='note'>Not computed: {html.escape(cal.reason if cal else 'no probe')}.</p>")
+    else:
+        parts += [f"<p>{html.escape(cal.ece_text())} · {html.escape(cal.brier_text())} · {cal.n} items, each scored "
+                  "by the probe refitted without its own fold (the C its inner CV chose).</p>",
+                  figs.html(reliability_figure(cal.bins, title=f"Reliability of P(correct), out of fold ({cal.n} items)"))]
+    return "".join(parts)
+
+
 def _pca_section(run: StudyRun, figs: _Figures) -> str:
     layer = default_pca_layer(run.n_layers)
     try:
@@ -117,9 +209,9 @@ def _pca_section(run: StudyRun, figs: _Figures) -> str:
 
 def build_report(
     run: StudyRun, extra_sections: Sequence[Section] | None = None, comparison: RegimeComparison | None = None,
-    dim_effs: Mapping[str, DimEff] | None = None,
+    dim_effs: Mapping[str, DimEff] | None = None, recoverability: RecoverabilityReport | None = None,
 ) -> str:
-    """The whole report as one HTML string (about 4 MB: plotly.js is embedded once).
+    """The whole report as one HTML string (plotly.js, ~4.8 MB of it, inline once in the head; figures as divs).
 
     Args:
         run: A loaded study run.
@@ -127,6 +219,8 @@ def build_report(
             recoverability results). Titles are escaped; HTML fragments are inserted as given.
         comparison: A precomputed :func:`ic_core.study.compare.regime_comparison` (computed if omitted).
         dim_effs: A precomputed :func:`ic_core.study.compare.dim_eff_by_regime` (computed if omitted).
+        recoverability: A :func:`ic_core.probes.report.recoverability` of this run, shown as its own section
+            (probe AUROCs with selective statistics, the by-layer curve, the probe's calibration).
 
     """
     figs = _Figures()
@@ -152,6 +246,9 @@ def build_report(
         if dims:
             parts += ["<h2>Effective dimensionality</h2>", figs.html(dim_eff_figure(dims))]
         parts += ["<h2>PCA of I</h2>", _pca_section(run, figs)]
+        parts += ["<h2>Signals judged as a gate (AUROC and selective-prediction statistics)</h2>", _judged_section(run)]
+        if recoverability is not None:
+            parts += ["<h2>Recoverability: probes and baselines</h2>", recoverability_html(recoverability, figs)]
         parts += ["<h2>Items</h2>", _items_table(run)]
     for title, content in extra_sections or ():
         body = figs.html(content) if isinstance(content, go.Figure) else str(content)
@@ -161,8 +258,9 @@ def build_report(
               f"<p class='note'>Generated {_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')} by the "
               "Intention Collapse Dashboard.</p>"]
     title = html.escape(f"Study report: {run.name}")
+    script = f"<script type='text/javascript'>{get_plotlyjs()}</script>" if figs.count else ""
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+            f"<style>{_CSS}</style>{script}</head><body>{''.join(parts)}</body></html>")
 
 
 def _json_default(value: object) -> object:
