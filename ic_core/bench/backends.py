@@ -84,12 +84,15 @@ def sharded_over_unsharded(loaded: Any, n_items: int = 12, rounds: int = 3, max_
                        merged_table_equal=all(same)).to_json()
 
 
-def backends_benchmark(loaded: Any, rounds: int = 5, say: Callable[[str], None] = print) -> dict[str, Any]:
+def backends_benchmark(loaded: Any, rounds: int = 5, say: Callable[[str], None] = print,
+                       n_items: int = 12) -> dict[str, Any]:
     """Both figures in one run: ``{"nnsight_over_hf": …, "sharded_over_unsharded": …}``."""
     say("nnsight backend ÷ hf backend (analysis per prompt)")
     out = {"nnsight_over_hf": nnsight_over_hf(loaded, rounds)}
+    say(f"  {out['nnsight_over_hf']}")
     say("two shares + merge ÷ unsharded study (wall time)")
-    out["sharded_over_unsharded"] = sharded_over_unsharded(loaded, rounds=max(1, rounds // 2))
+    out["sharded_over_unsharded"] = sharded_over_unsharded(loaded, n_items=n_items, rounds=max(1, rounds // 2))
+    say(f"  {out['sharded_over_unsharded']}")
     return out
 
 
@@ -99,5 +102,8 @@ if __name__ == "__main__":  # python -m ic_core.bench.backends
 
     from ic_core.models import get_model
 
-    json.dump(backends_benchmark(get_model(), say=lambda m: print(m, file=sys.stderr)), sys.stdout, indent=1)
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    result = backends_benchmark(get_model(), rounds, say=lambda m: print(m, file=sys.stderr, flush=True),
+                                n_items=int(sys.argv[2]) if len(sys.argv) > 2 else 12)
+    json.dump(result, sys.stdout, indent=1)
     sys.stdout.write("\n")
