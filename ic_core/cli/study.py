@@ -17,6 +17,7 @@ from ic_core.cli.common import (
     text_type,
 )
 from ic_core.cli.study_shards import add_shard_options, merge_if_asked, run_ray_if_asked, sharded_runner
+from ic_core.cli.study_two_models import allow_two_models, models_from_args, run_two_models
 from ic_core.dataset_columns import format_column_map
 from ic_core.dataset_load import load_with_mapping
 from ic_core.datasets import LoadResult, bundled_sets, load_bundled
@@ -51,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(p)
     add_backend_options(p)
     add_shard_options(p)
+    allow_two_models(p)
     p.set_defaults(func=run)
 
 
@@ -74,7 +76,14 @@ def _progress_line(done: int, total: int, eta_s: float | None, message: str) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Execute ``study``."""
+    """Execute ``study`` (on two models when ``--model`` is given twice: :mod:`ic_core.cli.study_two_models`)."""
+    models = models_from_args(args)
+    if len(models) > 1:
+        return run_two_models(args, models, _run_one)
+    return _run_one(args)
+
+
+def _run_one(args: argparse.Namespace) -> int:
     merged = merge_if_asked(args)
     if merged is not None:
         return merged
