@@ -31,11 +31,13 @@ from ui.common import (
     footer,
     gen_config,
     get_loaded,
+    get_second_loaded,
     html_block,
     json_download,
     md_text,
     read_text_upload,
     require_router,
+    second_model_picker,
     show_error,
 )
 from ui.gate_verdict import gate_verdict
@@ -193,8 +195,16 @@ def probe_reading(analysis: Analysis) -> None:
     weak_probe_note(probe)
 
 
-def risk_card(loaded: LoadedModel, analysis: Analysis) -> None:
-    """What the model's state says before any token is written."""
+def risk_card(loaded: LoadedModel, analysis: Analysis, slot: str = "") -> None:
+    """What the model's state says before any token is written.
+
+    Args:
+        loaded: The model that made the read-out.
+        analysis: Its read-out.
+        slot: ``""`` for the page's model; ``"second"`` for the second model's card (its own widget
+            keys; the session's probe and gate policy belong to the first model, so they are not shown).
+
+    """
     state, rendered = analysis.state, analysis.rendered
     signal = analysis.signal_name
     st.subheader("Risk card (before generation)")
@@ -212,7 +222,10 @@ def risk_card(loaded: LoadedModel, analysis: Analysis) -> None:
     st.caption(f"{state.readout_entropy_bits:.2f} bits ≈ as unsure as a fair pick among {among} tokens. "
                f"Most likely next token: “{md_text(top_token)}”. This describes the *next token only*: see the Learn page "
                "for when it does and does not predict a correct answer.")
-    if rendered.readout_is_formatting and not rendered.answer_prefix:
+    if rendered.readout_is_answer_cue:
+        st.caption(f"No chat template: the prompt is plain text ending “{md_text(rendered.text.split(chr(10))[-1][-30:])}”, "
+                   f"so {signal} is read on the answer cue, right before the answer's first word.")
+    elif rendered.readout_is_formatting and not rendered.answer_prefix:
         st.warning(
             f"The read-out token is a formatting token (“{md_text(visible_token(rendered.readout_token))}”), so "
             f"{signal} measures how the answer will *start* (often boilerplate such as \"The\"), not the "
@@ -226,15 +239,18 @@ def risk_card(loaded: LoadedModel, analysis: Analysis) -> None:
             f"- **{signal}, full vocabulary**: {state.readout_entropy_bits:.3f} bits\n"
             f"- **check time**: {analysis.check_s:.2f} s"
         )
-    probe_reading(analysis)
-    gate_verdict(loaded, analysis)
+    if slot:
+        st.caption("The session's probe and gate policy are fitted on the first model, so they are shown there only.")
+    else:
+        probe_reading(analysis)
+        gate_verdict(loaded, analysis)
     tabs = st.tabs(["Next tokens", "Entropy by layer", "Prompt tokens"])
     with tabs[0]:
-        st.plotly_chart(top_tokens_figure(analysis.top_tokens), key="explore_top_fig")
+        st.plotly_chart(top_tokens_figure(analysis.top_tokens), key=f"explore_top_fig{slot}")
     with tabs[1]:
         lens = state.lens
         st.plotly_chart(lens_figure(lens.layers, lens.entropy_bits[0], lens.kl_to_final_bits[0],
-                                    analysis.lens_top_tokens), key="explore_lens_fig")
+                                    analysis.lens_top_tokens), key=f"explore_lens_fig{slot}")
         st.caption("Logit lens: each layer's state pushed through the final norm and unembedding. "
                    "KL to final (dotted, right axis) shows how far a layer still is from the model's own output.")
     with tabs[2]:
@@ -251,7 +267,7 @@ def readout_view(analysis: Analysis) -> None:
         st.caption(f"After the prefix the model writes {len(analysis.skipped_tokens)} whitespace token(s) "
                    f"({md_text(', '.join(repr(t) for t in analysis.skipped_tokens))}); the state is read after them "
                    "(dashed), so it measures the answer, not the spacing.")
-    elif rendered.readout_is_formatting:
+    elif rendered.readout_is_formatting and not rendered.readout_is_answer_cue:
         st.caption("Note: the read-out is a **formatting token** (whitespace, punctuation or a special token): its "
                    "entropy mostly reflects how the answer *starts*, not the answer. Add a forced answer "
                    "prefix to read H_slot instead.")
@@ -274,28 +290,45 @@ def grade_view(result_grade: Grade | None, expected: str | None) -> None:
         st.info(f"Extracted {found} (rule: {rule}); no expected answer to compare with.")
 
 
-def generation_panel(loaded: LoadedModel, result: dict[str, Any]) -> None:
-    """The Generate button and, once pressed, the coloured output."""
+def _answer_into(loaded: LoadedModel, result: dict[str, Any]) -> None:
+    answered = answer(loaded, result["analysis"], gen_config())  # continues from the check's cache
+    # "generation"/"grade" mirror the answered analysis for readers of the session result.
+    result["analysis"], result["generation"], result["grade"] = answered, answered.generation, answered.grade
+
+
+def generation_panel(loaded: LoadedModel, result: dict[str, Any], slot: str = "",
+                     second: tuple[LoadedModel, dict[str, Any]] | None = None) -> None:
+    """The Generate button and, once pressed, the coloured output.
+
+    Args:
+        loaded: The model that answers.
+        result: Its session result (``analysis``, ``generation``, ``grade``).
+        slot: ``""`` for the first model (it draws the button), ``"second"`` for the second's output.
+        second: The second model and its result: the button then generates both answers.
+
+    """
     analysis: Analysis = result["analysis"]
     st.subheader("Generation")
     if not analysis.made_by(loaded):
         st.warning("The model changed since this read-out. Press **Read the state** again first.")
         return
     cfg_note = "sampling" if st.session_state.get("do_sample") else "greedy"
-    if st.button("Generate", key="explore_generate_btn", type="primary",
-                 help=f"Write the answer ({cfg_note}, up to {st.session_state.get('max_new_tokens', 64)} tokens; "
-                      "change it in the sidebar)."):
+    if not slot and st.button("Generate both answers" if second else "Generate", key="explore_generate_btn",
+                              type="primary",
+                              help=f"Write the answer ({cfg_note}, up to {st.session_state.get('max_new_tokens', 64)} "
+                                   "tokens; change it in the sidebar)."):
         try:
             with st.spinner("Generating…"):
-                answered = answer(loaded, analysis, gen_config())  # continues from the check's cache
-            # "generation"/"grade" mirror the answered analysis for readers of the session result.
-            result["analysis"], result["generation"], result["grade"] = answered, answered.generation, answered.grade
+                _answer_into(loaded, result)
+                if second is not None and second[1]["analysis"].made_by(second[0]):
+                    _answer_into(*second)
         except Exception as exc:  # the UI boundary (see show_error)
             show_error(exc)
     generation: Generation | None = result["analysis"].generation
     if generation is None:
         st.caption("Nothing generated yet: the risk card was computed from the prompt alone. "
-                   "Press **Generate** to see what the model writes.")
+                   + ("Press **Generate both answers** (left) to see what both models write." if slot else
+                      "Press **Generate** to see what the model writes."))
         return
     st.markdown(html_block(token_spans_html(generation.tokens, generation.entropy_bits, generation.chosen_probs,
                                             generation.answer_prefix)), unsafe_allow_html=True)
@@ -306,7 +339,7 @@ def generation_panel(loaded: LoadedModel, result: dict[str, Any]) -> None:
                + " · hover a token for its entropy and probability")
     grade_view(result["analysis"].grade, result["analysis"].expected)
     if generation.tokens:
-        st.plotly_chart(token_entropy_figure(generation.tokens, generation.entropy_bits), key="explore_tok_fig")
+        st.plotly_chart(token_entropy_figure(generation.tokens, generation.entropy_bits), key=f"explore_tok_fig{slot}")
     with st.expander("Output as plain text"):
         st.text(generation.answer_text)
 
@@ -325,14 +358,18 @@ st.caption("Read the model's internal state **before** it writes anything (the r
 _init_state()
 loaded = get_loaded()
 input_panel()
+second_model_picker("Explore")
+loaded2 = get_second_loaded()
 if st.button("Read the state", type="primary", key="explore_read_btn", disabled=loaded is None):
     st.session_state.pop(EXPLORE_RESULT_KEY, None)
     inputs = current_inputs()
     try:
-        with st.spinner("Reading the state (one forward pass)…"):
+        with st.spinner("Reading the state (one forward pass" + (" per model)…" if loaded2 else ")…")):
             analysis = read_state(loaded, inputs)
+            second_result = None if loaded2 is None else {"analysis": read_state(loaded2, inputs), "generation": None,
+                                                          "grade": None}
         st.session_state[EXPLORE_RESULT_KEY] = {"analysis": analysis, "inputs": inputs, "generation": None,
-                                                "grade": None}
+                                                "grade": None, "second": second_result}
     except Exception as exc:  # the UI boundary: an engine error becomes one message, never a traceback
         show_error(exc)
 
@@ -343,11 +380,26 @@ elif loaded is not None:
     if result["inputs"] != current_inputs():
         st.info("The inputs changed since this read-out (shown below for the previous inputs). "
                 "Press **Read the state** to update.")
-    card_col, gen_col = st.columns(2, gap="large")
-    with card_col:
-        risk_card(loaded, result["analysis"])
-    with gen_col:
-        generation_panel(loaded, result)
+    second = result.get("second")
+    if second is not None and loaded2 is not None and second["analysis"].made_by(loaded2):
+        pair = (loaded2, second)
+        first_col, second_col = st.columns(2, gap="large")
+        with first_col:
+            st.markdown(f"#### {md_text(loaded.spec.label)}")
+            risk_card(loaded, result["analysis"])
+            generation_panel(loaded, result, second=pair)
+        with second_col:
+            st.markdown(f"#### {md_text(loaded2.spec.label)}")
+            risk_card(loaded2, second["analysis"], slot="second")
+            generation_panel(loaded2, second, slot="second")
+    else:
+        if second is not None:
+            st.info("The second model changed since this read-out: press **Read the state** to read it on both.")
+        card_col, gen_col = st.columns(2, gap="large")
+        with card_col:
+            risk_card(loaded, result["analysis"])
+        with gen_col:
+            generation_panel(loaded, result)
     downloads(result)
 st.divider()
 footer(loaded)

@@ -19,10 +19,12 @@ from ui.common import (
     footer,
     gen_config,
     get_loaded,
+    get_second_loaded,
     html_block,
     json_download,
     md_text,
     require_router,
+    second_model_picker,
     show_error,
 )
 from ui.progress import duration_text, left_text, measured_speed, remember_speed
@@ -134,11 +136,10 @@ def h_int_row(analyses: dict[str, Analysis]) -> None:
                         f"{a.state.readout_entropy_top100_bits:.2f} bits; read-out token {a.rendered.readout_token!r}.")
 
 
-def generate_all(loaded: LoadedModel, result: dict[str, Any]) -> None:
+def generate_all(loaded: LoadedModel, analyses: dict[str, Analysis]) -> None:
     """Answer every regime from its check's cache (CoT with its own token budget), graded by the engine."""
     base = gen_config()
     cot = dataclasses.replace(base, max_new_tokens=int(st.session_state[P + "cot_tokens"]))
-    analyses = result["analyses"]
     budgets = {regime: (cot if regime == "cot" else base).max_new_tokens for regime in analyses}
     total = sum(budgets.values())
     progress = st.progress(0.0, text="Generating…")
@@ -184,8 +185,29 @@ def outputs_row(analyses: dict[str, Analysis]) -> None:
 
 
 def export(result: dict[str, Any]) -> dict[str, Any]:
-    """JSON-ready summary of every regime (with outputs once generated)."""
-    return {regime: a.to_json() for regime, a in result["analyses"].items()}
+    """JSON-ready summary of every regime (with outputs once generated); a second model's under ``second_model``."""
+    out: dict[str, Any] = {regime: a.to_json() for regime, a in result["analyses"].items()}
+    if result.get("second"):
+        out["second_model"] = {regime: a.to_json() for regime, a in result["second"].items()}
+    return out
+
+
+def readout_views(analyses: dict[str, Analysis], slot: str = "") -> None:
+    """One model's read-outs: entropy per regime, the lens curves on one chart, and where they were read."""
+    h_int_row(analyses)
+    curves = {r: (a.state.lens.layers, a.state.lens.entropy_bits[0]) for r, a in analyses.items()}
+    st.plotly_chart(lens_overlay_figure(curves), key=f"compare_lens_fig{slot}")
+    direct = analyses["direct"].rendered
+    if direct.answer_prefix:
+        st.caption("Direct is read after the forced answer prefix (H_slot); CoT and babble at the last prompt "
+                   "token (H_int), before any token is written. Compare them as two read-outs, not one scale.")
+    elif direct.plain_text_template:
+        st.caption("No chat template: each regime is a plain-text prompt (direct ends “A:”, CoT “A: Let's think "
+                   "step by step.”), read at its last token, right before the answer or the reasoning starts.")
+    else:
+        st.caption("H_int is read at the last prompt token, before any token is written. On the small default "
+                   "model that token is the newline after the assistant header, so H_int mostly measures how the "
+                   "answer starts; add a forced prefix above for H_slot, and see the Learn page.")
 
 
 require_router(__file__)
@@ -196,13 +218,16 @@ st.caption("The same question asked three ways: **direct** (answer only), **chai
 _init_state()
 loaded = get_loaded()
 input_panel()
+second_model_picker("Compare regimes")
+loaded2 = get_second_loaded()
 if st.button("Read all regimes", type="primary", key="compare_read_btn", disabled=loaded is None):
     st.session_state.pop(RESULT_KEY, None)
     inputs = current_inputs()
     try:
-        with st.spinner("Reading the state of each regime…"):
+        with st.spinner("Reading the state of each regime" + (" on both models…" if loaded2 else "…")):
             analyses = read_all(loaded, inputs)
-        st.session_state[RESULT_KEY] = {"inputs": inputs, "analyses": analyses}
+            second = None if loaded2 is None else read_all(loaded2, inputs)
+        st.session_state[RESULT_KEY] = {"inputs": inputs, "analyses": analyses, "second": second}
     except Exception as exc:  # the UI boundary: an engine error becomes one message, never a traceback
         show_error(exc)
 
@@ -213,16 +238,18 @@ elif loaded is not None:
     if result["inputs"] != current_inputs():
         st.info("The inputs changed since this read-out. Press **Read all regimes** to update.")
     analyses = result["analyses"]
-    h_int_row(analyses)
-    curves = {r: (a.state.lens.layers, a.state.lens.entropy_bits[0]) for r, a in analyses.items()}
-    st.plotly_chart(lens_overlay_figure(curves), key="compare_lens_fig")
-    if analyses["direct"].rendered.answer_prefix:
-        st.caption("Direct is read after the forced answer prefix (H_slot); CoT and babble at the last prompt "
-                   "token (H_int), before any token is written. Compare them as two read-outs, not one scale.")
+    second = result.get("second")
+    if second is not None and (loaded2 is None or not all(a.made_by(loaded2) for a in second.values())):
+        st.info("The second model changed since this read-out: press **Read all regimes** to read it on both.")
+        second = None
+    pairs = [(loaded, analyses, "")] + ([(loaded2, second, "second")] if second is not None else [])
+    if second is None:
+        readout_views(analyses)
     else:
-        st.caption("H_int is read at the last prompt token, before any token is written. On the small default "
-                   "model that token is the newline after the assistant header, so H_int mostly measures how the "
-                   "answer starts; add a forced prefix above for H_slot, and see the Learn page.")
+        for col, (model, model_analyses, slot) in zip(st.columns(2, gap="large"), pairs):
+            with col:
+                st.markdown(f"#### {md_text(model.spec.label)}")
+                readout_views(model_analyses, slot)
     st.subheader("Outputs")
     budget = st.session_state[P + "cot_tokens"]
     if st.button("Generate all", key="compare_generate_btn",
@@ -232,11 +259,15 @@ elif loaded is not None:
             st.warning("The model changed since this read-out. Press **Read all regimes** again first.")
         else:
             try:
-                generate_all(loaded, result)
+                for model, model_analyses, _ in pairs:
+                    generate_all(model, model_analyses)
             except Exception as exc:  # the UI boundary (see show_error)
                 show_error(exc)
     if any(a.generation is not None for a in analyses.values()):
-        outputs_row(analyses)
+        for model, model_analyses, _ in pairs:
+            if second is not None:
+                st.markdown(f"**{md_text(model.spec.label)}**")
+            outputs_row(model_analyses)
     else:
         per_token = measured_speed(TOKEN_TASK)
         most = budget + 2 * int(st.session_state.get("max_new_tokens", 64))

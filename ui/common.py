@@ -296,3 +296,83 @@ def html_block(markup: str) -> str:
     breaks, which the spans show with ``white-space: pre-wrap``.
     """
     return markup.replace("\r", "&#13;").replace("\n", "&#10;")
+
+
+SECOND_MODEL_KEY = KEEP_PREFIX + "second_model"
+"""The second model Explore and Compare show beside the first: an allowed model's label, or :data:`NO_SECOND_MODEL`."""
+NO_SECOND_MODEL = "none"
+SECOND_INJECTED_KEY = "_injected_second_model"
+"""Tests may put a second LoadedModel here (AppTest); the picker then offers it under its spec label."""
+
+
+def second_model_options() -> list[str]:
+    """Labels of the models a session may add beside the current one (the administrator's allow-list).
+
+    Empty when switching is off or nothing else is allowed; a test's injected second model is offered too.
+    """
+    current = current_spec()
+    try:
+        allowed = admin_settings().allowed_models
+    except ICError:
+        allowed = ()
+    labels = [m.label for m in allowed if (m.source, m.name) != (current.source, current.name)]
+    injected = st.session_state.get(SECOND_INJECTED_KEY)
+    if injected is not None and injected.spec.label not in labels:
+        labels.append(injected.spec.label)
+    return labels
+
+
+def second_model_picker(where: str) -> None:
+    """The "Compare with a second model" control (shared by Explore and Compare through one session key).
+
+    Args:
+        where: Page name for the widget's help text.
+
+    """
+    options = second_model_options()
+    s = st.session_state
+    if s.get(SECOND_MODEL_KEY) not in (NO_SECOND_MODEL, *options):
+        s[SECOND_MODEL_KEY] = NO_SECOND_MODEL
+    if not options:
+        st.caption("Compare with a second model: this app allows one model. The administrator can allow more with "
+                   "IC_ALLOW_MODEL_SWITCH=1 and IC_MODEL_ALLOWLIST (e.g. gemma3-270m).")
+        return
+    from ic_core.model_registry import GEMMA_NOTICE, bundled_by_word
+
+    def label(choice: str) -> str:
+        if choice == NO_SECOND_MODEL:
+            return "no second model"
+        bundled = bundled_by_word(choice)
+        return bundled.name if bundled is not None else choice
+
+    st.selectbox("Compare with a second model", (NO_SECOND_MODEL, *options), key=SECOND_MODEL_KEY,
+                 format_func=label,
+                 help=f"Read the same prompt on a second model and show both side by side on {where}. "
+                      "Both stay loaded in this process (each behind its own lock); nothing is downloaded.")
+    if s.get(SECOND_MODEL_KEY) == "gemma3-270m":
+        st.caption(GEMMA_NOTICE)
+
+
+def get_second_loaded() -> LoadedModel | None:
+    """The second model the picker chose (same dtype and device as the first), or None.
+
+    None when no second model is chosen, or after showing why it cannot be loaded.
+    """
+    choice = st.session_state.get(SECOND_MODEL_KEY, NO_SECOND_MODEL)
+    if choice == NO_SECOND_MODEL:
+        return None
+    injected = st.session_state.get(SECOND_INJECTED_KEY)
+    if injected is not None and injected.spec.label == choice:
+        return injected
+    try:
+        allowed = {m.label: m for m in admin_settings().allowed_models}
+        model = allowed.get(choice)
+        if model is None:
+            raise ICError(f"{choice[:80]} is not on this app's model allow-list any more.")
+        current = current_spec()
+        spec = model.spec(dtype=current.dtype, device=current.device)
+        with st.spinner(f"Loading the second model, {spec.label} (its first load converts it once)…"):
+            return load_app_model(spec)
+    except ICError as exc:
+        st.error(f"**Second model not loaded.** {md_text(exc)}")
+        return None
