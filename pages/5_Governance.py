@@ -187,7 +187,7 @@ def tune_tab(loaded: LoadedModel | None) -> None:
     view = st.radio("Items shown in the live view", ["training", "held-out", "all"], key="gov_view",
                     horizontal=True, help="Tune on training items; the held-out figures below judge the result.")
     live_figures(sig, signal, scores, rule.escalate, sig.indices(view), t_e, t_p)
-    signal_quality_section(sig, signal, scores)
+    signal_quality_section(sig, scores)
 
     st.subheader("Held-out evaluation of this rule")
     held_out_metrics(rule.held_out, threshold_origin_note(fit_state is not None))
@@ -198,15 +198,16 @@ def ltt_flow(run: StudyRun, sig: RunSignals, signal: str, scores: ProbeScores | 
     """Learn then Test: α/δ, the certified threshold (or the refusal) and its checks, then the policy."""
     fit = ltt_fit(run, sig, signal, scores, readout)
     if fit is None:
-        signal_quality_section(sig, signal, scores)
+        signal_quality_section(sig, scores)
         return
     ltt_results(run, fit)
     st.subheader("What this rule does to the held-out items" if fit.risk.ltt.certified
                  else "What this rule (escalate every prompt) does to the held-out items")
     live_figures(sig, signal, scores, fit.escalate, sig.test_idx, fit.policy.t_entropy_bits, fit.policy.t_probe)
-    signal_quality_section(sig, signal, scores)
+    signal_quality_section(sig, scores)
     st.subheader("Held-out evaluation of this rule")
-    held_out_metrics(fit.held_out, "Threshold certified on the training items only (Learn then Test).")
+    held_out_metrics(fit.held_out, "Threshold certified on the training items only (Learn then Test)."
+                     if fit.risk.ltt.certified else "No threshold was certified, so every prompt is escalated.")
     policy_actions(fit.policy, scores, run)
 
 

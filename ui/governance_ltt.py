@@ -81,12 +81,10 @@ def method_choice() -> str:
 # ---------------------------------------------------------------- signal quality (both methods)
 
 
-def signal_quality_section(sig: RunSignals, signal: str, scores: ProbeScores | None) -> None:
+def signal_quality_section(sig: RunSignals, scores: ProbeScores | None) -> None:
     """Held-out AUROC beside AURC, E-AURC and AUGRC for each signal shown; reliability for the probe."""
     st.subheader("How well the signals rank the held-out answers")
-    entries = []
-    if signal != "probe":
-        entries.append((f"−{sig.entropy_name}", -sig.entropy_bits))
+    entries = [(f"−{sig.entropy_name}", -sig.entropy_bits)]  # the run's entropy always, the probe beside it
     if scores is not None:
         entries.append(("probe P(correct)", scores.p_correct))
     try:

@@ -32,7 +32,7 @@ def reliability_figure(bins: ReliabilityBins, title: str = "") -> go.Figure:
         customdata=bins.counts[full], hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} items",
     ))
     fig.update_layout(title=title or f"Reliability ({bins.n} items)", xaxis_title="mean predicted P(correct)",
-                      yaxis_title="share correct", xaxis_range=[0, 1.02], yaxis_range=[0, 1.02],
+                      yaxis_title="share correct", xaxis_range=[-0.04, 1.06], yaxis_range=[-0.06, 1.08],
                       margin=dict(l=10, r=10, t=40, b=10), height=360, legend=dict(orientation="h", y=-0.25))
     fig.update_xaxes(tickformat=".0%")
     fig.update_yaxes(tickformat=".0%")
