@@ -288,8 +288,11 @@ def create_app(loaded: LoadedModel, policy: Policy, probe: SavedProbe | None = N
         return out
 
     def escalated(checked: Checked, result: JobResult | None = None) -> ServeError:
-        """409 with the decision. ``x-should-retry: false``: OpenAI's clients retry a 409 by default, and a
-        retried escalation would be checked and audited again only to be escalated again."""
+        """409 with the decision, marked ``x-should-retry: false``.
+
+        OpenAI's clients retry a 409 by default; a retried escalation would be checked and audited
+        again only to be escalated again.
+        """
         intent = intention(checked, policy, settings.mode, "blocked")
         return ServeError(409, "escalated", f"The gate escalated this request to a human: {checked.decision.reason}",
                           headers(checked, result) | {"x-should-retry": "false"}, intention=intent)
