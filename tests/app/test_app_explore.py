@@ -445,12 +445,24 @@ class TestFormattingTokenCaveat:
 
         from ic_core.models import from_objects
 
-        plain = make_tiny_tokenizer(chat_template=None)  # read-out falls on the template's final "."
+        plain = make_tiny_tokenizer(chat_template=None)
         model = from_objects(make_tiny_model(len(plain)), plain, name="tiny-plain")
-        at = read_state(start(model))
+        # a custom template's read-out falls on its final "."
+        at = read_state(start(model), regime="custom", template="{question}\nanswer in one word .")
         assert any("formatting token" in w.value for w in at.warning)
         at = read_state(start(model), answer_prefix="the capital of france is")
         assert not any("formatting token" in w.value for w in at.warning)
+
+    def test_a_plain_q_a_prompt_read_on_its_answer_cue_is_not_flagged(self):
+        from helpers import make_tiny_model, make_tiny_tokenizer
+
+        from ic_core.models import from_objects
+
+        plain = make_tiny_tokenizer(chat_template=None)
+        model = from_objects(make_tiny_model(len(plain)), plain, name="tiny-plain")
+        at = read_state(start(model))
+        assert not any("formatting token" in w.value for w in at.warning)
+        assert any("read on the answer cue" in c.value for c in at.caption)
 
 
 class TestProbePolicyOnRiskCard:

@@ -64,3 +64,23 @@ def test_cli_analyze_answers_grades_and_lays_out_the_lens_as_for_the_default(def
     assert [set(row) for row in j["lens"]] == [set(default["lens"][0])] * 18
     assert j["lens"][-1]["entropy_bits"] == pytest.approx(j["h_int_bits"], abs=1e-4)
     assert j["lens"][-1]["kl_to_final_bits"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_built_in_direct_regime_is_a_few_shot_q_a_prompt_and_the_answer_stops_before_the_next_q(gemma):
+    """No chat template: few-shot Q:/A:, read on the A: cue; the stop rules end the answer at the blank line."""
+    a = analyze(gemma, "What is the capital of France?", kind="short_answer", expected="Paris", do_generate=True,
+                gen_config=GenerationConfig(max_new_tokens=32))
+    assert a.rendered.plain_text_template and a.rendered.text.endswith("Q: What is the capital of France?\nA:")
+    assert a.rendered.readout_is_answer_cue and a.signal_name == "H_int"
+    assert a.top_tokens[0][0] == " Paris"
+    assert a.generation.stop_reason == "stop" and len(a.generation.token_ids) < 32
+    assert a.generation.answer_text.strip().startswith("Paris") and "Q:" not in a.generation.answer_text
+    assert a.grade.correct is True and a.grade.extracted == "Paris"
+
+
+def test_with_the_item_prefix_the_answer_is_one_sentence(gemma):
+    a = analyze(gemma, "What is the capital of France?", kind="short_answer", expected="Paris",
+                answer_prefix="The capital of France is", do_generate=True, gen_config=GenerationConfig(max_new_tokens=32))
+    assert a.rendered.text.endswith("\nA: The capital of France is") and a.signal_name == "H_slot"
+    assert a.generation.answer_text.startswith("The capital of France is Paris") and "Q:" not in a.generation.answer_text
+    assert "\n\n" not in a.generation.answer_text and a.grade.correct is True

@@ -78,7 +78,9 @@ class TestRender:
     def test_model_without_chat_template_uses_plain_text(self):
         plain = make_tiny_tokenizer(chat_template=None)
         r = render(plain, "What is 5?", template_for("direct", "free_text"))
-        assert not r.chat_template_used and r.text == "What is 5?\n\n"
+        assert not r.chat_template_used and r.text.endswith("\n\nQ: What is 5?\nA:")  # few-shot Q:/A:
+        custom = render(plain, "What is 5?", custom_template("{question}"))
+        assert not custom.plain_text_template and custom.text == "What is 5?\n\n"
 
     def test_too_long_for_context_is_refused(self):
         with pytest.raises(PromptError, match="at most 5"):
