@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             "path": str(path), "probe_id": probe.probe_id, "layers": list(probe.layers), "C": probe.C,
             "choice": f"{probe.choice} (fixed before looking at results; fitted on all {probe.n_train} graded rows)",
             "cv_auroc": out["last_layers"]["auroc_pooled"], "cv_ci95": out["last_layers"]["ci95"],
+            "cv_selective": out["last_layers"].get("selective"), "cv_calibration": out["calibration"],
         }
     if args.html:
         out["html_report"] = str(write_html_report(study, report, Path(args.html)))

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from ic_core.plots.study import clear_axes
 from ic_core.stats.auroc import AurocEstimate
 
 PROBE_COLOUR = "#1f77b4"
@@ -81,7 +82,7 @@ def auroc_by_layer_figure(
     )
     fig.update_yaxes(range=[0, 1])
     fig.update_xaxes(range=[-0.5, max(len(results) - 0.5, 0.5)], dtick=max(1, len(results) // 15))
-    return fig
+    return clear_axes(fig)
 
 
 def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +118,7 @@ def roc_figure(results: Sequence[AurocEstimate], title: str = "ROC: predicting a
     )
     fig.update_xaxes(range=[0, 1])
     fig.update_yaxes(range=[0, 1.02])
-    return fig
+    return clear_axes(fig)
 
 
 def baselines_figure(results: Sequence[AurocEstimate], title: str = "Probe and baselines on the same items") -> go.Figure:
@@ -149,4 +150,4 @@ def baselines_figure(results: Sequence[AurocEstimate], title: str = "Probe and b
     )
     fig.update_xaxes(range=[0, 1])
     fig.update_yaxes(autorange="reversed")
-    return fig
+    return clear_axes(fig)

@@ -136,12 +136,36 @@ def _header(run: StudyRun) -> str:
 def _items_table(run: StudyRun) -> str:
     cols = ["item_id", "regime", "question", "expected", "output_text", "extracted_answer", "correct", "readout_entropy_bits",
             "signal"]
-    frame = run.table[cols].head(MAX_TABLE_ROWS).copy()
+    table = run.table.head(MAX_TABLE_ROWS)
+    frame = table[cols].copy()
     frame["readout_entropy_bits"] = frame["readout_entropy_bits"].map(lambda v: f"{v:.2f}")
-    frame["correct"] = frame["correct"].map(lambda v: "n/a" if v is None else str(bool(v)))
+    frame["correct"] = [_verdict_cell(c, r) for c, r in zip(
+        table["correct"], table.to_dict("records"))]
+    frame["extracted_answer"] = frame["extracted_answer"].map(lambda v: "" if v is None else v)
     note = ("" if len(run.table) <= MAX_TABLE_ROWS
             else f"<p class='note'>First {MAX_TABLE_ROWS} of {len(run.table)} rows; download the CSV for all.</p>")
     return note + _table_html(frame)
+
+
+def _verdict_cell(correct: object, row: dict) -> str:
+    """``True``/``False`` for a graded row; the control's compliance (``complied`` / ``did not comply: …``)."""
+    if isinstance(correct, (bool, np.bool_)):
+        return str(bool(correct))
+    complied = row.get("complied")
+    if isinstance(complied, (bool, np.bool_)):
+        return "control: complied" if complied else f"control: did not comply ({row.get('compliance_reason')})"
+    return "n/a"
+
+
+def _pairs_table(pairs: pd.DataFrame) -> str:
+    """The paired tests with readable numbers (bits to 2 decimals, p to 2 significant digits)."""
+    out = pairs.copy()
+    for col in ("mean_diff_bits", "median_diff_bits"):
+        if col in out:
+            out[col] = out[col].map(lambda v: "" if v is None or pd.isna(v) else f"{v:+.2f}")
+    if "p_value" in out:
+        out["p_value"] = out["p_value"].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.2g}")
+    return _table_html(out)
 
 
 def _judged_section(run: StudyRun) -> str:
@@ -235,10 +259,11 @@ def build_report(
                   "averaged with weights ∝ the layer's total variance; it cannot exceed N − 1.</p>"]
         pairs = pd.DataFrame(frame_records(comparison.pairs))
         if len(pairs):
-            parts += ["<h3>Paired test of the read-out entropy between regimes (Wilcoxon signed-rank)</h3>", _table_html(pairs)]
+            parts += ["<h3>Paired test of the read-out entropy between regimes (Wilcoxon signed-rank)</h3>", _pairs_table(pairs)]
         parts += ["<h2>Accuracy</h2>", figs.html(accuracy_figure(comparison.per_regime))]
         signal = readout_label(run.table["signal"])
-        parts += [f"<h2>{html.escape(READOUT_NAMES[signal])} by regime</h2>", figs.html(readout_entropy_distribution_figure(
+        heading = "Read-out entropy" if signal == "mixed" else READOUT_NAMES[signal]
+        parts += [f"<h2>{html.escape(heading)} by regime</h2>", figs.html(readout_entropy_distribution_figure(
             run.table["regime"].tolist(), run.table["readout_entropy_bits"].to_numpy(), run.table["correct"].tolist(),
             signal=signal))]
         parts += ["<h2>Logit-lens entropy by layer</h2>",

@@ -74,6 +74,34 @@ class TestCli:
         assert "fixed" in saved["choice"]
         assert SavedProbe.load(saved["path"], tiny_run).probe_id == saved["probe_id"]
 
+    def test_probe_json_has_selective_statistics_and_calibration_and_writes_html(self, tiny_run, tmp_path):
+        """AURC, E-AURC, AUGRC beside every AUROC; the probe's ECE (binning named) and Brier; the HTML report."""
+        html_path = tmp_path / "report.html"
+        proc = run_cli("probe", "--run", str(tiny_run), "--regime", "direct", "--n-boot", "100", "--shuffles", "2",
+                       "--layer-shuffles", "0", "--html", str(html_path))
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        for est in (out["last_layers"], *out["baselines"], *out["other_signals"], *out["by_layer"]):
+            sel = est["selective"]
+            assert [sel[k]["metric"] for k in ("aurc", "eaurc", "augrc")] == ["AURC", "E-AURC", "AUGRC"]
+            if est["auroc_pooled"] is None:
+                assert sel["aurc"]["value"] is None and sel["aurc"]["reason"] == est["reason"]
+            else:
+                lo, hi = sel["augrc"]["ci95"]
+                assert lo <= sel["augrc"]["value"] <= hi and sel["eaurc"]["value"] <= sel["aurc"]["value"]
+        cal = out["calibration"]
+        assert cal["ece_binning"] == "ECE (10 equal-width bins)" and 0 <= cal["ece"] <= 1 and 0 <= cal["brier"] <= 1
+        assert sum(cal["reliability"]["counts"]) == out["n"] and out["html_report"] == str(html_path)
+        page = html_path.read_text()
+        assert page.count("* plotly.js v") == 1 and "Recoverability: probes and baselines" in page
+        assert "AURC [95 % CI]" in page and cal["ece_binning"] in page
+
+    def test_html_into_a_missing_folder_is_refused_before_probing(self, tiny_run, tmp_path):
+        proc = run_cli("probe", "--run", str(tiny_run), "--regime", "direct", "--html", str(tmp_path / "no" / "r.html"))
+        assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines() == [f"error: Cannot write the HTML report to {tmp_path / 'no' / 'r.html'}: "
+                                                    "its folder does not exist."]
+
     def test_several_regimes_need_a_choice(self, tiny_run):
         proc = run_cli("probe", "--run", str(tiny_run))
         assert proc.returncode == 2 and "error:" in proc.stderr and "--pooled" in proc.stderr

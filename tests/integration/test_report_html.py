@@ -159,3 +159,14 @@ class TestSelectiveStatistics:
         few = run_study(tiny, items(12), ["direct"], tmp_path / "f", generate=False, dataset_name="plus")
         assert all(r["AUGRC [95 % CI]"] in ("too few to judge", "not recorded in this run") for r in
                    (j.row() for j in judged_signals(few)))
+
+
+class TestTables:
+    def test_babble_rows_show_their_compliance_and_pairs_read_well(self, run, page):
+        """The control's verdict in the items table, never True/False; paired-test numbers rounded."""
+        babble = run.table[run.table["regime"] == "babble"]
+        n_not = int((~babble["complied"].astype(bool)).sum())
+        assert page.count("<td>control: did not comply (contains the answer)</td>") == n_not > 0
+        assert page.count("<td>control: complied</td>") == len(babble) - n_not
+        assert "<h2>H_int (last prompt token) by regime</h2>" in page
+        assert not re.search(r"<td>-?\d+\.\d{4,}</td>", page.split("<h2>Items</h2>")[0].split("Paired test")[-1])
