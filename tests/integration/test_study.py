@@ -435,7 +435,8 @@ class TestRunTexts:
         text = summary_markdown(full_run)
         lines = text.split("  \n")
         assert lines[0] == "**Model** tiny-llama" and lines[1] == "**Prompt set** tiny-set (n=4)"
-        assert lines[2] == "**Regimes** direct, babble · item prefixes (direct) used · new tokens direct 3, babble 3"
+        assert lines[2] == ("**Regimes** direct, babble · item answer prefixes (direct) used on 1 of 4 direct rows · "
+                            "new tokens direct 3, babble 3")  # what the rows record: only i1 has a prefix
         assert lines[3].startswith("**Compute** ") and lines[3].endswith(" UTC")
 
 
