@@ -31,8 +31,7 @@ RESULT_KEY = "recov.request"
 TRANSFER_KEY = "recov.transfer_request"
 POOLED = "pooled (all regimes)"
 MAKE_RUN = ("python -m ic_core study --data capitals --regimes direct --limit 150")
-JOBS_KEY = "recov.jobs"
-"""This session's computations: request → job id."""
+JOBS_KEY = "recov.jobs"  # this session's computations: request → job id
 MAX_RESULTS = 4
 
 
