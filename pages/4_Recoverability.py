@@ -70,12 +70,12 @@ def recov_job(run: StudyRun, regime: str | None, pooled: bool, n_boot: int, n_sh
 
 
 @st.cache_resource(max_entries=1)
-def finished_results() -> dict[tuple, RecovResult]:
+def finished_results() -> dict[tuple, RecovResult | TransferMatrix]:
     """Finished computations by request (run path, mtime, selection, settings), shared by the sessions."""
     return {}
 
 
-def remember_result(request: tuple, result: RecovResult) -> None:
+def remember_result(request: tuple, result: RecovResult | TransferMatrix) -> None:
     store = finished_results()
     store[request] = result
     while len(store) > MAX_RESULTS:
@@ -137,12 +137,16 @@ def strata_table(results: tuple[StrataAuroc, ...]) -> pd.DataFrame:
     } for r in results])
 
 
-@st.cache_data(max_entries=2, show_spinner=False)
-def cached_matrix(paths: tuple[str, ...], mtimes: tuple[float, ...], n_boot: int, n_shuffles: int,
-                  seed: int) -> TransferMatrix:
-    # paths + mtimes + settings are the key: a run that grows is recomputed.
-    tasks = [task_rows(cached_run(p, m)) for p, m in zip(paths, mtimes)]
-    return transfer_matrix(tasks, n_boot=n_boot, n_shuffles=n_shuffles, seed=seed)
+def transfer_job(runs: tuple[StudyRun, ...], n_boot: int, n_shuffles: int, seed: int) -> JobFn:
+    """The background job of the transfer matrix (one step per ordered pair of runs); ``runs`` are shared, read-only."""
+    def compute(ctx: JobContext) -> TransferMatrix:
+        def progress(done: int, total: int, label: str) -> None:
+            ctx.check_cancelled()
+            ctx.progress(done, total, message=label)
+
+        tasks = [task_rows(run) for run in runs]
+        return transfer_matrix(tasks, n_boot=n_boot, n_shuffles=n_shuffles, seed=seed, progress=progress)
+    return compute
 
 
 def matrix_frame(matrix: TransferMatrix, signal: str) -> pd.DataFrame:
@@ -168,18 +172,25 @@ def transfer_tab(runs: list[RunInfo]) -> None:
     if len(picked) < 2:
         st.info("Pick two or more runs (each is read in its direct regime, or its first one).")
         return
-    request = (tuple(picked), int(n_boot), int(n_shuffles), int(seed))
+    request = ("transfer", tuple(picked), tuple(by_path[p].mtime for p in picked), int(n_boot), int(n_shuffles),
+               int(seed))
+    jobs: dict[tuple, str] = st.session_state.setdefault(JOBS_KEY, {})
     if st.button("Compute transfer", type="primary", key="recov_transfer_btn"):
         st.session_state[TRANSFER_KEY] = request
+        if request not in finished_results() and job_queue().info(jobs.get(request, "")) is None:
+            runs_read = tuple(cached_run(p, by_path[p].mtime) for p in picked)
+            jobs[request] = submit("recoverability", f"transfer · {len(picked)} runs",
+                                   transfer_job(runs_read, int(n_boot), int(n_shuffles), int(seed)), unit="cells")
     if st.session_state.get(TRANSFER_KEY) != request:
-        st.info("Press **Compute transfer** (results are cached per runs and settings).")
+        st.info("Press **Compute transfer** (in the background; results are kept per runs and settings).")
         return
-    try:
-        with st.spinner("Fitting on each run and scoring the others…"):
-            matrix = cached_matrix(tuple(picked), tuple(by_path[p].mtime for p in picked), int(n_boot),
-                                   int(n_shuffles), int(seed))
-    except ICError as exc:
-        show_error(exc)
+    matrix = finished_results().get(request)
+    job = job_queue().info(jobs.get(request, ""))
+    if matrix is None and job is not None and job.state == "complete":
+        matrix = job_queue().result(job.job_id)
+        remember_result(request, matrix)
+    if matrix is None:
+        show_job_state(job, request, jobs, key="recov_transfer_stop")
         return
     for signal in SIGNAL_NAMES:
         st.subheader(signal)
@@ -338,12 +349,12 @@ def single_run_tab(runs: list[RunInfo]) -> None:
     show_report(report, info, result.selective)
 
 
-def show_job_state(job, request: tuple, jobs: dict[tuple, str]) -> None:
+def show_job_state(job, request: tuple, jobs: dict[tuple, str], key: str = "recov_stop") -> None:
     """The computation's live bar while it runs, or how it ended."""
     if job is None:
         st.info("Press **Compute** to fit the probes.")
     elif not job.finished:
-        live_job(job.job_id, key="recov_stop")
+        live_job(job.job_id, key=key)
         st.caption("Nested cross-validation on every layer, the last-5 probe, the baselines with their shuffle "
                    "controls, then AURC and calibration. It runs in the background: other pages stay usable, and "
                    "the result is here when you come back.")

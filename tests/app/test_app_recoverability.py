@@ -179,6 +179,7 @@ def test_transfer_tab_shows_the_matrix_with_counts_and_downloads(tiny, saved_run
     at.number_input(key="recov_transfer_shuffles").set_value(1)
     at.button(key="recov_transfer_btn").click().run()
     assert not at.exception, at.exception
+    finish_jobs(at)
     matrices = [f.value for f in at.dataframe if list(f.value.columns) == ["tiny40:direct", "minus50:direct"]]
     assert len(matrices) == 3  # state probe, difference-of-means direction, scalar read-out probe
     n_right = int(sum(bool(c) for c in other.table["correct"]))
