@@ -203,3 +203,10 @@ class TestCli:
         assert r.returncode == 2 and "--out" in r.stderr and r.stderr.count("\n") == 1
         r = run_cli("study")
         assert r.returncode == 2 and "--data" in r.stderr
+        data = tmp_path / "items.jsonl"
+        data.write_text(items_jsonl(ITEMS[:4]))
+        r = run_cli("study", "--data", str(data), "--model", str(tiny_dir), "--ray", "--shard", "1/2",
+                    "--out", str(tmp_path / "r"))
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert r.returncode == 2 and len(errors) == 1 and "drop --shard" in errors[0]
+        assert not (tmp_path / "r").exists()
