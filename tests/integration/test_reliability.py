@@ -184,12 +184,12 @@ class TestBadPrompts:
         question = "what is the capital of france ?"
         a = analyze(plain, question, kind="short_answer", do_generate=True, gen_config=GenerationConfig(max_new_tokens=4))
         assert a.rendered.chat_template_used is False and plain.has_chat_template is False
-        assert a.rendered.text == question + "\nAnswer in a few words.\n\n"
+        assert a.rendered.text.endswith(f"\n\nQ: {question}\nA:")  # the few-shot plain-text form (issue 13)
         assert "<|im_start|>" not in a.rendered.tokens
         assert 0.0 < a.state.readout_entropy_bits <= math.log2(plain.vocab_size)
         assert 1 <= len(a.generation.token_ids) <= 4
         chat = analyze(shared, question, kind="short_answer")
-        assert chat.rendered.chat_template_used is True and chat.rendered.n_tokens > a.rendered.n_tokens
+        assert chat.rendered.chat_template_used is True and "<|im_start|>" in chat.rendered.tokens
 
     def test_study_on_a_model_without_chat_template_records_it(self, plain, tmp_path):
         """A study runs on such a model and its manifest says no chat template was used."""
