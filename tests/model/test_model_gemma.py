@@ -56,7 +56,9 @@ def test_cli_analyze_answers_grades_and_lays_out_the_lens_as_for_the_default(def
     assert out.returncode == 0, out.stderr[-2000:]
     j = json.loads(out.stdout)
     assert j["model"] == "Gemma-3-270M" and j["n_layers"] == 18
-    assert j["correct"] is True and j["extracted_answer"] == "Paris"
+    # the few-shot answer is " Paris." and the first-sentence rule keeps its full stop
+    assert j["correct"] is True and j["extracted_answer"].rstrip(".") == "Paris"
+    assert "Q:" not in j["output_text"] and j["stop_reason"] == "stop"
     assert 0 < j["h_int_bits"] < math.log2(VOCAB)
     default = analyze(default_model, "What is the capital of France?", expected="Paris").to_json()
     assert set(j) >= set(default) - {"output_text"}
