@@ -16,8 +16,9 @@ from ic_core.governance.signals import RunSignals, run_signals
 from ic_core.runs.store import RunInfo, list_runs
 from ui.common import cached_run
 
-# Item ids shown whole in the item tables: "medium" cut ids such as "governance_ops-0042" at 1400 px.
-ITEM_COLUMN_CONFIG = {"item_id": st.column_config.TextColumn("item id", width="large", pinned=True)}
+# Item ids shown whole in the item tables: "medium" cut ids such as "governance_ops-0042" at 1400 px, "large"
+# (400 px) pushed the expected answer off the table; 190 px fits a 24-character id.
+ITEM_COLUMN_CONFIG = {"item_id": st.column_config.TextColumn("item id", width=190, pinned=True)}
 LTT_FITS_KEPT = 8
 """Learn-then-Test fits kept per server (each holds its run's split and a 200-split simulation)."""
 
