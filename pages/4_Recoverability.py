@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 import streamlit as st
 
@@ -13,9 +11,8 @@ from ic_core.narrative import reading
 from ic_core.plots.calibration import reliability_figure
 from ic_core.plots.probes import auroc_by_layer_figure, baselines_figure, roc_figure
 from ic_core.probes.cv import C_GRID, N_INNER, N_SHUFFLES_PER_LAYER
-from ic_core.probes.report import RecoverabilityReport, graded_selection, recoverability
+from ic_core.probes.report import RecoverabilityReport, recoverability
 from ic_core.probes.saved import default_probe_path, fit_saved_probe_for_run
-from ic_core.probes.selective_report import SignalSelective, selective_for
 from ic_core.probes.transfer import SIGNAL_NAMES, TransferMatrix, task_rows, transfer_matrix
 from ic_core.runs.store import RunInfo, StudyRun, list_runs, runs_root
 from ic_core.stats.auroc import N_BOOT, N_OUTER, N_SHUFFLES, AurocEstimate
@@ -35,47 +32,29 @@ JOBS_KEY = "recov.jobs"  # this session's computations: request → job id
 MAX_RESULTS = 4
 
 
-@dataclass(frozen=True, eq=False)
-class RecovResult:
-    """A finished Recoverability computation: the report and the selective statistics beside its AUROCs."""
-
-    report: RecoverabilityReport
-    selective: tuple[SignalSelective, ...]
-
-
 def recov_job(run: StudyRun, regime: str | None, pooled: bool, n_boot: int, n_shuffles: int, n_layer_shuffles: int,
               seed: int) -> JobFn:
-    """The background job: nested-CV probes on every layer, the last-5 probe, baselines, then AURC/ECE.
+    """The background job: nested-CV probes on every layer, the last-5 probe, baselines and their statistics.
 
     ``run`` is the page's shared, read-only loaded run (:func:`ui.common.cached_run`).
     """
-    def compute(ctx: JobContext) -> RecovResult:
-        steps: list[int] = [0]
-
+    def compute(ctx: JobContext) -> RecoverabilityReport:
         def progress(done: int, total: int, label: str) -> None:
             ctx.check_cancelled()  # Stop ends the job between layers
-            steps[0] = total
-            ctx.progress(done, total + 1, message=label)
+            ctx.progress(done, total, message=label)
 
-        report = recoverability(run, regime=regime, pooled=pooled, n_boot=n_boot, n_shuffles=n_shuffles,
-                                n_shuffles_per_layer=n_layer_shuffles, seed=seed, progress=progress)
-        ctx.progress(steps[0], steps[0] + 1, message="AURC, E-AURC, AUGRC and calibration")
-        graded, _, _ = graded_selection(run, regime, pooled)
-        groups = graded["item_id"].astype(str).to_numpy() if pooled else None
-        selective = selective_for([report.last_layers, *report.signals, *report.baselines], n_boot=n_boot,
-                                  seed=seed, groups=groups)
-        ctx.progress(steps[0] + 1, steps[0] + 1, message="done")
-        return RecovResult(report, selective)
+        return recoverability(run, regime=regime, pooled=pooled, n_boot=n_boot, n_shuffles=n_shuffles,
+                              n_shuffles_per_layer=n_layer_shuffles, seed=seed, progress=progress)
     return compute
 
 
 @st.cache_resource(max_entries=1)
-def finished_results() -> dict[tuple, RecovResult | TransferMatrix]:
+def finished_results() -> dict[tuple, RecoverabilityReport | TransferMatrix]:
     """Finished computations by request (run path, mtime, selection, settings), shared by the sessions."""
     return {}
 
 
-def remember_result(request: tuple, result: RecovResult | TransferMatrix) -> None:
+def remember_result(request: tuple, result: RecoverabilityReport | TransferMatrix) -> None:
     store = finished_results()
     store[request] = result
     while len(store) > MAX_RESULTS:
@@ -98,34 +77,45 @@ def baselines_table(results: list[AurocEstimate]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def selective_table(stats: tuple[SignalSelective, ...]) -> pd.DataFrame:
-    """AURC / E-AURC / AUGRC [95 % CI] per signal, with ECE and Brier where the signal is a probability."""
-    return pd.DataFrame([{
-        "signal": s.name,
-        "AURC [95 % CI]": s.selective.aurc.ci_text(),
-        "E-AURC [95 % CI]": s.selective.eaurc.ci_text(),
-        "AUGRC [95 % CI]": s.selective.augrc.ci_text(),
-        "ECE (binning)": s.ece_text(),
-        "Brier": "—" if s.brier is None else f"{s.brier:.3f}",
-        "items / errors": f"{s.selective.aurc.n} / {s.selective.aurc.n_errors}",
-    } for s in stats])
+def selective_table(report: RecoverabilityReport) -> pd.DataFrame:
+    """AURC / E-AURC / AUGRC [95 % CI] beside each AUROC of the report; ECE and Brier for the probe's P(correct)."""
+    cal = report.calibration
+    rows = []
+    for est in [report.last_layers, *report.signals, *report.baselines]:
+        summary = report.selective_of(est.name)
+        if summary is None:
+            continue
+        is_probe = cal is not None and est.name == report.last_layers.name
+        rows.append({
+            "signal": est.name,
+            "AUROC [95 % CI]": est.ci_text(),
+            "AURC [95 % CI]": summary.aurc.ci_text(),
+            "E-AURC [95 % CI]": summary.eaurc.ci_text(),
+            "AUGRC [95 % CI]": summary.augrc.ci_text(),
+            "calibration of P(correct)": f"{cal.ece_text()} · {cal.brier_text()}" if is_probe else "—",
+            "items / errors": f"{summary.aurc.n} / {summary.aurc.n_errors}",
+        })
+    return pd.DataFrame(rows)
 
 
-def show_selective(stats: tuple[SignalSelective, ...]) -> None:
+def show_selective(report: RecoverabilityReport) -> None:
     st.subheader("Selective prediction beside each AUROC")
-    if not stats:
+    table = selective_table(report)
+    if table.empty:
         st.info("No signal has scores to judge.")
         return
-    st.dataframe(selective_table(stats), hide_index=True, key="recov_selective")
+    st.dataframe(table, hide_index=True, key="recov_selective")
     st.caption("If the answers were accepted from the most to the least confident by each signal: AURC = area "
                "under the risk–coverage curve (mean error among accepted answers over all coverages), E-AURC = "
                "AURC minus the best any ranking could do with these errors, AUGRC = area under the generalised "
-               "risk (errors accepted / all items). Lower is better; percentile bootstrap 95 % CIs over items, "
-               "on the same items as the AUROC. ECE and Brier only for signals that are probabilities.")
-    for s in stats:
-        if s.reliability is not None:
-            st.plotly_chart(reliability_figure(s.reliability, title=f"Reliability of {s.name} as P(correct)"),
-                            key=f"recov_reliability_{stats.index(s)}")
+               "risk (errors accepted / all items). Lower is better; percentile bootstrap 95 % CIs on the same "
+               "items as the AUROC. Calibration only for the probe's out-of-fold P(correct).")
+    cal = report.calibration
+    if cal is not None and cal.bins is not None:
+        st.plotly_chart(reliability_figure(cal.bins, title=f"Reliability of the {cal.name} probe's P(correct)"),
+                        key="recov_reliability")
+    elif cal is not None:
+        st.caption(f"Probe calibration: {cal.reason}.")
 
 
 def strata_table(results: tuple[StrataAuroc, ...]) -> pd.DataFrame:
@@ -204,7 +194,7 @@ def transfer_tab(runs: list[RunInfo]) -> None:
     json_download("Download the matrix (JSON)", matrix.to_json(), "transfer_matrix.json", key="recov_transfer_json")
 
 
-def show_report(report: RecoverabilityReport, info: RunInfo, selective: tuple[SignalSelective, ...] = ()) -> None:
+def show_report(report: RecoverabilityReport, info: RunInfo) -> None:
     last = report.last_layers
     c1, c2, c3, c4, c5 = st.columns(5)
     c1.metric("graded answers", f"{report.n}", help=f"{report.n_ungraded} ungraded rows left out")
@@ -235,7 +225,7 @@ def show_report(report: RecoverabilityReport, info: RunInfo, selective: tuple[Si
     everything = [last, *report.signals, *report.baselines]
     st.plotly_chart(baselines_figure(everything), key="recov_baselines")
     st.dataframe(baselines_table(everything), hide_index=True, key="recov_table")
-    show_selective(selective)
+    show_selective(report)
     st.caption("Probes: StandardScaler + L2 logistic regression, stratified "
                f"{report.settings['outer_folds']}-fold outer CV, C ∈ {report.settings['C_grid']} chosen by a "
                f"{report.settings['inner_folds']}-fold inner CV on each training fold only; each fold's scores "
@@ -344,9 +334,9 @@ def single_run_tab(runs: list[RunInfo]) -> None:
     if result is None:
         show_job_state(job, request, jobs)
         return
-    report = result.report
+    report = result
     st.caption(f"Computed in {report.elapsed_s:.1f} s on {report.n} graded answers ({report.selection}).")
-    show_report(report, info, result.selective)
+    show_report(report, info)
 
 
 def show_job_state(job, request: tuple, jobs: dict[tuple, str], key: str = "recov_stop") -> None:

@@ -85,20 +85,22 @@ def test_compute_shows_curves_baselines_and_saves_the_probe(tiny, saved_run):
     assert not at.exception, at.exception
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     titles = [c["layout"]["title"]["text"] for c in charts]
-    assert titles == ["Which layer knows?", "ROC: predicting a correct answer", "Probe and baselines on the same items",
-                      "Reliability of top-1 probability as P(correct)"]
-    reliability = charts[3]["data"][1]
-    assert reliability["name"].startswith("ECE (10 equal-width bins) = ")
+    assert titles[:3] == ["Which layer knows?", "ROC: predicting a correct answer", "Probe and baselines on the same items"]
     selective = next(df.value for df in at.dataframe if "AURC [95 % CI]" in df.value.columns)
     assert selective["signal"].iloc[0] == "last 4 layers"
-    assert set(selective["items / errors"]) == {f"40 / {40 - int(saved_run.table['correct'].sum())}"}
+    n_wrong = 40 - int(saved_run.table["correct"].sum())
+    assert set(selective["items / errors"]) == {f"40 / {n_wrong}"}
     for col in ("AURC [95 % CI]", "E-AURC [95 % CI]", "AUGRC [95 % CI]"):
         value, ci = selective[col].iloc[0].split(" [")
         low, high = (float(v) for v in ci.rstrip("]").split(", "))
         assert low <= float(value) <= high
-    top1 = selective[selective["signal"] == "top-1 probability"].iloc[0]
-    assert top1["ECE (binning)"].endswith("(ECE (10 equal-width bins))") and 0 <= float(top1["Brier"]) <= 1
-    assert selective["ECE (binning)"].iloc[0].startswith("not a probability")
+    probe_cal = selective["calibration of P(correct)"].iloc[0]
+    assert set(selective["calibration of P(correct)"].iloc[1:]) == {"—"}
+    if probe_cal.startswith("ECE (10 equal-width bins) = "):  # the probe's out-of-fold P(correct)
+        assert "Brier" in probe_cal and titles[3] == "Reliability of the last 4 layers probe's P(correct)"
+        assert charts[3]["data"][1]["name"].startswith("ECE (10 equal-width bins) = ")
+    else:
+        assert len(titles) == 3 and any("Probe calibration:" in c.value for c in at.caption)
     by_layer = charts[0]
     assert any(a["text"] == "constant state" for a in by_layer["layout"]["annotations"])
     assert any(a["text"] == "chance (0.5)" for a in by_layer["layout"]["annotations"])
