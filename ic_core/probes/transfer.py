@@ -35,6 +35,7 @@ from ic_core.probes.cv import (
     single_threaded,
     state_model,
 )
+from ic_core.probes.judged import selective_for
 from ic_core.probes.overlap import ItemKeys, check_disjoint, overlap_message, table_keys
 from ic_core.probes.report import graded_selection
 from ic_core.probes.signals import DIFF_MEANS_NAME, SCALAR_NAME, diff_means_auroc, diff_means_model, scalar_features
@@ -262,7 +263,8 @@ def transfer_report(train: TaskRows, test: TaskRows, *, n_boot: int = N_BOOT, n_
                  "n_wrong": int(test.y.size - test.y.sum())},
         "overlap": {"shared_questions": 0, "checked_by": "item question hashes (SHA-256 of normalised text), "
                                                          "item ids recorded"},
-        "estimates": [e.to_json() for e in ests],
+        # AURC, E-AURC and AUGRC of each estimate's own scores, same bootstrap seed, beside its AUROC
+        "estimates": [dict(e.to_json(), selective=selective_for(e, n_boot=n_boot, seed=seed).to_json()) for e in ests],
         "shuffle_control": "training labels permuted and the fit (C choice included) redone; scored on the test run's "
                            "real labels",
         "settings": {"n_bootstrap": n_boot, "shuffles": n_shuffles, "seed": seed, "inner_folds": N_INNER},

@@ -18,6 +18,7 @@ from ic_core.probes.transfer import (
     transfer_estimate,
     transfer_matrix,
     transfer_pair,
+    transfer_report,
 )
 from ic_core.stats.auroc import REASON_FEW
 
@@ -55,6 +56,19 @@ class TestTransfer:
         for e in ests:
             assert e.kind == "transfer" and e.auroc_pooled > 0.75 and e.ci_low > 0.5
             assert e.shuffle_mean < e.auroc_pooled and e.n == 80 and e.n_pos == int(b.y.sum())
+
+    def test_the_report_gives_selective_statistics_of_each_estimates_own_scores(self, tmp_path):
+        from ic_core.stats.selective import selective_summary
+
+        a = task_rows(run(tmp_path, "a", seed=1, prefix="a"))
+        b = task_rows(run(tmp_path, "b", seed=2, prefix="b"))
+        report = transfer_report(a, b, seed=3, **FAST)
+        ests = transfer_pair(a, b, seed=3, **FAST)
+        for got, e in zip(report["estimates"], ests, strict=True):
+            want = selective_summary(e.scores, np.asarray(e.labels).astype(bool), name=e.name, n_boot=100, seed=3)
+            sel = got["selective"]
+            assert sel == want.to_json()
+            assert 0.0 < want.aurc.value < 1.0 and want.eaurc.value >= 0.0
 
     def test_nothing_of_b_is_used_to_fit(self, tmp_path):
         a = task_rows(run(tmp_path, "a", seed=1, prefix="a"))
