@@ -70,7 +70,7 @@ def _load_data(args: argparse.Namespace) -> tuple[str, LoadResult]:
 
 
 def _progress_line(done: int, total: int, eta_s: float | None, message: str) -> None:
-    eta = "" if eta_s is None else f" · ETA {eta_text(eta_s)}"
+    eta = "" if eta_s is None else f" · {eta_text(eta_s)}"
     sys.stderr.write(f"\r[{done}/{total}]{eta} · {message[:60]:<60}")
     sys.stderr.flush()
 
