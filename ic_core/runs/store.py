@@ -341,7 +341,8 @@ def _check_shard_shapes(file: Path, n_layers: int, d_model: int) -> None:
         )
 
 
-def _read_shard(file: Path, n_layers: int, d_model: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_shard(file: Path, n_layers: int, d_model: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One states shard: ``(rows, hidden, lens)``, shapes checked against the manifest's (DataError if not)."""
     _check_shard_shapes(file, n_layers, d_model)
     try:
         with np.load(file, allow_pickle=False) as data:
@@ -378,7 +379,7 @@ def load_run(path: Path | str) -> StudyRun:
     records, _ = read_rows(folder)
     hidden_parts, lens_parts, row_parts = [], [], []
     for file in shard_files(folder):
-        rows, hidden, lens = _read_shard(file, n_layers, d_model)
+        rows, hidden, lens = read_shard(file, n_layers, d_model)
         keep = np.array([int(r) in records for r in rows], dtype=bool)
         row_parts.append(rows[keep])
         hidden_parts.append(hidden[keep])

@@ -31,11 +31,11 @@ from ic_core.runs.store import (
     RUN_KIND,
     STATES_DIR,
     StudyRun,
-    _read_shard,
     append_rows,
     load_run,
     read_manifest,
     read_rows,
+    read_shard,
     rewrite_rows,
     shard_files,
     shard_index,
@@ -271,7 +271,7 @@ def _finished_rows(folder: Path, manifest: dict[str, Any], n_rows: int) -> set[i
         if not good:
             file.unlink()
         elif len(good) != len(stored):
-            rows, hidden, lens = _read_shard(file, int(manifest["n_layers"]), int(manifest["d_model"]))
+            rows, hidden, lens = read_shard(file, int(manifest["n_layers"]), int(manifest["d_model"]))
             keep = np.isin(rows, good)
             write_shard(file, rows[keep], hidden[keep], lens[keep])
     return done
@@ -286,7 +286,7 @@ class _BatchShard:
         self.hidden: list[np.ndarray] = []
         self.lens: list[np.ndarray] = []
         if self.path.exists():  # rows of this batch finished before an interruption (kept by _finished_rows)
-            rows, hidden, lens = _read_shard(self.path, int(manifest["n_layers"]), int(manifest["d_model"]))
+            rows, hidden, lens = read_shard(self.path, int(manifest["n_layers"]), int(manifest["d_model"]))
             self.rows, self.hidden, self.lens = [int(r) for r in rows], list(hidden), list(lens)
 
     def add(self, row: int, state: IntentionState) -> None:
