@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -34,12 +35,13 @@ from ic_core.narrative import (
     comparison_intro,
     comparison_rows,
     escalates_everything_warning,
+    quality_rows,
     small_sample_note,
 )
 from ic_core.plots.gate import risk_coverage_figure
 from ic_core.runs.store import run_mtime
 from ui.common import cached_run, md_text, show_error
-from ui.governance_cache import ITEM_COLUMN_CONFIG, list_saved_runs, run_label
+from ui.governance_cache import ITEM_COLUMN_CONFIG, cached_quality, list_saved_runs, run_label
 from ui.jobs import live_job, submit
 from ui.progress import duration_text, measured_speed
 
@@ -161,6 +163,7 @@ def show_comparison(comp: SignalComparison) -> None:
     st.markdown(comparison_intro(comp))
     st.dataframe(pd.DataFrame(comparison_rows(comp)), hide_index=True, key="gov_demo_table")
     st.markdown(comparison_headline(comp))
+    quality_table(comp)
     for note in comp.notes:
         st.info(note)
     small = small_sample_note(sig.test_idx.size)
@@ -181,3 +184,18 @@ def show_comparison(comp: SignalComparison) -> None:
     c1.dataframe(sig.items_table(seen.caught, score), hide_index=True, key="gov_demo_caught", column_config=ITEM_COLUMN_CONFIG)
     c2.markdown(f"**Slipped through** — approved, but the answer was wrong ({seen.slipped.size})")
     c2.dataframe(sig.items_table(seen.slipped, score), hide_index=True, key="gov_demo_slipped", column_config=ITEM_COLUMN_CONFIG)
+
+
+def quality_table(comp: SignalComparison) -> None:
+    """Each signal's held-out AUROC beside AURC, E-AURC and AUGRC (bootstrap CIs), on the same items."""
+    sig = comp.signals
+    try:
+        qualities = [cached_quality(r.name, -np.asarray(r.risk, dtype=np.float64), sig.correct, sig.test_idx, sig.seed)
+                     for r in comp.results]
+    except ICError as exc:
+        show_error(exc)
+        return
+    st.dataframe(pd.DataFrame(quality_rows(qualities)), hide_index=True, key="gov_demo_quality")
+    st.caption("How well each signal ranks the held-out answers (risk negated: larger = more likely right). "
+               "AURC: mean error among the k most trusted answers (lower is better); E-AURC: AURC above a "
+               "perfect ranking's; AUGRC: area under the approved-and-wrong share. 95 % bootstrap CIs.")
