@@ -133,7 +133,8 @@ def extract_short(text: str, question: str = "") -> tuple[str | None, str]:
             # "São Tomé is the capital": the words after "is" only restate the question.
             return subject, "before 'is'"
         return after or None, "after 'is'"
-    return (first.strip() or None), "first sentence"
+    span = re.sub(r"(?<=\w)[.!?]+$", "", first.strip())  # " Paris." -> "Paris": the full stop is not the answer
+    return (span or None), "first sentence"
 
 
 def _matches_alias(span: str, aliases: Sequence[str]) -> bool:

@@ -83,6 +83,13 @@ def test_no_expected_answer_only_extracts():
     assert g.extracted == "4" and g.correct is None
 
 
+@pytest.mark.parametrize(("text", "extracted"), [(" Paris.", "Paris"), ("Lima?", "Lima"), ("Yes!", "Yes"),
+                                                 ("Paris", "Paris"), ("...", "...")])
+def test_first_sentence_span_drops_its_full_stop(text, extracted):
+    g = grade(text, "Paris", "short_answer")
+    assert g.extracted == extracted and g.correct is (extracted == "Paris")
+
+
 def test_helpers():
     assert normalize_text("  The Côte d'Ivoire! ") == "cote d ivoire"
     assert parse_number("1,234.50") == 1234.5 and parse_number("abc") is None and parse_number("nan") is None
