@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from ic_core.models import LoadedModel
+    from ic_core.models import LoadedModel, ModelSpec
     from ic_core.prompts import RenderedPrompt
 
 def _nnsight_model_class() -> Any:
@@ -78,8 +78,8 @@ def _envoy(lm: Any, path: str) -> Any:
     return node
 
 
-def _wrap(loaded: LoadedModel) -> _Traced:
-    """Wrap ``loaded.model`` (weights shared, nothing copied) and find the envoys of its arch parts."""
+def _wrap(loaded: LoadedModel, lm: Any = None) -> _Traced:
+    """Wrap ``loaded.model`` (weights shared, nothing copied; or take ``lm``) and find the envoys of its arch parts."""
     arch = loaded.arch
     names = {id(m): n for n, m in loaded.model.named_modules()}
     try:
@@ -90,7 +90,8 @@ def _wrap(loaded: LoadedModel) -> _Traced:
         norm, unembed = names[id(arch.final_norm)], names[id(arch.unembed)]
     except KeyError as exc:  # a part that is not a submodule of the model (never for known families)
         raise BackendError(f"nnsight cannot address a part of {loaded.spec.label} ({exc}); use --backend hf.") from None
-    lm = _nnsight_model_class()(loaded.model, tokenizer=loaded.tokenizer, task="text-generation")
+    if lm is None:
+        lm = _nnsight_model_class()(loaded.model, tokenizer=loaded.tokenizer, task="text-generation")
     return _Traced(lm, _envoy(lm, first), tuple(_envoy(lm, n) for n in outs), _envoy(lm, norm),
                    _envoy(lm, unembed), arch.logit_softcap)
 
@@ -149,6 +150,30 @@ class NnsightBackend:
 
             self.target = check_ndif()
         self._wrapped: weakref.WeakKeyDictionary[Any, _Traced] = weakref.WeakKeyDictionary()
+
+    def load_remote(self, spec: ModelSpec) -> LoadedModel:
+        """The model NDIF runs, here with meta weights only (its config and tokenizer come from the hub).
+
+        Generation needs the weights here, so a remote model only reads states (``analyze``
+        without ``--generate``, ``study --no-generate``, ``gate``).
+
+        Raises:
+            BackendError: not a remote backend, or not a hub id (NDIF serves hub models).
+
+        """
+        from ic_core.models import TransformersModel
+
+        if not self.remote:
+            raise BackendError("load_remote is for the remote nnsight backend (--backend nnsight --remote).")
+        if spec.source != "hub":
+            raise BackendError(f"--remote runs hub models that NDIF hosts (e.g. meta-llama/Llama-3.1-70B-Instruct), "
+                               f"not {spec.label!r}.")
+        lm = _nnsight_model_class()(spec.name, task="text-generation")
+        loaded = TransformersModel(spec, lm._module, lm.tokenizer, 0.0, f"NDIF {self.target.host}")
+        if loaded.tokenizer.pad_token_id is None:
+            loaded.tokenizer.pad_token = loaded.tokenizer.eos_token
+        self._wrapped[loaded.model] = _wrap(loaded, lm)
+        return loaded
 
     def _traced(self, loaded: LoadedModel) -> _Traced:
         traced = self._wrapped.get(loaded.model)
