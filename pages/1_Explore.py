@@ -11,6 +11,7 @@ from ic_core.errors import ICError
 from ic_core.generate import Generation
 from ic_core.grading import Grade
 from ic_core.models import LoadedModel
+from ic_core.narrative import compliance_line
 from ic_core.plots.explore import (
     entropy_legend_html,
     lens_figure,
@@ -149,8 +150,9 @@ def input_panel() -> None:
                      on_change=_mark_stale)
         stale_answer_warning()
         # the widget can only state whole MB, so the label states the prompt limit in words
-        st.file_uploader(f"…or upload a .txt file (UTF-8; a prompt over {UPLOAD_LIMIT_BYTES // 1000} kB is refused "
-                         "with a message)", type=["txt"], key=UPLOAD_KEY, on_change=_on_upload, max_upload_size=1)
+        st.file_uploader("…or upload a .txt file (UTF-8 text; longer than the model's context is refused with a "
+                         "message)", type=["txt"], key=UPLOAD_KEY, on_change=_on_upload,
+                         max_upload_size=UPLOAD_LIMIT_BYTES // 1_000_000)  # the widget states "1MB per file"
         message = st.session_state.get(UPLOAD_MSG_KEY)
         if message and message[0] == "error":
             st.error(f"**Upload refused.** {md_text(message[1])}")
@@ -337,7 +339,11 @@ def generation_panel(loaded: LoadedModel, result: dict[str, Any], slot: str = ""
     st.caption(f"{len(generation.tokens)} tokens in {generation.elapsed_s:.1f} s · stop: {generation.stop_reason}"
                + (f" · mean token entropy {mean:.2f} bits" if mean is not None else "")
                + " · hover a token for its entropy and probability")
-    grade_view(result["analysis"].grade, result["analysis"].expected)
+    if result["analysis"].compliance is not None:  # babble: the control is checked for compliance, never graded
+        c = result["analysis"].compliance
+        st.info(compliance_line(c.complied, c.reason))
+    else:
+        grade_view(result["analysis"].grade, result["analysis"].expected)
     if generation.tokens:
         st.plotly_chart(token_entropy_figure(generation.tokens, generation.entropy_bits), key=f"explore_tok_fig{slot}")
     with st.expander("Output as plain text"):

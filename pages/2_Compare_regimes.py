@@ -11,6 +11,7 @@ import streamlit as st
 from ic_core.analysis import Analysis, analyze, answer
 from ic_core.generate import MAX_NEW_TOKENS_LIMIT
 from ic_core.models import LoadedModel
+from ic_core.narrative import compliance_line
 from ic_core.plots.explore import entropy_legend_html, lens_overlay_figure, token_spans_html
 from ic_core.prompts import REGIMES, TASK_KINDS, custom_template
 from ui.common import (
@@ -172,6 +173,9 @@ def outputs_row(analyses: dict[str, Analysis]) -> None:
             mean = g.mean_entropy_bits
             st.caption(f"{len(g.tokens)} tokens · stop: {g.stop_reason}"
                        + (f" · mean entropy {mean:.2f} bits" if mean is not None else ""))
+            if a.compliance is not None:  # babble: checked for compliance (the study rule), never graded
+                st.info(compliance_line(a.compliance.complied, a.compliance.reason))
+                continue
             if verdict is None:
                 continue
             found = f"“{md_text(verdict.extracted)}”" if verdict.extracted is not None else "nothing answer-like"

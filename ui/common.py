@@ -131,8 +131,9 @@ def json_download(label: str, data: Any, file_name: str, key: str | None = None)
     st.download_button(label, json.dumps(data, indent=2, ensure_ascii=False), file_name, "application/json", key=key)
 
 
-UPLOAD_LIMIT_BYTES = 100_000
-"""Largest prompt file accepted by the Explore page's upload (100 kB)."""
+UPLOAD_LIMIT_BYTES = 1_000_000
+"""Largest prompt file accepted by the Explore page's upload (1 MB: the upload widget counts whole MB and
+states this limit itself; a prompt longer than the model's context is refused when it is rendered)."""
 
 KEEP_PREFIX = "keep:"
 """Widget keys starting with this survive page switches (see :func:`keep_widget_values`)."""

@@ -191,6 +191,21 @@ class TestExplore:
         assert values(figs[2]["data"][0]["y"]) == pytest.approx(list(reference.entropy_bits), abs=1e-5)
         assert any("no expected answer to compare with" in i.value for i in at.info)
 
+    def test_babble_output_is_checked_for_compliance_not_graded(self, tiny):
+        from ic_core.analysis import verdict_of
+        from ic_core.narrative import compliance_line
+
+        at = read_state(start(tiny, max_new_tokens=6), regime="babble", kind="short_answer", expected="paris")
+        at.button(key="explore_generate_btn").click().run()
+        assert not at.exception and not at.error
+        analysis = analyze(tiny, QUESTION, regime="babble", kind="short_answer", expected="paris")
+        text = generate(tiny, analysis.rendered, GenerationConfig(max_new_tokens=6)).answer_text
+        graded, compliance = verdict_of(analysis, text)
+        assert graded is None and compliance is not None
+        assert compliance_line(compliance.complied, compliance.reason) in [i.value for i in at.info]
+        assert not any(s.value.startswith("**Correct.") for s in at.success)
+        assert not any(w.value.startswith("**Wrong.") for w in at.warning)
+
     def test_generation_is_graded_when_an_answer_is_given(self, tiny):
         at = read_state(start(tiny, max_new_tokens=8), kind="short_answer", expected="paris")
         at.button(key="explore_generate_btn").click().run()
@@ -241,7 +256,7 @@ class TestExploreBadInput:
         assert "H_int (bits)" in metrics(at)
 
     @pytest.mark.parametrize(("data", "message"), [
-        (b"a" * (UPLOAD_LIMIT_BYTES + 1), "the limit is 100 kB"),
+        (b"a" * (UPLOAD_LIMIT_BYTES + 1), "the limit is 1,000 kB"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
         ("café".encode("latin-1"), "not UTF-8"),
         (b"   \n ", "empty"),
@@ -345,6 +360,25 @@ class TestCompareRegimes:
         assert len(counts) == 3
         assert int(counts[0]) <= 4 and int(counts[2]) <= 4 and int(counts[1]) <= 16
         assert sum("ic-tokens" in m.value for m in at.markdown) == 3
+
+    def test_babble_output_gets_the_compliance_line_the_answers_get_grades(self, tiny):
+        from ic_core.analysis import verdict_of
+        from ic_core.narrative import compliance_line
+
+        at = start(tiny, COMPARE, max_new_tokens=4)
+        at.text_area(key="keep:compare.question").input(QUESTION)
+        at.number_input(key="keep:compare.cot_tokens").set_value(4)
+        at.text_input(key="keep:compare.expected").input("paris")
+        at.button(key="compare_read_btn").click().run()
+        at.button(key="compare_generate_btn").click().run()
+        assert not at.exception and not at.error
+        babble = analyze(tiny, QUESTION, regime="babble", kind="short_answer", expected="paris")
+        text = generate(tiny, babble.rendered, GenerationConfig(max_new_tokens=4)).answer_text
+        _, compliance = verdict_of(babble, text)
+        lines = [i.value for i in at.info if i.value.startswith("**Control")]
+        assert lines == [compliance_line(compliance.complied, compliance.reason)]
+        graded = [m.value for m in [*at.success, *at.warning] if m.value.startswith(("**Correct:", "**Wrong:"))]
+        assert len(graded) == 2  # direct and chain of thought are graded, babble is not
 
     def test_custom_template_adds_a_fourth_regime(self, tiny):
         at = start(tiny, COMPARE)
