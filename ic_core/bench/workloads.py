@@ -146,7 +146,7 @@ def answer_config(new_tokens: int) -> GenerationConfig:
     extra: dict[str, Any] = {}
     if "min_new_tokens" in GenerationConfig.__dataclass_fields__:
         extra["min_new_tokens"] = new_tokens
-    return GenerationConfig(max_new_tokens=new_tokens, stop_at_answer_line=False, **extra)
+    return GenerationConfig(max_new_tokens=new_tokens, stop_at_answer_line=False, base_model_stops=False, **extra)
 
 
 def model_inputs(rendered: RenderedPrompt) -> dict[str, Any]:
