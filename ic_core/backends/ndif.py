@@ -36,6 +36,9 @@ class NdifTarget:
 def _config_value(attr: str) -> str | None:
     """The key or host in nnsight's config (its config file), without failing when nnsight is missing."""
     try:
+        from ic_core.backends.nnsight_import import import_nnsight
+
+        import_nnsight()
         from nnsight.schema.config import CONFIG
     except ImportError:
         return None

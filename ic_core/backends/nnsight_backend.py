@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ic_core.backends import BackendError
+from ic_core.backends.nnsight_import import import_nnsight
 from ic_core.capture import (
     MAX_SKIPPED,
     TOP_K,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 def _nnsight_model_class() -> Any:
     try:
+        import_nnsight()
         from nnsight.modeling.transformers import TransformersModel
     except ImportError as exc:
         raise BackendError(
@@ -103,9 +105,9 @@ def trace_readout(traced: _Traced, ids: torch.Tensor, mask: torch.Tensor, positi
     The body names only envoys, torch and plain values, so it runs unchanged on NDIF. With
     ``lens_in_trace`` it also unembeds layers 1..L−1 there: (B, L − 1, V) soft-capped float32.
     """
-    import nnsight
     import torch
 
+    nnsight = import_nnsight()
     first, outputs, norm, unembed, cap = (traced.first_block, traced.outputs, traced.final_norm, traced.unembed,
                                           traced.logit_softcap)
     inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}

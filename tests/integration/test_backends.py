@@ -229,3 +229,19 @@ def test_cli_remote_without_key_is_one_line(tmp_path):
                        env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error: --remote") and "NDIF_API_KEY" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_an_nnsight_read_leaves_other_libraries_classes_intact(tiny):
+    """nnsight mounts ``save`` on every object at import; after our import no object has it, and a
+    class that lists its public attributes (anyio's TypedAttributeSet, under httpx and FastAPI)
+    can still be defined — before the fix the OpenAI Agents test failed on it after this module."""
+    with using(get_backend("nnsight")):
+        state, _ = capture(tiny, _rendered(tiny)[0])
+    assert np.isfinite(state.readout_entropy_bits)
+    assert "save" not in vars(object) and not hasattr(object(), "save")
+    from anyio import TypedAttributeSet, typed_attribute
+
+    class Probe(TypedAttributeSet):  # raised "Attribute 'save' is missing its type annotation" before
+        path: str = typed_attribute()
+
+    assert Probe.path is not None
