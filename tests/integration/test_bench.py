@@ -168,7 +168,10 @@ def test_backends_figures_on_tiny(tiny):
     if "skipped" in out:  # nnsight not installed here: the reason, never a number
         assert out["skipped"] and set(out) == {"skipped"}
         return
-    assert set(out) == {"nnsight_over_hf", "sharded_over_unsharded"} and len(messages) == 2
+    assert set(out) == {"nnsight_over_hf", "sharded_over_unsharded"}
+    # each figure is said as it is measured: its heading, then its numbers
+    assert len(messages) == 4 and messages[0].startswith("nnsight backend") and messages[2].startswith("two shares")
+    assert messages[1] == f"  {out['nnsight_over_hf']}" and messages[3] == f"  {out['sharded_over_unsharded']}"
     nn = out["nnsight_over_hf"]
     assert nn["target"] == 1.3 and nn["pass"] == (nn["median"] <= 1.3) and nn["median"] > 0 and nn["n"] == 1
     shards = out["sharded_over_unsharded"]

@@ -23,7 +23,7 @@ def _usage_error(argv, capsys):
 
 @pytest.mark.parametrize(("argv", "hint", "missing"), [
     ([], "python -m ic_core --help", "command"),
-    (["study"], "python -m ic_core study --help", "--data"),
+    (["study", "--data"], "python -m ic_core study --help", "--data"),  # a bare `study` is checked after parsing
     (["probe", "transfer"], "python -m ic_core probe transfer --help", "--train"),
     (["policy", "fit"], "python -m ic_core policy fit --help", "--run"),
     (["gate", "--prompt", "hi"], "python -m ic_core gate --help", "--policy"),
@@ -33,6 +33,12 @@ def test_missing_argument_names_the_program_once(argv, hint, missing, capsys):
     line = _usage_error(argv, capsys)
     assert f"(see `{hint}`)" in line and missing in line
     assert line.count("ic_core") == 1
+
+
+def test_study_without_data_or_merge_is_one_line_exit_2(capsys):
+    assert main(["study"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "study needs --data" in lines[0] and "study merge" in lines[0]
 
 
 def test_unknown_option_and_bad_choice(capsys):
