@@ -203,3 +203,14 @@ def open_page(model, page: str | None = None, **state):
         at.switch_page(page).run()
         assert not at.exception, at.exception
     return at
+
+
+def finish_jobs(at, timeout_s: float = 600.0):
+    """Wait for the background jobs an AppTest page queued (the job queue is this process's), then rerun it."""
+    from ic_core.jobs import job_queue
+
+    for job in job_queue().jobs():
+        assert job_queue().wait(job.job_id, timeout=timeout_s).finished
+    at.run()
+    assert not at.exception, at.exception
+    return at

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import finish_jobs
 
 from ic_core.datasets import PromptItem
 from ic_core.probes.saved import SavedProbe
@@ -48,16 +49,6 @@ def open_page(tiny, **state):
     assert not at.exception, at.exception
     return at
 
-
-def finish_jobs(at):
-    """Wait for the background computation the page queued, then rerun the page to show its result."""
-    from ic_core.jobs import job_queue
-
-    for job in job_queue().jobs():
-        assert job_queue().wait(job.job_id, timeout=600).finished
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 def fast_settings(at):

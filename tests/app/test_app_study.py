@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import finish_jobs
 
 from ic_core.analysis import analyze
 from ic_core.datasets import PromptItem
@@ -26,16 +27,6 @@ ITEMS = [
     PromptItem("e", "what is 3 times 4", "12", kind="numeric"),
 ]
 
-
-def finish_jobs(at):
-    """Wait for the background jobs the page queued (the job queue is this process's), then rerun the page."""
-    from ic_core.jobs import job_queue
-
-    for job in job_queue().jobs():
-        assert job_queue().wait(job.job_id, timeout=300).finished
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import finish_jobs
 
 pytestmark = pytest.mark.app
 
@@ -12,16 +13,6 @@ ROOT = Path(__file__).resolve().parents[2]
 STUDY = "pages/3_Study.py"
 LIMIT = "Items (limit)"
 
-
-def finish_jobs(at):
-    """Wait for the background jobs the page queued (the job queue is this process's), then rerun the page."""
-    from ic_core.jobs import job_queue
-
-    for job in job_queue().jobs():
-        assert job_queue().wait(job.job_id, timeout=300).finished
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 def oceans(n_good: int, n_bad: int = 0) -> bytes:
     """A CSV with other headers: ``prompt``/``gold``/``type``; bad rows have no question."""
