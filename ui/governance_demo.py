@@ -47,6 +47,8 @@ from ui.progress import duration_text, measured_speed
 
 DEMO_ON_KEY = "gov.demo_on"
 """The run folder whose demo figures this session asked for (the button, or the one click that made the run)."""
+PENDING_KEY = "gov.demo_pending_run"
+"""The run folder name the demo should pick as soon as it is listed (set when the demo run is queued)."""
 
 
 @st.cache_resource(max_entries=4, show_spinner="Comparing signals on the held-out items…")
@@ -76,7 +78,8 @@ def start_demo_run(loaded: LoadedModel) -> None:
         submit("governance_demo", Path(folder).name, demo_job(loaded, folder), result_path=folder,
                speed_task="study:generate")
     st.session_state[DEMO_ON_KEY] = folder  # one click: the demo runs on the new run as soon as it can
-    st.session_state["gov_demo_run_name"] = Path(folder).name
+    # picked once its folder is listed (the job creates it a moment later; until then another run is shown)
+    st.session_state[PENDING_KEY] = Path(folder).name
     st.rerun()
 
 
@@ -129,6 +132,8 @@ def demo_tab(loaded: LoadedModel | None) -> None:
     if not candidates:
         return
     names = [r.name for r in candidates]
+    if st.session_state.get(PENDING_KEY) in names:
+        st.session_state["gov_demo_run_name"] = st.session_state.pop(PENDING_KEY)
     if st.session_state.get("gov_demo_run_name") not in names:
         st.session_state["gov_demo_run_name"] = names[0]
     chosen = st.selectbox("Run to demo on (the newest governance_ops run first)", names, key="gov_demo_run_name",

@@ -154,9 +154,13 @@ def test_demo_compares_three_signals_on_held_out_items(tiny, env):
 
 
 def test_make_demo_run_button_runs_a_study_then_the_demo(tiny, monkeypatch, tmp_path):
+    from ic_core.study.runner import run_study
+
     runs = tmp_path / "runs"
     monkeypatch.setenv("IC_RUNS_DIR", str(runs))
     monkeypatch.setenv("IC_AUDIT_LOG", str(tmp_path / "a.jsonl"))
+    # another set's run already there: the box must still move to the demo run once it is listed
+    run_study(tiny, _items(12), ["direct"], runs / "capitals-other", generate=False, dataset_name="capitals")
     at = start(tiny)
     at.button(key="gov_demo_make").click().run()
     assert not at.exception, at.exception
@@ -168,6 +172,7 @@ def test_make_demo_run_button_runs_a_study_then_the_demo(tiny, monkeypatch, tmp_
     assert not at.exception, at.exception
     made = [p for p in runs.iterdir() if p.name.startswith("governance_ops-direct-n60")]
     assert len(made) == 1 and (made[0] / "manifest.json").is_file()
+    assert at.selectbox(key="gov_demo_run_name").value == made[0].name  # not the capitals run listed first
     from ic_core.runs.store import load_run
 
     run = load_run(made[0])
