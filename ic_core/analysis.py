@@ -211,11 +211,13 @@ def verdict_of(analysis: Analysis, output: str) -> tuple[Grade | None, Complianc
 
     The control regime (babble) is checked for compliance (:func:`ic_core.compliance.check_compliance`) and never
     graded; an answer regime is graded (:func:`ic_core.grading.grade`). Nothing is judged when there is nothing
-    to judge by (:attr:`Analysis.graded` is False: free text without an expected answer).
+    to judge by (:attr:`Analysis.graded` is False: free text without an expected answer; a control without one).
     """
     if not analysis.graded:
         return None, None
     if analysis.is_control:
+        if analysis.expected is None:  # "does not name the answer" cannot be checked without the answer
+            return None, None
         return None, check_compliance(output, analysis.expected, analysis.kind, analysis.aliases, analysis.choices)
     return grade(output, analysis.expected, analysis.kind, analysis.aliases, analysis.choices, analysis.question), None
 

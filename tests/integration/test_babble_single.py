@@ -48,6 +48,13 @@ class TestVerdictOf:
         result_grade, compliance = verdict_of(direct, "The capital is Paris.")
         assert compliance is None and result_grade is not None and result_grade.correct is True
 
+    def test_a_control_without_an_expected_answer_is_not_said_to_comply(self, tiny):
+        """Short answer, no expected answer: "does not name the answer" cannot be checked, so no verdict
+        (the Compare page said "Control complied" for "The capital of France is Paris.")."""
+        a = analyze(tiny, QUESTION, regime="babble", kind="short_answer")
+        assert a.graded and a.is_control
+        assert verdict_of(a, "The capital of France is Paris.") == (None, None)
+
     def test_nothing_to_judge_by(self, tiny):
         """Free text with no expected answer: neither a grade nor a compliance verdict."""
         a = analyze(tiny, QUESTION, regime="babble")
