@@ -41,6 +41,7 @@ def test_explore_shows_both_models_cards_and_answers(tmp_path):
             cards = page.get_by_role("heading", name="Risk card (before generation)")
             assert cards.count() == 2
             metrics = page.locator('[data-testid="stMetric"]').filter(has_text="H_int (bits)")
+            metrics.nth(1).wait_for(timeout=STEP_TIMEOUT_MS)  # elements stream in: the heading comes first
             values = [float(m.locator('[data-testid="stMetricValue"]').inner_text()) for m in metrics.all()]
             assert len(values) == 2 and 0 < values[0] < math.log2(49152) and 0 < values[1] < math.log2(262144)
             assert page.get_by_role("heading", name="SmolLM2-135M-Instruct").count() == 1
