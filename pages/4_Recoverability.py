@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import streamlit as st
 
@@ -174,13 +176,8 @@ def transfer_tab(runs: list[RunInfo]) -> None:
     if st.session_state.get(TRANSFER_KEY) != request:
         st.info("Press **Compute transfer** (in the background; results are kept per runs and settings).")
         return
-    matrix = finished_results().get(request)
-    job = job_queue().info(jobs.get(request, ""))
-    if matrix is None and job is not None and job.state == "complete":
-        matrix = job_queue().result(job.job_id)
-        remember_result(request, matrix)
+    matrix = job_result(request, jobs, key="recov_transfer_stop")
     if matrix is None:
-        show_job_state(job, request, jobs, key="recov_transfer_stop")
         return
     for signal in SIGNAL_NAMES:
         st.subheader(signal)
@@ -326,17 +323,24 @@ def single_run_tab(runs: list[RunInfo]) -> None:
         st.info("Press **Compute** to fit the probes (in the background; results are kept per run, regime and "
                 "settings).")
         return
+    result = job_result(request, jobs)
+    if result is None:
+        return
+    report = result
+    st.caption(f"Computed in {report.elapsed_s:.1f} s on {report.n} graded answers ({report.selection}).")
+    show_report(report, info)
+
+
+def job_result(request: tuple, jobs: dict[tuple, str], key: str = "recov_stop") -> Any:
+    """The request's result (kept, or taken from its finished job); None after showing the job's state."""
     result = finished_results().get(request)
     job = job_queue().info(jobs.get(request, ""))
     if result is None and job is not None and job.state == "complete":
         result = job_queue().result(job.job_id)
         remember_result(request, result)
     if result is None:
-        show_job_state(job, request, jobs)
-        return
-    report = result
-    st.caption(f"Computed in {report.elapsed_s:.1f} s on {report.n} graded answers ({report.selection}).")
-    show_report(report, info)
+        show_job_state(job, request, jobs, key=key)
+    return result
 
 
 def show_job_state(job, request: tuple, jobs: dict[tuple, str], key: str = "recov_stop") -> None:
