@@ -96,7 +96,7 @@ def no_run_yet(loaded: LoadedModel | None) -> None:
             else f"the first figures appear after {DEMO_FIRST} items, the bar shows the time left")
     st.info(f"No run of {DEMO_SET} yet. Make one here ({DEMO_LIMIT} items, direct regime, with the answer prefix, "
             f"answered in the background; {took}), or from a terminal:")
-    st.code(DEMO_COMMAND, language="bash")
+    st.code(DEMO_COMMAND, language="bash", wrap_lines=True)  # one long line: wrapped, never cut at the right
     if st.button("Make a governance_ops run now", key="gov_demo_make", disabled=loaded is None):
         start_demo_run(loaded)
 
@@ -136,10 +136,11 @@ def demo_tab(loaded: LoadedModel | None) -> None:
         st.session_state["gov_demo_run_name"] = st.session_state.pop(PENDING_KEY)
     if st.session_state.get("gov_demo_run_name") not in names:
         st.session_state["gov_demo_run_name"] = names[0]
+    writing = {r.name for r in candidates if job_queue().active_for(str(r.path)) is not None}
     chosen = st.selectbox("Run to demo on (the newest governance_ops run first)", names, key="gov_demo_run_name",
-                          format_func=lambda n: run_label(candidates[names.index(n)]))
+                          format_func=lambda n: run_label(candidates[names.index(n)], n in writing))
     info = candidates[names.index(chosen)]
-    view = demo_view(info.n_rows_done, info.n_rows_planned, job_queue().active_for(str(info.path)) is not None)
+    view = demo_view(info.n_rows_done, info.n_rows_planned, chosen in writing)
     if not view.ready:
         st.info(f"{info.n_rows_done} of {info.n_rows_planned} items answered; the first figures need {DEMO_FIRST}.")
         return
@@ -166,7 +167,8 @@ def show_comparison(comp: SignalComparison) -> None:
     """The comparison table, risk–coverage curves and the caught / slipped items."""
     sig = comp.signals
     st.markdown(comparison_intro(comp))
-    st.dataframe(pd.DataFrame(comparison_rows(comp)), hide_index=True, key="gov_demo_table")
+    # a few rows of long text: a static table wraps it (a data grid cut the rule column off at 1400 px)
+    st.table(pd.DataFrame(comparison_rows(comp)).set_index("signal"))
     st.markdown(comparison_headline(comp))
     quality_table(comp)
     for note in comp.notes:
@@ -184,11 +186,13 @@ def show_comparison(comp: SignalComparison) -> None:
     score = {"risk (bits, or −P)": r.risk}
     if escalates_everything(r.escalate, sig.test_idx):
         st.warning(escalates_everything_warning(chosen, r.threshold_text))
-    c1, c2 = st.columns(2)
-    c1.markdown(f"**Caught** — escalated, and the answer was wrong ({seen.caught.size})")
-    c1.dataframe(sig.items_table(seen.caught, score), hide_index=True, key="gov_demo_caught", column_config=ITEM_COLUMN_CONFIG)
-    c2.markdown(f"**Slipped through** — approved, but the answer was wrong ({seen.slipped.size})")
-    c2.dataframe(sig.items_table(seen.slipped, score), hide_index=True, key="gov_demo_slipped", column_config=ITEM_COLUMN_CONFIG)
+    # one above the other at the page's width: side by side, half-width grids hid the answer columns
+    st.markdown(f"**Caught** — escalated, and the answer was wrong ({seen.caught.size})")
+    st.dataframe(sig.items_table(seen.caught, score), hide_index=True, key="gov_demo_caught",
+                 column_config=ITEM_COLUMN_CONFIG)
+    st.markdown(f"**Slipped through** — approved, but the answer was wrong ({seen.slipped.size})")
+    st.dataframe(sig.items_table(seen.slipped, score), hide_index=True, key="gov_demo_slipped",
+                 column_config=ITEM_COLUMN_CONFIG)
 
 
 def quality_table(comp: SignalComparison) -> None:
@@ -200,7 +204,7 @@ def quality_table(comp: SignalComparison) -> None:
     except ICError as exc:
         show_error(exc)
         return
-    st.dataframe(pd.DataFrame(quality_rows(qualities)), hide_index=True, key="gov_demo_quality")
+    st.table(pd.DataFrame(quality_rows(qualities)).set_index("signal"))  # wrapped, every column seen
     st.caption("How well each signal ranks the held-out answers (risk negated: larger = more likely right). "
                "AURC: mean error among the k most trusted answers (lower is better); E-AURC: AURC above a "
                "perfect ranking's; AUGRC: area under the approved-and-wrong share. 95 % bootstrap CIs.")

@@ -135,19 +135,20 @@ def test_demo_compares_three_signals_on_held_out_items(tiny, env):
     at = start(tiny)
     at.button(key="gov_demo_run").click().run()
     assert not at.exception, at.exception
-    # Dataframes in page order: the demo's table, its quality table, caught and slipped lists, then the Tune tab's.
-    table = at.dataframe[0].value
+    # The demo's two summaries are static tables (they wrap at 1400 px); its data grids in page order are the
+    # caught and slipped lists, then the Tune tab's.
+    table = at.table[0].value.reset_index()
     assert list(table["signal"]) == ["H_int (raw, last prompt token)", "H_slot (after the answer prefix)",
                                      "probe P(correct)"]
     assert all(v.startswith(("0.", "1.")) for v in table["held-out AUROC [95 % CI]"])
     assert "Fitted on 36 training items, judged on 24 held-out items" in texts(at.markdown)
-    quality = at.dataframe[1].value  # AUROC beside the selective-prediction statistics, same items
+    quality = at.table[1].value.reset_index()  # AUROC beside the selective-prediction statistics, same items
     assert list(quality["signal"]) == list(table["signal"])
     assert [v.split(" ")[0] for v in quality["held-out AUROC [95 % CI]"]] == \
         [v.split(" ")[0] for v in table["held-out AUROC [95 % CI]"]]
     for col in ("AURC [95 % CI]", "E-AURC [95 % CI]", "AUGRC [95 % CI]"):
         assert all(0.0 <= float(v.split(" ")[0]) <= 1.0 for v in quality[col]), quality[col]
-    caught, slipped = at.dataframe[2].value, at.dataframe[3].value
+    caught, slipped = at.dataframe[0].value, at.dataframe[1].value
     assert (caught["correct"] == False).all() and (slipped["correct"] == False).all()  # noqa: E712
     row = table[table["signal"] == "H_slot (after the answer prefix)"].iloc[0]
     assert int(row["caught"]) == len(caught) and int(row["slipped through"]) == len(slipped)
@@ -229,5 +230,5 @@ def test_demo_flags_a_rule_that_escalates_everything(tiny, env):
     at.button(key="gov_demo_run").click().run()
     assert not at.exception, at.exception
     escalated_all = [w.value for w in at.warning if "every held-out item is escalated" in w.value]
-    slipped = at.dataframe[3].value
+    slipped = at.dataframe[1].value
     assert escalated_all and len(slipped) == 0

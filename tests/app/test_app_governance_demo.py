@@ -62,10 +62,13 @@ def test_first_figures_from_the_first_items_then_the_whole_set(tiny, growing_run
     folder, job, release = growing_run
     at = open_page(tiny, PAGE)
     assert "showing 24 of 60 governance\\_ops items; the rest are being answered in the background" in shown(at)
+    # the picker gives no count of its own while the job writes the run (it would lag the live bar beside it)
+    picked = at.selectbox(key="gov_demo_run_name")
+    assert picked.options[picked.index].endswith("governance_ops · tiny-llama · being answered (progress above)")
     at.button(key="gov_demo_run").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
-    table = at.dataframe[0].value
+    table = at.table[0].value.reset_index()
     assert list(table["signal"])[:2] == ["H_int (raw, last prompt token)", "H_slot (after the answer prefix)"]
     assert "Fitted on 14 training items, judged on 10 held-out items" in shown(at)
     release.set()
@@ -73,6 +76,8 @@ def test_first_figures_from_the_first_items_then_the_whole_set(tiny, growing_run
     at.run()
     assert not at.exception, at.exception
     assert "showing 60 of 60 governance\\_ops items." in shown(at)
+    picked = at.selectbox(key="gov_demo_run_name")
+    assert picked.options[picked.index].endswith(" · 60 rows")
     assert "Fitted on 36 training items, judged on 24 held-out items" in shown(at)
 
 
