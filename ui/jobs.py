@@ -23,12 +23,47 @@ KIND_TITLES = {"study": "Study", "recoverability": "Recoverability", "governance
 SHOWN_FINISHED = 3
 
 
+XSRF_COOKIE = "_streamlit_xsrf"
+"""Streamlit's per-browser XSRF cookie: ``2|mask|masked token|time``, a new mask on every page load."""
+
+
+def browser_token(cookie: str | None) -> str | None:
+    """A stable id of the browser from its XSRF cookie (hash of the unmasked token), or None.
+
+    The cookie's mask changes on every load but the token under it stays for the browser's
+    life, so a reload, or a second tab, is the same owner. Only a hash is kept: the token is
+    the browser's secret.
+    """
+    import hashlib
+
+    parts = (cookie or "").split("|")
+    if len(parts) != 4 or parts[0] != "2":
+        return None
+    try:
+        mask, masked = bytes.fromhex(parts[1]), bytes.fromhex(parts[2])
+    except ValueError:
+        return None
+    if not mask or len(masked) < 16:
+        return None
+    token = bytes(b ^ mask[i % len(mask)] for i, b in enumerate(masked))
+    return "browser:" + hashlib.sha256(token).hexdigest()[:32]
+
+
 def session_owner() -> str | None:
-    """The browser session's id (the owner of the jobs it submits); None outside a Streamlit run."""
+    """The owner of the jobs this page submits: the browser (survives a reload), else the session; None outside a run.
+
+    Without Streamlit's XSRF cookie (XSRF protection off, or a test harness) each session owns its own jobs.
+    """
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
     ctx = get_script_run_ctx()
-    return None if ctx is None else ctx.session_id
+    if ctx is None:
+        return None
+    try:
+        cookie = st.context.cookies.get(XSRF_COOKIE)
+    except Exception:  # noqa: BLE001 - no request context (AppTest): the session owns its jobs
+        cookie = None
+    return browser_token(cookie) or ctx.session_id
 
 
 def submit(kind: str, label: str, fn: JobFn, *, result_path: str | None = None, unit: str = "rows",
@@ -84,7 +119,7 @@ def _panel_body() -> None:
         if job.owner == owner:
             job_bar(job, "jobs_panel_stop")
         else:
-            st.progress(job.fraction, text=f"{KIND_TITLES.get(job.kind, job.kind)} of another session · "
+            st.progress(job.fraction, text=f"{KIND_TITLES.get(job.kind, job.kind)} of another browser session · "
                                            f"{md_text(job.progress_text())}")
     for job in mine_done:
         icon = {"complete": "✔", "cancelled": "■", "failed": "✘"}[job.state]

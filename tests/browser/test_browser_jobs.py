@@ -2,7 +2,8 @@
 
 The navigation-away test: start a small study on the default model, go to Explore (the sidebar
 shows the job), come back to Study, and see the same run continue and finish, with no Stop
-button left. Screenshots go to /tmp/shots/.
+button left; after a reload (a new session, the same browser) the job is still listed as this person's.
+Screenshots go to /tmp/shots/.
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ def test_study_survives_navigating_away_and_back(runs_and_server):
             assert page.get_by_role("button", name="Stop").count() == 0  # gone once the study is complete
             assert page.locator('[data-testid="stException"]').count() == 0
             page.screenshot(path=str(SHOTS / "jobs_3_study_finished.png"))
+
+            # a reload is a new Streamlit session but the same browser: the job is still this person's
+            page.reload()
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            sidebar.get_by_text(f"Study: {RUN}").first.wait_for(timeout=120_000)  # own jobs are listed by title
+            assert sidebar.get_by_text("of another browser session").count() == 0
         finally:
             browser.close()
     m = json.loads((runs / RUN / "manifest.json").read_text())
