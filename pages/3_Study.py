@@ -272,9 +272,9 @@ def live_rows(path: str) -> Callable[[JobInfo], None]:
         st.caption(f"{len(run.table)} of {run.n_planned} rows saved so far. Every row is saved as soon as it is "
                    "done: leave this page and come back, or press Stop, and no finished row is lost. The "
                    "figures appear when the run is complete.")
-        if len(run.table):
-            st.dataframe(items_view(run), hide_index=True, key=f"study_live_rows:{job.job_id}",
-                         column_config=ITEM_COLUMNS)
+        if len(run.table):  # the columns that fit a laptop screen; the full table comes with the finished run
+            st.dataframe(items_view(run)[LIVE_COLUMNS], hide_index=True, key=f"study_live_rows:{job.job_id}",
+                         column_config=ITEM_COLUMNS | LIVE_WIDTHS)
     return body
 
 
@@ -297,6 +297,11 @@ ITEM_COLUMNS = {"readout_entropy_bits": st.column_config.NumberColumn("H_int / H
                 "item_id": st.column_config.TextColumn("item id", width="medium"),
                 "expected": st.column_config.TextColumn("expected answer"),
                 "aliases": st.column_config.TextColumn("also accepted")}
+
+LIVE_COLUMNS = ["item_id", "regime", "question", "expected", "extracted_answer", "correct", "readout_entropy_bits"]
+LIVE_WIDTHS = {"question": st.column_config.TextColumn("question", width="large"),
+               "extracted_answer": st.column_config.TextColumn("answer", width="small"),
+               "correct": st.column_config.TextColumn("correct", width="small")}
 
 
 def items_view(run: StudyRun) -> pd.DataFrame:
@@ -545,7 +550,8 @@ broken = broken_entries([str(r.path) for r in runs])
 if not runs and not broken:
     st.info(f"No saved runs in {md_text(runs_root())} yet (set IC_RUNS_DIR to use another folder).")
 else:
-    labels = {str(r.path): r.label for r in runs} | {p: b.label for p, b in broken.items()}
+    writing = {str(r.path) for r in runs if job_queue().active_for(str(r.path)) is not None}
+    labels = {str(r.path): r.picker_label(str(r.path) in writing) for r in runs} | {p: b.label for p, b in broken.items()}
     paths = [p for p in labels if p not in broken] + [p for p in labels if p in broken]  # good runs first
     if st.session_state.get(RUN_SELECT_KEY) not in paths:
         st.session_state.pop(RUN_SELECT_KEY, None)

@@ -283,12 +283,9 @@ if not runs:
 
 def single_run_tab(runs: list[RunInfo]) -> None:
     by_path = {str(r.path): r for r in runs}
-    left, right = st.columns([3, 2])
-    choice = left.selectbox(
-        "Saved run", list(by_path), key="recov_run",
-        format_func=lambda p: f"{by_path[p].name} · {by_path[p].dataset_name} · {','.join(by_path[p].regimes)} · "
-                              f"{by_path[p].n_rows_done} rows · {by_path[p].status}",
-    )
+    left, right = st.columns([4, 1])
+    choice = left.selectbox("Saved run", list(by_path), key="recov_run",
+                            format_func=lambda p: by_path[p].picker_label(job_queue().active_for(p) is not None))
     info = by_path[choice]
     options = list(info.regimes) + ([POOLED] if len(info.regimes) > 1 else [])
     selection = right.selectbox("Regime", options, key="recov_regime",

@@ -48,7 +48,7 @@ from ui.gate_policy import (
     show_active_policy,
     upload_policy,
 )
-from ui.governance_cache import ITEM_COLUMN_CONFIG, cached_probe_scores, cached_signals, list_saved_runs, run_label
+from ui.governance_cache import ITEM_COLUMN_CONFIG, cached_probe_scores, cached_signals, list_saved_runs
 from ui.governance_demo import demo_tab
 from ui.governance_ltt import ltt_fit, ltt_results, method_choice, readout_choice, signal_quality_section
 from ui.probe_picker import weak_probe_note
@@ -111,7 +111,7 @@ def tune_tab(loaded: LoadedModel | None) -> None:
     names = [r.name for r in runs]
     if st.session_state.get("gov_run") not in names:
         st.session_state["gov_run"] = names[0]
-    chosen = c1.selectbox("Saved run", names, key="gov_run", format_func=lambda n: run_label(runs[names.index(n)]),
+    chosen = c1.selectbox("Saved run", names, key="gov_run", format_func=lambda n: runs[names.index(n)].picker_label(),
                           on_change=_manual_change)
     info = runs[names.index(chosen)]
     holdout = c2.slider("Held-out share", 0.2, 0.6, 0.4, 0.05, key="gov_holdout")

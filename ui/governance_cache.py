@@ -69,12 +69,3 @@ def list_saved_runs() -> list[RunInfo]:
     """Saved runs that have rows."""
     return runs_with_rows(list_runs())
 
-
-def run_label(info: RunInfo, writing: bool = False) -> str:
-    """One line naming a run: folder, set, model, rows (``being answered`` while a job writes it).
-
-    A growing run shows no count here: the picker is drawn once per page run, so its count would
-    lag the job's live bar beside it.
-    """
-    rows = "being answered (progress above)" if writing else f"{info.n_rows_done} rows"
-    return f"{info.name} · {info.dataset_name or 'custom'} · {info.model_label} · {rows}"

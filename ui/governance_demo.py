@@ -41,7 +41,7 @@ from ic_core.narrative import (
 from ic_core.plots.gate import risk_coverage_figure
 from ic_core.runs.store import run_mtime
 from ui.common import cached_run, md_text, show_error
-from ui.governance_cache import ITEM_COLUMN_CONFIG, cached_quality, list_saved_runs, run_label
+from ui.governance_cache import ITEM_COLUMN_CONFIG, cached_quality, list_saved_runs
 from ui.jobs import live_job, submit
 from ui.progress import duration_text, measured_speed
 
@@ -138,7 +138,7 @@ def demo_tab(loaded: LoadedModel | None) -> None:
         st.session_state["gov_demo_run_name"] = names[0]
     writing = {r.name for r in candidates if job_queue().active_for(str(r.path)) is not None}
     chosen = st.selectbox("Run to demo on (the newest governance_ops run first)", names, key="gov_demo_run_name",
-                          format_func=lambda n: run_label(candidates[names.index(n)], n in writing))
+                          format_func=lambda n: candidates[names.index(n)].picker_label(n in writing))
     info = candidates[names.index(chosen)]
     view = demo_view(info.n_rows_done, info.n_rows_planned, chosen in writing)
     if not view.ready:

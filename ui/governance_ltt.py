@@ -40,7 +40,6 @@ from ui.governance_cache import (
     keep_ltt_fit,
     list_saved_runs,
     ltt_fits,
-    run_label,
 )
 from ui.progress import ProgressBar
 
@@ -238,7 +237,7 @@ def ood_section(run: StudyRun, fit: PolicyFit) -> None:
         return
     names = ["—"] + [r.name for r in others]
     pick = st.selectbox("OOD share of another run's prompts", names, key="gov_ood_other",
-                        format_func=lambda n: "choose a run…" if n == "—" else run_label(others[names.index(n) - 1]))
+                        format_func=lambda n: "choose a run…" if n == "—" else others[names.index(n) - 1].picker_label())
     if pick == "—":
         return
     info = others[names.index(pick) - 1]

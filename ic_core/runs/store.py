@@ -163,9 +163,26 @@ class RunInfo:
 
     @property
     def label(self) -> str:
-        """One line for run pickers: name · model (last path part) · regimes · rows done/planned · state."""
-        return (f"{self.name} · {self.model_label.split('/')[-1]} · {','.join(self.regimes)} · "
-                f"{self.n_rows_done}/{self.n_rows_planned} · {status_label(self.status, self.in_progress)}")
+        """One line for run pickers (:meth:`picker_label` of a run no job is writing)."""
+        return self.picker_label()
+
+    def picker_label(self, writing: bool = False) -> str:
+        """One short line for every run picker: name · model · rows · state.
+
+        The regimes are added only when the folder name does not already spell them. A run a
+        background job is writing shows no count (``being written (progress above)``): a picker
+        is drawn once per page run, so its count would lag the job's live bar beside it.
+        """
+        parts = [self.name, self.model_label.split("/")[-1]]
+        if not all(r in self.name for r in self.regimes):
+            parts.append(",".join(self.regimes))
+        if writing:
+            parts.append("being written (progress above)")
+        else:
+            done = self.n_rows_done
+            parts.append(f"{done} rows" if done == self.n_rows_planned else f"{done}/{self.n_rows_planned} rows")
+            parts.append(status_label(self.status, self.in_progress))
+        return " · ".join(parts)
 
 
 def write_shard(path: Path, rows: np.ndarray, hidden: np.ndarray, lens: np.ndarray) -> None:

@@ -64,7 +64,7 @@ def test_first_figures_from_the_first_items_then_the_whole_set(tiny, growing_run
     assert "showing 24 of 60 governance\\_ops items; the rest are being answered in the background" in shown(at)
     # the picker gives no count of its own while the job writes the run (it would lag the live bar beside it)
     picked = at.selectbox(key="gov_demo_run_name")
-    assert picked.options[picked.index].endswith("governance_ops · tiny-llama · being answered (progress above)")
+    assert picked.options[picked.index] == "governance_ops-growing · tiny-llama · direct · being written (progress above)"
     at.button(key="gov_demo_run").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
@@ -77,7 +77,7 @@ def test_first_figures_from_the_first_items_then_the_whole_set(tiny, growing_run
     assert not at.exception, at.exception
     assert "showing 60 of 60 governance\\_ops items." in shown(at)
     picked = at.selectbox(key="gov_demo_run_name")
-    assert picked.options[picked.index].endswith(" · 60 rows")
+    assert picked.options[picked.index].endswith(" · 60 rows · complete")
     assert "Fitted on 36 training items, judged on 24 held-out items" in shown(at)
 
 

@@ -71,6 +71,8 @@ def test_compute_shows_curves_baselines_and_saves_the_probe(tiny, saved_run):
     at = open_page(tiny)
     assert "Press **Compute**" in " ".join(i.value for i in at.info)
     assert at.selectbox(key="recov_regime").options == ["direct"]
+    # the shared short picker line (the page's own longer one was cut at 1400 px: "48 rows · runn")
+    assert at.selectbox(key="recov_run").options == ["tiny40 · tiny-llama · direct · 40 rows · complete"]
     fast_settings(at).button(key="recov_compute").click().run()
     finish_jobs(at)
     assert not at.exception, at.exception

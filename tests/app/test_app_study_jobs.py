@@ -103,3 +103,34 @@ def test_a_failing_study_shows_its_one_line_error(tiny, runs_dir):
     assert info.state == "failed" and "is not a study run folder" in info.error
     at.run()
     assert any("The study stopped with an error" in e.value and "not a study run folder" in e.value for e in at.error)
+
+
+def test_a_run_a_job_writes_is_named_being_written_and_its_live_rows_fit_the_screen(tiny, runs_dir):
+    from ic_core.datasets import PromptItem
+    from ic_core.study.runner import run_study
+
+    folder = runs_dir / "half"
+    run_study(tiny, [PromptItem(f"q{i}", f"what is {i} plus 1 ?", str(i + 1), kind="numeric", output=str(i + 1))
+                     for i in range(3)], ["direct"], folder, generate=False)
+    started, release = threading.Event(), threading.Event()
+
+    def hold(ctx: JobContext) -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    job = job_queue().submit("study", "Study: half", hold, result_path=str(folder))
+    try:
+        assert started.wait(WAIT)
+        at = open_study(tiny)
+        picker = at.selectbox(key="study_run_select")
+        # No count (it would lag the live bar beside it), and not the manifest's "complete".
+        assert picker.options == ["half · tiny-llama · direct · being written (progress above)"]
+        [live] = at.dataframe  # the live view only: the saved-run view leaves this run to it
+        assert list(live.value.columns) == ["item_id", "regime", "question", "expected", "extracted_answer",
+                                            "correct", "readout_entropy_bits"]
+        assert len(live.value) == 3
+    finally:
+        release.set()
+        job_queue().wait(job, WAIT)
+    at.run()
+    assert at.selectbox(key="study_run_select").options == ["half · tiny-llama · direct · 3 rows · complete"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -425,7 +426,10 @@ class TestRunTexts:
     def test_run_info_label(self, tmp_path):
         info = RunInfo("r1", tmp_path, "running", "", "HuggingFaceTB/SmolLM2-135M-Instruct", "caps", ("direct", "cot"),
                        3, 8, 0.0)
-        assert info.label == "r1 · SmolLM2-135M-Instruct · direct,cot · 3/8 · interrupted"
+        assert info.label == "r1 · SmolLM2-135M-Instruct · direct,cot · 3/8 rows · interrupted"
+        assert info.picker_label(writing=True) == "r1 · SmolLM2-135M-Instruct · direct,cot · being written (progress above)"
+        done = dataclasses.replace(info, name="caps-direct-cot-n8", status="complete", n_rows_done=8)
+        assert done.label == "caps-direct-cot-n8 · SmolLM2-135M-Instruct · 8 rows · complete"  # regimes in the name
 
     def test_eta_text(self):
         assert [eta_text(x) for x in (0.0, 42.4, 89.6, 90.0, 150.0)] == [
