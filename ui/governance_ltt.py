@@ -83,7 +83,9 @@ def method_choice() -> str:
 def signal_quality_section(sig: RunSignals, scores: ProbeScores | None) -> None:
     """Held-out AUROC beside AURC, E-AURC and AUGRC for each signal shown; reliability for the probe."""
     st.subheader("How well the signals rank the held-out answers")
-    entries = [(f"−{sig.entropy_name}", -sig.entropy_bits)]  # the run's entropy always, the probe beside it
+    # The run's entropy always (negated: low entropy ranks as trusted), the probe beside it. Named in words:
+    # a leading minus sign read as "~H_slot" in the table's font.
+    entries = [(f"{sig.entropy_name} (low = trusted)", -sig.entropy_bits)]
     if scores is not None:
         entries.append(("probe P(correct)", scores.p_correct))
     try:

@@ -122,11 +122,17 @@ def readout_entropy_distribution_figure(
              if signal == "mixed" else f"{signal} by regime")
     fig.update_layout(title=title, xaxis_title="regime", yaxis_title=readout_axis_title(signal))
     fig.update_xaxes(categoryorder="array", categoryarray=order)
+    # Entropy is never negative: start the axis at 0 with room above the highest point (autorange put a
+    # point at 0.00 bits below the lowest tick, and a violin's density ran below zero).
+    top = float(np.nanmax(values)) if np.isfinite(values).any() else 0.0
+    fig.update_yaxes(range=[-0.04 * max(top, 1.0), 1.06 * max(top, 1.0)])
     return clear_axes(fig)
 
 
 def _points(kind: str) -> dict[str, object]:
-    return {"points": "all", "pointpos": 0, "jitter": 0.3} if kind == "violin" else {"boxpoints": "all", "jitter": 0.3}
+    if kind == "violin":  # spanmode="hard": the density stops at the data, never below 0 bits
+        return {"points": "all", "pointpos": 0, "jitter": 0.3, "spanmode": "hard"}
+    return {"boxpoints": "all", "jitter": 0.3}
 
 
 def lens_curves_figure(

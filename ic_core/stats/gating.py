@@ -307,8 +307,9 @@ def split_items(correct: Any, holdout: float = 0.4, seed: int = 0) -> tuple[np.n
     n_right, n_wrong = int(c.sum()), int((~c).sum())
     if n_right < 2 or n_wrong < 2:
         raise DataError(
-            f"Only one class (or nearly): {n_right} right and {n_wrong} wrong answers. A gate needs both "
-            "right and wrong answers on training and held-out items; use a larger or harder prompt set."
+            f"Only one class (or nearly): {n_right} right and {n_wrong} wrong answers. A gate needs at least "
+            f"2 right and 2 wrong answers, and at least {2 * MIN_ITEMS_PER_SPLIT} graded items in all "
+            f"({MIN_ITEMS_PER_SPLIT} to train, {MIN_ITEMS_PER_SPLIT} held out); use a larger or harder prompt set."
         )
     n_test = int(round(holdout * c.size))
     if n_test < MIN_ITEMS_PER_SPLIT or c.size - n_test < MIN_ITEMS_PER_SPLIT:

@@ -202,7 +202,7 @@ class TestLearnThenTestOnThePage:
         assert list(table.columns)[:6] == ["signal", "held-out AUROC [95 % CI]", "shuffled labels",
                                            "AURC [95 % CI]", "E-AURC [95 % CI]", "AUGRC [95 % CI]"]
         summ = selective_summary(-sig.entropy_bits[sig.test_idx], sig.correct[sig.test_idx], seed=0)
-        assert table.iloc[0]["signal"] == "−H_slot" and table.iloc[0]["AURC [95 % CI]"] == summ.aurc.ci_text()
+        assert table.iloc[0]["signal"] == "H_slot (low = trusted)" and table.iloc[0]["AURC [95 % CI]"] == summ.aurc.ci_text()
 
 
 class TestExploreGuaranteeLine:

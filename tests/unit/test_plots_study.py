@@ -62,6 +62,11 @@ def test_h_int_distribution_by_regime_and_by_correctness():
     assert [t.name for t in split.data] == ["correct", "wrong", "not graded"]
     assert isinstance(split.data[0], go.Violin) and list(split.data[0].y) == [1.0, 4.0]
     assert split.layout.yaxis.title.text == "H_slot (bits)"
+    # from (just below) 0 to above the top point: a 0-bit point sits on the lowest tick, not under it
+    assert fig.layout.yaxis.range == pytest.approx((-0.16, 4.24))
+    assert split.data[0].spanmode == "hard"
+    zero = readout_entropy_distribution_figure(["direct"] * 2, [0.0, 0.0])
+    assert zero.layout.yaxis.range == pytest.approx((-0.04, 1.06))
     mixed = readout_entropy_distribution_figure(regimes, values, signal="mixed")
     assert mixed.layout.yaxis.title.text == "read-out entropy (bits)"  # one clean label, the title explains
     assert "H_slot where read after an answer prefix" in mixed.layout.title.text

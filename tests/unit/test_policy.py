@@ -213,8 +213,11 @@ class TestArrays:
         assert not np.array_equal(te, split_items(correct, holdout=0.4, seed=4)[1])
 
     def test_split_refuses_one_class_and_small_n(self):
-        with pytest.raises(DataError, match="Only one class"):
-            split_items(np.ones(40, bool))
+        with pytest.raises(DataError, match="Only one class") as info:
+            split_items(np.r_[np.ones(39, bool), False])
+        # the hint names what is enough, not just what is wrong
+        assert "1 wrong answers" in str(info.value) and "at least 2 right and 2 wrong answers" in str(info.value)
+        assert "at least 20 graded items in all (10 to train, 10 held out)" in str(info.value)
         with pytest.raises(DataError, match="n too small"):
             split_items(np.r_[np.ones(8, bool), np.zeros(8, bool)])
 
