@@ -114,26 +114,79 @@ def extract_letter(text: str, choices: Sequence[str], question: str = "") -> tup
     return None, "none"
 
 
+_STEP_MARK = re.compile(r"^[ \t]*(?:\d{1,2}[.)]|[-*•]|step\s+\d{1,2}\s*[:.)])[ \t]+", re.I | re.M)
+_SAID = re.compile(r"(?:final answer|the answer)\s*(?:is\s*:?|:)\s*([^\n]+)", re.I)
+_QUOTE_PAIRS = {'"': '"”', "“": '”"', "«": "»", "„": "“”"}
+
+
+def _unquote(span: str) -> str:
+    """``“"Paris" and "France"”`` → ``Paris``: a span that opens with a quote is its first quoted part."""
+    span = span.strip()
+    while span[:1] in _QUOTE_PAIRS:
+        closers = _QUOTE_PAIRS[span[0]]
+        end = min((i for i in (span.find(c, 1) for c in closers) if i > 0), default=-1)
+        inner = span[1:end] if end > 0 else span[1:]
+        if not inner.strip():
+            break
+        span = inner.strip()
+    return span.strip("\"“”«»„ ")
+
+
+def _span(text: str) -> str:
+    """The answer span at the start of ``text``: unquoted, up to the first clause break."""
+    text = text.strip()
+    if text[:1] in _QUOTE_PAIRS:  # a quoted answer may hold a comma or full stop
+        return _unquote(text)
+    return _unquote(_SPAN_END.split(text, maxsplit=1)[0])
+
+
+def _copula(sentence: str, question: str) -> tuple[str, str] | None:
+    """``X is Y`` → Y (or X when Y only restates the question); None without a copula."""
+    found = re.search(r"\b(?:is|are|was)\s+(.+)", sentence)
+    if not found:
+        return None
+    after = _span(found.group(1))
+    subject = _unquote(sentence[: found.start()])
+    asked = set(normalize_text(question).split())
+    if subject and asked and set(normalize_text(after).split()) <= asked:
+        # "São Tomé is the capital": the words after "is" only restate the question.
+        return subject, "before 'is'"
+    return after, "after 'is'"
+
+
 def extract_short(text: str, question: str = "") -> tuple[str | None, str]:
-    """A short answer span, and the rule that found it."""
+    """A short answer span, and the rule that found it.
+
+    Reasoning comes before its conclusion: of several "the answer is" the last counts, and
+    in a list of steps ("1. …", "Step 2: …") the last step that says "X is Y" about the
+    question's words. List numbers
+    and quotes around the answer are not part of it.
+    """
     marked = re.search(r"####\s*([^\n]+)", text)
     if marked:
-        return marked.group(1).strip(), "#### marker"
+        return _unquote(marked.group(1)) or None, "#### marker"
     body = _strip_echo(text, question).strip()
-    said = re.search(r"(?:final answer|the answer)\s*(?:is\s*:?|:)\s*(.+)", body, re.I)
+    said = _SAID.findall(body)
     if said:
-        return _SPAN_END.split(said.group(1).strip(), maxsplit=1)[0].strip() or None, "the answer is"
-    first = re.split(r"(?<=[.!?])\s|\n", body, maxsplit=1)[0] if body else ""
-    copula = re.search(r"\b(?:is|are|was)\s+(.+)", first)
-    if copula:
-        after = _SPAN_END.split(copula.group(1).strip(), maxsplit=1)[0].strip()
-        subject = first[: copula.start()].strip()
-        asked = set(normalize_text(question).split())
-        if subject and asked and set(normalize_text(after).split()) <= asked:
-            # "São Tomé is the capital": the words after "is" only restate the question.
-            return subject, "before 'is'"
-        return after or None, "after 'is'"
-    span = re.sub(r"(?<=\w)[.!?]+$", "", first.strip())  # " Paris." -> "Paris": the full stop is not the answer
+        last = said[-1]
+        while nested := _SAID.search(last):  # "the final answer: The answer is X"
+            last = nested.group(1)
+        return _span(last) or None, "the answer is"
+    steps = len(_STEP_MARK.findall(body)) >= 2
+    body = _STEP_MARK.sub("", body).strip()
+    lines = [line.strip() for line in body.splitlines() if any(ch.isalnum() for ch in line)]
+    if steps:
+        topic = {w for w in normalize_text(question).split() if len(w) >= 4}
+        for line in reversed(lines):
+            for sentence in reversed(re.split(r"(?<=[.!?])\s", line)):
+                hit = _copula(sentence, question)
+                if hit and hit[0] and topic & set(normalize_text(sentence).split()):
+                    return hit[0], f"{hit[1]} (last step on the question)"
+    first = re.split(r"(?<=[.!?])\s", lines[0], maxsplit=1)[0] if lines else ""
+    hit = _copula(first, question)
+    if hit:
+        return hit[0] or None, hit[1]
+    span = re.sub(r"(?<=\w)[.!?]+$", "", _unquote(first))  # " Paris." -> "Paris": the full stop is not the answer
     return (span or None), "first sentence"
 
 

@@ -84,10 +84,37 @@ def test_no_expected_answer_only_extracts():
 
 
 @pytest.mark.parametrize(("text", "extracted"), [(" Paris.", "Paris"), ("Lima?", "Lima"), ("Yes!", "Yes"),
-                                                 ("Paris", "Paris"), ("...", "...")])
+                                                 ("Paris", "Paris"), ("...", None)])
 def test_first_sentence_span_drops_its_full_stop(text, extracted):
     g = grade(text, "Paris", "short_answer")
     assert g.extracted == extracted and g.correct is (extracted == "Paris")
+
+
+# Chain-of-thought answers of the default model (SmolLM2-135M-Instruct, greedy, 160 tokens).
+COT_FRANCE = ('1. First, I\'ll identify the main components of the answer: "Paris" and "France".\n2. I\'ll break down '
+              'the answer into its constituent parts: "Paris" is the capital of France, and "France" is the name of the '
+              'European country.\n3. I\'ll add the final step: "The answer is "Paris" and "France" are the names of the '
+              'European countries."\n\nSo, the answer is "Paris" and "France" are the names of the European countries.')
+COT_PERU = ('To solve this problem, I will break it down step by step:\n\n1. Identify the given information: The answer is '
+            '"Pepón" (capital of Peru).\n2. Determine the answer: The answer is "Pepón" (capital of Peru).\n3. Provide the '
+            'final answer: The answer is "Pepón" (capital of Peru).')
+COT_ASKS = '1. First, I need to know the country\'s capital.\n2. So, I\'ll ask: "What is the capital of France?"'
+
+
+@pytest.mark.parametrize(("text", "question", "expected", "extracted", "correct"), [
+    (COT_FRANCE, "What is the capital of France?", "Paris", "Paris", True),  # was '"Paris" and "France"'
+    (COT_PERU, "What is the capital of Peru?", "Lima", "Pepón", False),  # was 'The answer is "Pepón'
+    (COT_ASKS, "What is the capital of France?", "Paris", "First, I need to know the country's capital", False),  # was '1'
+    (COT_ASKS + "\n3. The capital of France is Paris.", "What is the capital of France?", "Paris", "Paris", True),
+    ("Step 1: Find it\nThe capital of Kenya is Nairobi.\nStep 2: Check it\nNairobi is a big city.",
+     "What is the capital of Kenya?", "Nairobi", "Nairobi", True),
+    ("“Paris”, of course.", "What is the capital of France?", "Paris", "Paris", True),
+    ('The answer is "Washington, D.C."', "What is the capital of the USA?", "Washington, D.C.", "Washington, D.C.", True),
+])
+def test_reasoning_answers_give_their_conclusion_without_list_numbers_or_quotes(text, question, expected, extracted, correct):
+    """A step list's number is not the answer, the last "the answer is" concludes, quotes are not part of the answer."""
+    g = grade(text, expected, "short_answer", question=question)
+    assert (g.extracted, g.correct) == (extracted, correct)
 
 
 def test_helpers():
