@@ -23,6 +23,7 @@ _ANSWER_LINE = re.compile(r"####[^\n]*\S[^\n]*\n")
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedTokenizerBase
 
 StopReason = Literal["eos", "max_new_tokens", "answer_line", "stop"]
 TokenCallback = Callable[[int, str], None]
@@ -118,6 +119,8 @@ class Generation:
     """``stop``: a stop string appeared; ``text`` ends right before it (the ids still hold its tokens)."""
     elapsed_s: float
     answer_prefix: str | None = None
+    n_trimmed_tokens: int = 0
+    """How many trailing tokens (of ``tokens``) hold the stop string, wholly or in part, so are not in ``text``."""
 
     @property
     def answer_text(self) -> str:
@@ -198,6 +201,14 @@ def _base_cut(text: str, stops: Sequence[str]) -> int | None:
     return _stop_cut(text, stops, body + 1) if body < len(text) else None
 
 
+def _trimmed_tokens(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], cut: int) -> int:
+    """How many trailing ``ids`` write text at or after character ``cut`` of the decoded answer."""
+    kept = len(ids)
+    while kept > 0 and len(tokenizer.decode(ids[:kept], skip_special_tokens=True)) > cut:
+        kept -= 1
+    return len(ids) - kept
+
+
 def generate(
     loaded: LoadedModel, rendered: RenderedPrompt, config: GenerationConfig | None = None, prefill: Prefill | None = None,
     on_token: TokenCallback | None = None, stop: Sequence[str] = (),
@@ -260,6 +271,7 @@ def generate(
     tokenizer = loaded.tokenizer
     return Generation(
         text=tokenizer.decode(ids, skip_special_tokens=True)[:cut],
+        n_trimmed_tokens=0 if cut is None else _trimmed_tokens(tokenizer, ids, cut),
         token_ids=tuple(ids),
         tokens=tuple(tokenizer.decode([i]) for i in ids),
         entropy_bits=tuple(entropies),

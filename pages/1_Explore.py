@@ -333,7 +333,8 @@ def generation_panel(loaded: LoadedModel, result: dict[str, Any], slot: str = ""
                       "Press **Generate** to see what the model writes."))
         return
     st.markdown(html_block(token_spans_html(generation.tokens, generation.entropy_bits, generation.chosen_probs,
-                                            generation.answer_prefix)), unsafe_allow_html=True)
+                                            generation.answer_prefix, trimmed=generation.n_trimmed_tokens)),
+                unsafe_allow_html=True)
     st.markdown(html_block(entropy_legend_html()), unsafe_allow_html=True)
     mean = generation.mean_entropy_bits
     st.caption(f"{len(generation.tokens)} tokens in {generation.elapsed_s:.1f} s · stop: {generation.stop_reason}"

@@ -168,7 +168,8 @@ def outputs_row(analyses: dict[str, Analysis]) -> None:
             continue
         with col:
             st.markdown(f"**{REGIME_TITLES[regime]}**")
-            st.markdown(html_block(token_spans_html(g.tokens, g.entropy_bits, g.chosen_probs, g.answer_prefix)),
+            st.markdown(html_block(token_spans_html(g.tokens, g.entropy_bits, g.chosen_probs, g.answer_prefix,
+                                                    trimmed=g.n_trimmed_tokens)),
                         unsafe_allow_html=True)
             mean = g.mean_entropy_bits
             st.caption(f"{len(g.tokens)} tokens · stop: {g.stop_reason}"

@@ -180,8 +180,13 @@ def token_spans_html(
     probs: Sequence[float] | None = None,
     prefix: str | None = None,
     max_bits: float = ENTROPY_SCALE_MAX_BITS,
+    trimmed: int = 0,
 ) -> str:
     """Generated tokens as escaped HTML spans, each coloured by its entropy (hover for numbers).
+
+    A token of only spaces and line breaks shows them (``·``, ``↵``) so that its colour has
+    something to sit on; the last ``trimmed`` tokens (a stop string the answer was cut before)
+    are drawn grey and dashed, as not part of the answer.
 
     Args:
         tokens: (T,) generated tokens.
@@ -189,10 +194,13 @@ def token_spans_html(
         probs: Optional (T,) probability of each written token.
         prefix: Forced answer prefix, shown first in grey (the model did not choose it).
         max_bits: Entropy that gets the top colour.
+        trimmed: How many trailing tokens hold the stop string (``Generation.n_trimmed_tokens``).
 
     """
     if len(tokens) != len(entropy_bits) or (probs is not None and len(probs) != len(tokens)):
         raise ValueError("tokens, entropy_bits and probs must have the same length")
+    if not 0 <= trimmed <= len(tokens):
+        raise ValueError(f"trimmed must be between 0 and {len(tokens)}; got {trimmed}")
     parts = []
     if prefix:
         parts.append(f'<span style="{_SPAN}color:#666;border:1px dashed #999" '
@@ -201,8 +209,13 @@ def token_spans_html(
         tip = f"token {i + 1} {visible_token(tok)!r}: {h:.2f} bits"
         if probs is not None:
             tip += f", p = {probs[i]:.2f}"
-        parts.append(f'<span style="{_SPAN}background:{entropy_colour(h, max_bits)};color:#111" '
-                     f'title="{html.escape(tip, quote=True)}">{html.escape(tok)}</span>')
+        shown = visible_token(tok) + "\n" * tok.count("\n") if not tok.strip() else tok
+        if i >= len(tokens) - trimmed:
+            tip += " · after the cut: it writes the stop string, so it is not part of the answer"
+            style = f"{_SPAN}color:#777;border:1px dashed #999"
+        else:
+            style = f"{_SPAN}background:{entropy_colour(h, max_bits)};color:#111"
+        parts.append(f'<span style="{style}" title="{html.escape(tip, quote=True)}">{html.escape(shown)}</span>')
     return '<div class="ic-tokens" style="font-family:monospace">' + "".join(parts) + "</div>"
 
 

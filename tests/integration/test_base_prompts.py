@@ -106,6 +106,7 @@ class TestBaseStopRules:
         g = generate(loaded, rendered, GenerationConfig(max_new_tokens=10))
         assert g.text == " paris ." and g.stop_reason == "stop" and g.token_ids == tuple(ids[:5])  # through the ":" that completes "\nQ:"
         assert "Q:" not in g.answer_text
+        assert g.n_trimmed_tokens == 3  # "\n", "Q", ":" hold the stop string; " paris", " ." are the answer
 
     def test_generation_stops_at_a_blank_line(self, base, monkeypatch):
         rendered = render(base.tokenizer, QUESTION, template_for("direct", "short_answer"))

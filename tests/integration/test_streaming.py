@@ -38,6 +38,11 @@ class TestStopDuringGeneration:
         assert word in tiny.tokenizer.decode(list(cut.token_ids)) and word not in tiny.tokenizer.decode(
             list(cut.token_ids[:-1]))
         assert cut.entropy_bits == full.entropy_bits[:n]
+        # the trimmed tail is exactly the tokens that write the stop string: one fewer and the answer is cut short
+        kept = n - cut.n_trimmed_tokens
+        assert cut.n_trimmed_tokens >= 1 and cut.text.startswith(tiny.tokenizer.decode(list(cut.token_ids[:kept])))
+        assert len(tiny.tokenizer.decode(list(cut.token_ids[: kept + 1]))) > len(cut.text)
+        assert full.n_trimmed_tokens == 0
 
     def test_earliest_of_several_and_absent_stops(self, tiny):
         rendered, full = _full(tiny)

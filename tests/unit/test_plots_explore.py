@@ -129,6 +129,16 @@ class TestHtml:
         out = token_spans_html(['"onmouseover="x'], [1.0])
         assert 'onmouseover="x' not in out
 
+    def test_stop_string_tokens_are_grey_and_blank_tokens_visible(self):
+        """The tokens an answer was cut before are drawn apart; a line-break token shows its ↵ in its colour."""
+        out = token_spans_html([" Paris", "\n\n", "Q", ":"], [0.5, 1.0, 2.0, 3.0], trimmed=2)
+        assert out.count("background:rgb(") == 2 and out.count("border:1px dashed #999") == 2
+        assert out.count("not part of the answer") == 2 and ">↵↵\n\n</span>" in out
+        assert "token 3 &#x27;Q&#x27;: 2.00 bits · after the cut" in out and "token 2 &#x27;↵↵&#x27;: 1.00 bits\"" in out
+        assert token_spans_html(["a"], [1.0]).count("dashed") == 0
+        with pytest.raises(ValueError):
+            token_spans_html(["a"], [1.0], trimmed=2)
+
     def test_lengths_must_match(self):
         with pytest.raises(ValueError):
             token_spans_html(["a", "b"], [1.0])
