@@ -310,7 +310,7 @@ def test_demo_command_makes_the_demo_run():
     from ic_core.governance.demo import DEMO_COMMAND
 
     assert DEMO_COMMAND == ('python -m ic_core study --data governance_ops --regimes direct --limit 60 '
-                            '--answer-prefix "The answer is" --max-new-tokens 24')
+                            '--answer-prefix "The answer is" --max-new-tokens 8')
 
 
 # --------------------------------------------------------------------------------------
