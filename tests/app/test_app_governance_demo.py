@@ -105,3 +105,25 @@ class TestDemoRows:
         assert cut.table["plan_row"].tolist() == list(range(6)) and cut.table["row"].tolist() == list(range(6))
         np.testing.assert_array_equal(cut.hidden, run.hidden[:6])
         np.testing.assert_array_equal(cut.lens_entropy_bits, run.lens_entropy_bits[:6])
+
+
+def test_raw_h_int_comes_from_the_run_when_it_recorded_it(tiny, tmp_path):
+    """A prefixed study records H_int of every row: the demo uses it (no re-read, no model); older runs re-read."""
+    import dataclasses
+
+    from ic_core.governance.compare import compare_signals, entropy_without_prefix_bits
+    from ic_core.governance.signals import run_signals
+
+    run = run_study(tiny, items(24), ["direct"], Path(tmp_path) / "r", generate=False, batch_size=6)
+    recorded = run.table["last_token_entropy_bits"].to_numpy(float)
+    comp = compare_signals(run, None, 0.5, n_boot=50)
+    h_int = next(r for r in comp.results if r.key == "h_int")
+    np.testing.assert_array_equal(h_int.risk, recorded)
+    assert "read by the study" in h_int.description and not any("model loaded" in n for n in comp.notes)
+    # the re-read the demo did before (10 s for 24 items) gives the same bits
+    np.testing.assert_allclose(entropy_without_prefix_bits(tiny, run_signals(run, None, 0.4, 0)), recorded, atol=1e-4)
+    older = dataclasses.replace(run, table=run.table.drop(columns=["last_token_entropy_bits"]))
+    assert not [r for r in compare_signals(older, None, 0.5, n_boot=50).results if r.key == "h_int"]
+    reread = next(r for r in compare_signals(older, tiny, 0.5, n_boot=50).results if r.key == "h_int")
+    assert "re-read" in reread.description
+    np.testing.assert_allclose(reread.risk, recorded, atol=1e-4)
