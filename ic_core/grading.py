@@ -159,8 +159,7 @@ def extract_short(text: str, question: str = "") -> tuple[str | None, str]:
 
     Reasoning comes before its conclusion: of several "the answer is" the last counts, and
     in a list of steps ("1. …", "Step 2: …") the last step that says "X is Y" about the
-    question's words. List numbers
-    and quotes around the answer are not part of it.
+    question's words. List numbers and quotes around the answer are not part of it.
     """
     marked = re.search(r"####\s*([^\n]+)", text)
     if marked:

@@ -132,11 +132,21 @@ def _prefix_mode(prefixes: Sequence[Any]) -> tuple[PrefixMode, str | None]:
     return ("fixed", given.pop()) if len(given) == 1 else ("per_item", None)
 
 
+def recorded_last_token_bits(graded: pd.DataFrame) -> np.ndarray | None:
+    """(n,) H_int the study recorded for every row (its extra plain read at the last prompt token), or None.
+
+    None when a row lacks it (runs made before that read-out existed).
+    """
+    if "last_token_entropy_bits" not in graded.columns:
+        return None
+    bits = pd.to_numeric(graded["last_token_entropy_bits"], errors="coerce").to_numpy(np.float64)
+    return bits if len(bits) and np.isfinite(bits).all() else None
+
+
 def _last_token_bits(graded: pd.DataFrame) -> np.ndarray:
     """H_int of rows read after a prefix: the run's extra plain read at the last prompt token."""
-    values = graded["last_token_entropy_bits"] if "last_token_entropy_bits" in graded.columns else None
-    bits = None if values is None else pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
-    if bits is None or not np.isfinite(bits).all():
+    bits = recorded_last_token_bits(graded)
+    if bits is None:
         raise DataError(
             "This run read its rows after answer prefixes and holds no last-token entropy for every row "
             "(runs made before that read-out existed); run the study again, or with --no-item-prefix."
